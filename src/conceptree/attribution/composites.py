@@ -1,0 +1,75 @@
+"""LRP composites: which rule applies to which layer.
+
+The rules follow zennit's definitions exactly (see ``tests/test_zennit_agreement.py``):
+
+* ``epsilon`` (dense layers): ``R_in = x * W^T (R / stab_eps(z))`` with ``z = W x + b``.
+* ``z+`` (convolutions): ``R_in = x+ * W+^T s + x- * W-^T s``, ``s = R / stab(z+)``,
+  ``z+ = W+ x+ + b+ + W- x-``.
+* ``flat`` (the first layer): ``R_in = 1^T (R / stab(1 * 1))``, weights and inputs set to one.
+* ``norm`` (residual sums, stacked sums, average pooling): ``R_i = x_i * R / stab(sum)``.
+* ``pass`` (elementwise activations, identity, dropout), gradient routing (max pooling),
+  index bookkeeping (reshape, concatenation, padding, slicing).
+
+``stab(z) = z + eps * sign(z)`` with ``sign(0) = +1``, as in ``zennit.core.stabilize``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from ..errors import InputError
+
+CompositeName = Literal["epsilon-plus-flat", "epsilon-plus"]
+COMPOSITE_NAMES: tuple[str, ...] = ("epsilon-plus-flat", "epsilon-plus")
+
+
+@dataclass(frozen=True)
+class Composite:
+    """Configuration of the LRP rules.
+
+    Parameters
+    ----------
+    name : {"epsilon-plus-flat", "epsilon-plus"}
+        ``epsilon-plus-flat`` (default): epsilon for dense layers, z+ for convolutions, flat
+        for every conv/dense layer that reads the model input. ``epsilon-plus``: the same
+        without the flat first layer (z+ there too).
+    epsilon : float
+        Stabiliser of the epsilon rule (zennit's ``epsilon``), default 1e-6.
+    stabilizer : float
+        Stabiliser of the z+, flat and norm rules (zennit's ``stabilizer``), default 1e-6.
+    zero_bias : bool
+        If True (default), biases are left out of the z+ and epsilon denominators (zennit's
+        ``zero_params=["bias"]``). Then every conditional map conserves its neuron's relevance
+        exactly (``sum(y_p) = r_p``) even after BatchNorm is merged into the convolutions.
+        False reproduces zennit's default composites, where positive biases absorb relevance.
+    dead_units : {"flat", "drop"}
+        What z+ does with a unit whose positive pre-activation ``z+`` is exactly zero (it is
+        active through its bias only, e.g. a depthwise 3x3 window of zeros). ``"drop"`` is
+        zennit's behaviour: its relevance is lost (on the real MobileNetV2 bird model this
+        loses most of the relevance below the top layers). ``"flat"`` (default) spreads it
+        uniformly over the unit's receptive field, so conservation holds on every model.
+    """
+
+    name: CompositeName = "epsilon-plus-flat"
+    epsilon: float = 1e-6
+    stabilizer: float = 1e-6
+    zero_bias: bool = True
+    dead_units: Literal["flat", "drop"] = "flat"
+
+    def __post_init__(self) -> None:
+        if self.dead_units not in ("flat", "drop"):
+            raise InputError(f"dead_units must be 'flat' or 'drop', got {self.dead_units!r}")
+        if self.name not in COMPOSITE_NAMES:
+            raise InputError(
+                f"unknown composite {self.name!r}; use one of {', '.join(COMPOSITE_NAMES)}"
+            )
+
+    @property
+    def flat_first_layer(self) -> bool:
+        """Whether layers that read the model input use the flat rule."""
+        return self.name == "epsilon-plus-flat"
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-dict form for JSON metadata."""
+        return asdict(self)

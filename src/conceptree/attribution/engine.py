@@ -1,0 +1,729 @@
+"""The CRP engine: relevance of every conv channel and its conditional attribution map.
+
+One forward pass stores, per graph node, the rule quantities that do not depend on the
+upper relevance (see :mod:`conceptree.attribution.rules`). One backward pass from the
+target logit then gives the relevance at every layer. A conditional map ``y_p`` starts at
+``p``'s layer with the relevance masked to channel ``p`` and is propagated to the input;
+since every rule is linear in the relevance, a batch of channels is propagated at once and
+nothing above the layer is recomputed. Relevance that reaches the input through a skip
+connection around the layer never enters the batch, so it is excluded by construction
+(zennit-crp's ``exclude_parallel=True``).
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InputError, UnsupportedModelError
+from . import rules as R
+from .composites import Composite
+from .graph import LayerInfo, ZennitMergedBatchNorm, canonize, list_layers, select_layers
+
+InitRelevance = Literal["logit", "one"]
+
+
+@dataclass
+class ForwardPass:
+    """Everything one forward pass leaves for the backward passes.
+
+    Attributes
+    ----------
+    input : Tensor
+        The model input, shape ``(1, C, H, W)``.
+    logits : Tensor
+        Model output, shape ``(num_classes,)``.
+    rules : dict
+        Graph node -> prepared :class:`~conceptree.attribution.rules.Rule`.
+    shapes : dict
+        Graph node -> activation shape (batch 1).
+    """
+
+    input: Tensor
+    logits: Tensor
+    rules: dict[fx.Node, R.Rule]
+    shapes: dict[fx.Node, torch.Size]
+
+
+@dataclass
+class Attribution:
+    """Result of one LRP pass from a target logit.
+
+    Attributes
+    ----------
+    target : int
+        Explained class index.
+    logits : Tensor
+        Model output, shape ``(num_classes,)``.
+    input_relevance : Tensor
+        Relevance at the input, shape ``(C, H, W)``.
+    layer_relevance : dict[str, Tensor]
+        Relevance at each selected layer's output, shape ``(channels, h, w)``.
+    forward : ForwardPass
+        The prepared forward pass (reused by the conditional maps).
+    """
+
+    target: int
+    logits: Tensor
+    input_relevance: Tensor
+    layer_relevance: dict[str, Tensor]
+    forward: ForwardPass = field(repr=False)
+
+    @property
+    def heatmap(self) -> Tensor:
+        """Class heatmap ``(H, W)``: input relevance summed over colour channels."""
+        return self.input_relevance.sum(0)
+
+    def channel_relevance(self, layer: str) -> Tensor:
+        """``r_p`` of every channel of ``layer``, shape ``(channels,)``."""
+        return self.layer_relevance[layer].flatten(1).sum(1)
+
+
+@dataclass
+class MapBatch:
+    """A batch of conditional maps of channels of one layer."""
+
+    layer: str
+    channels: Tensor  # (B,) int64
+    maps: Tensor  # (B, H, W) input relevance through each channel, summed over colour channels
+
+
+@dataclass
+class NeuronMaps:
+    """Relevance and conditional maps of many neurons of one image.
+
+    Attributes
+    ----------
+    layers : list[str]
+        Layer names; ``layer_index`` refers to this list.
+    layer_index, channel : np.ndarray
+        Neuron ``i`` is channel ``channel[i]`` of layer ``layers[layer_index[i]]``; shape ``(n,)``.
+    relevance : np.ndarray
+        ``r_p`` per neuron, float64, shape ``(n,)``.
+    maps : np.ndarray
+        Conditional maps, shape ``(n, h, w)`` (input resolution unless downsampled).
+    map_sums : np.ndarray
+        ``sum(y_p)`` at full resolution before any downsampling, float64, shape ``(n,)``.
+    """
+
+    layers: list[str]
+    layer_index: np.ndarray
+    channel: np.ndarray
+    relevance: np.ndarray
+    maps: np.ndarray
+    map_sums: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.channel.shape[0])
+
+    def names(self) -> list[str]:
+        """``"layer:channel"`` labels of the neurons."""
+        return [f"{self.layers[li]}:{c}" for li, c in zip(self.layer_index, self.channel)]
+
+
+class CRPEngine:
+    """Batched Concept Relevance Propagation for a convolutional classifier.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier (taking ``(1, C, H, W)`` and returning ``(1, num_classes)``). It is
+        deep-copied, switched to eval mode and canonized; the original is left untouched.
+    composite : Composite, optional
+        LRP rules; default ``Composite()`` (epsilon-plus-flat, biases ignored).
+    layers : list[str], optional
+        Names or fnmatch globs of the conv layers whose channels are neurons (default: all).
+    exclude_layers : list[str], optional
+        Globs removed from the selection (e.g. ``["*downsample*"]``).
+    zennit_compat : {None, "zennit", "zennit-0.4"}
+        Reproduce zennit's canonizers exactly, including the ``1/sqrt(1+eps)`` its merged
+        BatchNorms still apply (``"zennit"``: zennit >= 0.5; ``"zennit-0.4"``: the older
+        release that produced zennit-crp's golden test data). Default None: exact merge.
+
+    Examples
+    --------
+    >>> engine = CRPEngine(torchvision.models.resnet18().eval())
+    >>> attribution = engine.attribute(x)            # one pass: r_p of every channel
+    >>> neurons = engine.neuron_maps(attribution)    # y_p of every channel
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        composite: Composite | None = None,
+        layers: Sequence[str] | None = None,
+        exclude_layers: Sequence[str] | None = None,
+        zennit_compat: str | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if model.training:
+            warnings.warn(
+                "the model is in training mode; conceptree explains its eval-mode copy "
+                "(BatchNorm running statistics, no dropout)",
+                stacklevel=2,
+            )
+        self.composite = composite or Composite()
+        self.graph_module = canonize(model, zennit_compat)
+        for module in self.graph_module.modules():
+            if getattr(module, "inplace", False):
+                module.inplace = False
+        self._nodes: list[fx.Node] = list(self.graph_module.graph.nodes)
+        self._index = {node: i for i, node in enumerate(self._nodes)}
+        self._node_by_layer = {
+            node.target: node for node in self._nodes if node.op == "call_module"
+        }
+        self.all_layers: list[LayerInfo] = list_layers(self.graph_module, ("conv",))
+        self.layers: list[LayerInfo] = select_layers(
+            self.all_layers, list(layers) if layers else None, list(exclude_layers or [])
+        )
+        self._first_layers = self._find_first_layers()
+        params = list(self.graph_module.parameters())
+        self.device = params[0].device if params else torch.device("cpu")
+        self.dtype = params[0].dtype if params else torch.float32
+
+    # ------------------------------------------------------------------ graph helpers
+    def _find_first_layers(self) -> set[fx.Node]:
+        """conv/linear nodes that read the input without another conv/linear in between."""
+        before: set[fx.Node] = set()
+        first: set[fx.Node] = set()
+        for node in self._nodes:
+            if node.op == "placeholder":
+                before.add(node)
+                continue
+            if not any(inp in before for inp in node.all_input_nodes):
+                continue
+            if node.op == "call_module" and isinstance(
+                self.graph_module.get_submodule(node.target), (nn.Conv2d, nn.Linear)
+            ):
+                first.add(node)
+            else:
+                before.add(node)
+        return first
+
+    def layer_node(self, name: str) -> fx.Node:
+        """Graph node of module ``name`` (raises with close matches if unknown)."""
+        node = self._node_by_layer.get(name)
+        if node is None:
+            select_layers(
+                [LayerInfo(n, "module", 0) for n in self._node_by_layer], [name]
+            )  # raises InputError with close matches
+            raise InputError(f"layer {name!r} does not exist in the model")  # pragma: no cover
+        return node
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise InputError(f"input must be a torch.Tensor of shape (1, C, H, W), got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputError(
+                f"input must be a float tensor (a preprocessed image), got dtype {x.dtype}; "
+                "apply the model's preprocessing first"
+            )
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise InputError(
+                f"input must have shape (1, C, H, W) (one image), got {tuple(x.shape)}; "
+                "explain images one at a time"
+            )
+        expected = self._input_channels()
+        if expected is not None and x.shape[1] != expected:
+            raise InputError(
+                f"input has {x.shape[1]} channels but the model's first layer expects {expected}; "
+                "convert the image (e.g. grayscale to RGB)"
+            )
+        if not torch.isfinite(x).all():
+            raise InputError("input contains NaN or infinite values; check the preprocessing")
+        return x.detach().to(device=self.device, dtype=self.dtype)
+
+    def _input_channels(self) -> int | None:
+        for node in sorted(self._first_layers, key=self._index.__getitem__):
+            module = self.graph_module.get_submodule(node.target)
+            if isinstance(module, nn.Conv2d):
+                return module.in_channels
+        return None
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> ForwardPass:
+        """Run the model once and prepare every node's rule.
+
+        Parameters
+        ----------
+        x : Tensor
+            Preprocessed image, shape ``(1, C, H, W)`` or ``(C, H, W)``.
+        """
+        x = self._check_input(x)
+        env: dict[fx.Node, object] = {}
+        rules: dict[fx.Node, R.Rule] = {}
+        shapes: dict[fx.Node, torch.Size] = {}
+        depends: set[fx.Node] = set()
+        logits: Tensor | None = None
+        load = lambda arg: fx.node.map_arg(arg, env.__getitem__)  # noqa: E731
+        for node in self._nodes:
+            if node.op == "placeholder":
+                if env:
+                    raise UnsupportedModelError("the model's forward() takes more than one input; wrap it")
+                env[node] = x
+                depends.add(node)
+                continue
+            if node.op == "get_attr":
+                env[node] = _fetch(self.graph_module, node.target)
+                continue
+            if node.op == "output":
+                out = load(node.args[0])
+                if isinstance(out, (tuple, list)):
+                    out = out[0]
+                if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != 1:
+                    raise UnsupportedModelError(
+                        "the model must return logits of shape (1, num_classes); "
+                        f"got {type(out).__name__} {tuple(getattr(out, 'shape', ()))}"
+                    )
+                logits = out
+                break
+            args, kwargs = load(node.args), load(node.kwargs)
+            out = self._execute(node, args, kwargs)
+            env[node] = out
+            live = [inp for inp in node.all_input_nodes if inp in depends]
+            if live and isinstance(out, Tensor):
+                depends.add(node)
+                shapes[node] = out.shape
+                rules[node] = self._make_rule(node, args, kwargs, out, live)
+        assert logits is not None
+        return ForwardPass(input=x, logits=logits[0], rules=rules, shapes=shapes)
+
+    def _execute(self, node: fx.Node, args: tuple, kwargs: dict) -> object:
+        if node.op == "call_module":
+            return self.graph_module.get_submodule(node.target)(*args, **kwargs)
+        if node.op == "call_function":
+            target = node.target
+            if target is operator.iadd:
+                target = operator.add
+            if kwargs.get("inplace"):
+                kwargs = {**kwargs, "inplace": False}
+            return target(*args, **kwargs)
+        method = str(node.target)
+        if method.endswith("_") and not method.endswith("__"):
+            method = method[:-1]
+        return getattr(args[0], method)(*args[1:], **kwargs)
+
+    def _unsupported(self, node: fx.Node, what: str) -> UnsupportedModelError:
+        return UnsupportedModelError(
+            f"unsupported {what} at node '{node.name}' ({node.format_node()[:80]}); "
+            "express it with supported modules (conv, linear, BN, ReLU, pooling, add, cat, pad, slicing)"
+        )
+
+    def _make_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor, live: list[fx.Node]) -> R.Rule:
+        first = node in self._first_layers and self.composite.flat_first_layer
+        arg0 = node.args[0] if node.args else None
+        x = args[0] if args else None
+        if node.op == "call_module":
+            module = self.graph_module.get_submodule(node.target)
+            if isinstance(module, nn.Conv2d):
+                return R.ConvRule(arg0, module, x, out, "flat" if first else "zplus", self.composite, node.target)
+            if isinstance(module, nn.Linear):
+                return R.LinearRule(arg0, module, x, out, "flat" if first else "epsilon", self.composite)
+            if isinstance(module, ZennitMergedBatchNorm) and module.scales_relevance:
+                return R.ScaleRule(arg0, module.scale)
+            if isinstance(module, (*R.PASS_MODULES, ZennitMergedBatchNorm)):
+                return R.PassRule(arg0)
+            if isinstance(module, nn.Flatten):
+                return R.ReshapeRule(arg0, x.shape, out.shape, f"flatten '{node.target}'")
+            if isinstance(module, nn.MaxPool2d):
+                _, idx = F.max_pool2d(
+                    x, module.kernel_size, module.stride, module.padding, module.dilation,
+                    module.ceil_mode, return_indices=True,
+                )
+                return R.MaxPoolRule(arg0, x, idx)
+            if isinstance(module, nn.AdaptiveMaxPool2d):
+                _, idx = F.adaptive_max_pool2d(x, module.output_size, return_indices=True)
+                return R.MaxPoolRule(arg0, x, idx)
+            if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                global_mean = isinstance(module, nn.AdaptiveAvgPool2d) and tuple(out.shape[-2:]) == (1, 1)
+                return R.NormPoolRule(arg0, module, x, out, global_mean)
+            if type(module).__name__ == "Sum" and hasattr(module, "dim"):
+                return R.ReduceRule(arg0, x, out, (module.dim % x.ndim,), False, False)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                raise UnsupportedModelError(
+                    f"BatchNorm '{node.target}' could not be merged into a preceding layer; "
+                    "place it directly after a convolution"
+                )
+            raise UnsupportedModelError(
+                f"unsupported module {type(module).__name__} at '{node.target}'; supported: Conv2d, "
+                "Linear, BatchNorm (after conv), ReLU/ReLU6/LeakyReLU, pooling, Flatten, Dropout, Identity"
+            )
+        target = node.target
+        name = getattr(target, "__name__", str(target))
+        if node.op == "call_function":
+            if target in R.ADD_FUNCTIONS:
+                return self._add_rule(node, args, kwargs, out)
+            if target in R.PASS_FUNCTIONS:
+                return R.PassRule(arg0)
+            if target in R.RESHAPE_FUNCTIONS:
+                return R.ReshapeRule(arg0, x.shape, out.shape, name)
+            if target is operator.getitem and isinstance(x, Tensor):
+                index = args[1]
+                return self._index_rule(node, arg0, x, out, lambda t: t[index])
+            if target is F.pad:
+                mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+                value = kwargs.get("value", args[3] if len(args) > 3 else None)
+                if mode != "constant" or value not in (None, 0, 0.0):
+                    raise self._unsupported(node, f"F.pad(mode={mode!r}, value={value!r})")
+                pad = kwargs.get("pad", args[1] if len(args) > 1 else None)
+                return self._index_rule(node, arg0, x, out, lambda t: F.pad(t, pad))
+            if target is torch.cat:
+                return self._cat_rule(node, args, kwargs, out, stack=False)
+            if target is torch.stack:
+                return self._cat_rule(node, args, kwargs, out, stack=True)
+            if target in (torch.sum, torch.mean):
+                return self._reduce_rule(node, arg0, x, out, args[1:], kwargs, mean=target is torch.mean)
+            if target in (F.adaptive_avg_pool2d, F.avg_pool2d):
+                rest, kw = args[1:], kwargs
+                fn = lambda t: target(t, *rest, **kw)  # noqa: E731
+                global_mean = target is F.adaptive_avg_pool2d and tuple(out.shape[-2:]) == (1, 1)
+                return R.NormPoolRule(arg0, fn, x, out, global_mean)
+            if target in (F.max_pool2d, F.adaptive_max_pool2d):
+                _, idx = target(*args, **{**kwargs, "return_indices": True})
+                return R.MaxPoolRule(arg0, x, idx)
+            raise self._unsupported(node, f"function {name}")
+        method = str(target).rstrip("_")
+        if method in R.PASS_METHODS:
+            return R.PassRule(arg0)
+        if method in R.RESHAPE_METHODS:
+            return R.ReshapeRule(arg0, x.shape, out.shape, f".{method}()")
+        if method in ("sum", "mean"):
+            return self._reduce_rule(node, arg0, x, out, args[1:], kwargs, mean=method == "mean")
+        if method == "add":
+            return self._add_rule(node, args, kwargs, out)
+        raise self._unsupported(node, f"method .{method}()")
+
+    def _add_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor) -> R.Rule:
+        if kwargs.get("alpha", 1) != 1 or len(args) != 2:
+            raise self._unsupported(node, "addition with alpha")
+        nodes = node.args[:2]
+        if not all(isinstance(n, fx.Node) and isinstance(v, Tensor) for n, v in zip(nodes, args)):
+            raise self._unsupported(node, "addition of a constant to an activation")
+        return R.SumRule(nodes, args, out)
+
+    def _index_rule(self, node: fx.Node, inp: fx.Node, x: Tensor, out: Tensor, fn) -> R.Rule:
+        probe = fn(torch.zeros((2, *x.shape[1:]), dtype=x.dtype, device=x.device))
+        if tuple(probe.shape) != (2, *out.shape[1:]):
+            raise self._unsupported(node, "indexing over the batch dimension")
+        return R.IndexRule(inp, fn, x.shape)
+
+    def _cat_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor, stack: bool) -> R.Rule:
+        tensors = args[0]
+        nodes = node.args[0]
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        dim = dim % out.ndim
+        if dim == 0:
+            raise self._unsupported(node, "concatenation over the batch dimension")
+        if not all(isinstance(n, fx.Node) for n in nodes):
+            raise self._unsupported(node, "concatenation with a constant tensor")
+        if stack:
+            return R.StackRule(nodes, dim)
+        return R.CatRule(nodes, [t.shape[dim] for t in tensors], dim)
+
+    def _reduce_rule(self, node: fx.Node, inp: fx.Node, x: Tensor, out: Tensor, rest: tuple, kwargs: dict, mean: bool) -> R.Rule:
+        dim = kwargs.get("dim", rest[0] if rest else None)
+        keepdim = bool(kwargs.get("keepdim", rest[1] if len(rest) > 1 else False))
+        if dim is None:
+            raise self._unsupported(node, "sum/mean over all dimensions (includes the batch)")
+        dims = tuple(d % x.ndim for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
+        return R.ReduceRule(inp, x, out, dims, keepdim, mean)
+
+    # ------------------------------------------------------------------ backward
+    def propagate(
+        self,
+        forward: ForwardPass,
+        start: Mapping[fx.Node, Tensor],
+        masks: Mapping[fx.Node, Tensor] | None = None,
+        record: Sequence[fx.Node] = (),
+    ) -> tuple[Tensor, dict[fx.Node, Tensor]]:
+        """Propagate relevance batches from ``start`` nodes down to the input.
+
+        Parameters
+        ----------
+        forward : ForwardPass
+            From :meth:`forward`.
+        start : mapping node -> Tensor
+            Relevance at these nodes' outputs, each of shape ``(B, *activation.shape[1:])``.
+        masks : mapping node -> Tensor, optional
+            Multiplied onto the relevance at these nodes (broadcast to ``(B, ...)``).
+        record : sequence of nodes
+            Nodes whose (masked) relevance is returned.
+
+        Returns
+        -------
+        input_relevance : Tensor
+            Shape ``(B, C, H, W)``.
+        recorded : dict
+            Node -> relevance, for the nodes in ``record`` that relevance reached.
+        """
+        pending: dict[fx.Node, Tensor] = dict(start)
+        wanted = set(record)
+        recorded: dict[fx.Node, Tensor] = {}
+        batch = next(iter(start.values())).shape[0]
+        first = max(self._index[node] for node in start)
+        result: Tensor | None = None
+        for node in reversed(self._nodes[: first + 1]):
+            rel = pending.pop(node, None)
+            if rel is None:
+                continue
+            if masks is not None and node in masks:
+                rel = rel * masks[node]
+            if node in wanted:
+                recorded[node] = rel
+            if node.op == "placeholder":
+                result = rel
+                continue
+            rule = forward.rules.get(node)
+            if rule is None:
+                raise UnsupportedModelError(f"relevance reached node '{node.name}' which has no LRP rule")
+            for inp, rel_in in rule.backward(rel):
+                previous = pending.get(inp)
+                pending[inp] = rel_in if previous is None else previous + rel_in
+        if result is None:
+            result = forward.input.new_zeros((batch, *forward.input.shape[1:]))
+        return result, recorded
+
+    def _resolve_target(self, logits: Tensor, target: int | None) -> int:
+        if target is None:
+            return int(logits.argmax())
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+            raise InputError(f"target must be a class index (int), got {target!r}")
+        if not 0 <= int(target) < logits.numel():
+            raise InputError(
+                f"target {target} is outside the model's {logits.numel()} classes (0..{logits.numel() - 1})"
+            )
+        return int(target)
+
+    def _init_relevance(self, logits: Tensor, targets: Sequence[int], init: InitRelevance | Tensor) -> Tensor:
+        rel = torch.zeros((len(targets), logits.numel()), dtype=logits.dtype, device=logits.device)
+        rows = torch.arange(len(targets))
+        cols = torch.as_tensor(list(targets))
+        if isinstance(init, Tensor):
+            rel[rows, cols] = init.to(rel).reshape(-1).expand(len(targets))
+        elif init == "logit":
+            rel[rows, cols] = logits[cols]
+        elif init == "one":
+            rel[rows, cols] = 1.0
+        else:
+            raise InputError(f"init must be 'logit', 'one' or a tensor, got {init!r}")
+        return rel
+
+    @torch.no_grad()
+    def attribute(self, x: Tensor | ForwardPass, target: int | None = None, init: InitRelevance | Tensor = "logit") -> Attribution:
+        """One LRP pass from the target logit: relevance at the input and at every layer.
+
+        Parameters
+        ----------
+        x : Tensor or ForwardPass
+            Preprocessed image ``(1, C, H, W)``, or a prepared forward pass.
+        target : int, optional
+            Class to explain (default: the predicted class).
+        init : {"logit", "one"} or Tensor
+            Initial relevance at the target logit: its value (zennit-crp's default), 1
+            (zennit's ``Gradient`` with a one-hot output), or a given scalar.
+        """
+        forward = x if isinstance(x, ForwardPass) else self.forward(x)
+        target = self._resolve_target(forward.logits, target)
+        out_node = self._output_node()
+        start = {out_node: self._init_relevance(forward.logits, [target], init)}
+        layer_nodes = [self._node_by_layer[layer.name] for layer in self.layers]
+        input_rel, recorded = self.propagate(forward, start, record=layer_nodes)
+        layer_rel = {}
+        for layer, node in zip(self.layers, layer_nodes):
+            rel = recorded.get(node)
+            if rel is None:  # layer not on any path to the logit
+                rel = torch.zeros((1, layer.channels, 1, 1), dtype=self.dtype, device=self.device)
+            layer_rel[layer.name] = rel[0]
+        return Attribution(target, forward.logits, input_rel[0], layer_rel, forward)
+
+    def _output_node(self) -> fx.Node:
+        out = next(node for node in reversed(self._nodes) if node.op == "output")
+        arg = out.args[0]
+        if isinstance(arg, (tuple, list)):
+            arg = arg[0]
+        return arg
+
+    def channel_plan(
+        self, attribution: Attribution, batch_size: int, channels: Mapping[str, Sequence[int]] | None = None
+    ) -> list[tuple[str, Tensor]]:
+        """Batches ``(layer, channel indices)`` covering the requested neurons."""
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        plan: list[tuple[str, Tensor]] = []
+        names = [layer.name for layer in self.layers]
+        wanted = channels if channels is not None else {layer.name: range(layer.channels) for layer in self.layers}
+        for name, chans in wanted.items():
+            if name not in attribution.layer_relevance:
+                close = [n for n in names if name in n or n in name][:3]
+                raise InputError(f"layer {name!r} is not among the selected layers{'; close: ' + ', '.join(close) if close else ''}")
+            idx = torch.as_tensor(list(chans), dtype=torch.long)
+            n_channels = attribution.layer_relevance[name].shape[0]
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_channels):
+                raise InputError(f"channel index out of range for layer {name!r} with {n_channels} channels")
+            for chunk in torch.split(idx, batch_size):
+                plan.append((name, chunk))
+        return plan
+
+    @torch.no_grad()
+    def iter_conditional_maps(
+        self,
+        attribution: Attribution,
+        batch_size: int = 32,
+        channels: Mapping[str, Sequence[int]] | None = None,
+        progress: bool = False,
+    ) -> Iterator[MapBatch]:
+        """Yield conditional maps ``y_p`` in batches, one layer per batch.
+
+        Parameters
+        ----------
+        attribution : Attribution
+            From :meth:`attribute`.
+        batch_size : int
+            Channels propagated together (default 32).
+        channels : mapping layer -> channel indices, optional
+            Subset of neurons (default: every channel of every selected layer).
+        progress : bool
+            Show a tqdm progress bar over batches.
+        """
+        plan = self.channel_plan(attribution, batch_size, channels)
+        forward = attribution.forward
+        iterator = plan
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(plan, desc="conditional maps", unit="batch")
+        for layer, chunk in iterator:
+            node = self._node_by_layer[layer]
+            rel = attribution.layer_relevance[layer].unsqueeze(0)
+            chunk_dev = chunk.to(self.device)
+            rule = forward.rules[node]
+            if isinstance(rule, R.ConvRule):
+                start = dict(rule.backward_channels(rel, chunk_dev))
+            else:
+                masked = rel.new_zeros((chunk.numel(), *rel.shape[1:]))
+                rows = torch.arange(chunk.numel(), device=self.device)
+                masked[rows, chunk_dev] = rel[0, chunk_dev]
+                start = {node: masked}
+            input_rel, _ = self.propagate(forward, start)
+            yield MapBatch(layer, chunk, input_rel.sum(1))
+
+    @torch.no_grad()
+    def neuron_maps(
+        self,
+        attribution: Attribution,
+        batch_size: int = 32,
+        channels: Mapping[str, Sequence[int]] | None = None,
+        map_size: tuple[int, int] | None = None,
+        dtype: np.dtype | type = np.float32,
+        progress: bool = False,
+    ) -> NeuronMaps:
+        """Collect the conditional maps of many neurons into one :class:`NeuronMaps`.
+
+        Parameters
+        ----------
+        map_size : (h, w), optional
+            Average-pool each map to this size as it streams out (memory: ``n*h*w``).
+        dtype : numpy dtype
+            Storage type of the maps (e.g. ``np.float16`` halves memory).
+        """
+        plan = self.channel_plan(attribution, batch_size, channels)
+        total = sum(chunk.numel() for _, chunk in plan)
+        height, width = attribution.forward.input.shape[-2:]
+        out_h, out_w = map_size or (height, width)
+        maps = np.empty((total, out_h, out_w), dtype=dtype)
+        sums = np.empty(total, dtype=np.float64)
+        layer_names = [layer.name for layer in self.layers]
+        layer_index = np.empty(total, dtype=np.int32)
+        channel = np.empty(total, dtype=np.int64)
+        relevance = np.empty(total, dtype=np.float64)
+        per_channel = {name: attribution.channel_relevance(name).double().cpu().numpy() for name in layer_names}
+        cursor = 0
+        for batch in self.iter_conditional_maps(attribution, batch_size, channels, progress):
+            n = batch.channels.numel()
+            sums[cursor : cursor + n] = batch.maps.double().sum((1, 2)).cpu().numpy()
+            small = batch.maps
+            if map_size is not None and tuple(small.shape[-2:]) != (out_h, out_w):
+                small = F.adaptive_avg_pool2d(small.unsqueeze(1), (out_h, out_w)).squeeze(1)
+            maps[cursor : cursor + n] = small.cpu().numpy().astype(dtype, copy=False)
+            chans = batch.channels.cpu().numpy()
+            layer_index[cursor : cursor + n] = layer_names.index(batch.layer)
+            channel[cursor : cursor + n] = chans
+            relevance[cursor : cursor + n] = per_channel[batch.layer][chans]
+            cursor += n
+        return NeuronMaps(layer_names, layer_index, channel, relevance, maps, sums)
+
+    @torch.no_grad()
+    def conditional_heatmaps(
+        self,
+        x: Tensor | ForwardPass,
+        conditions: Sequence[Mapping[str, Sequence[int]]],
+        target: int | None = None,
+        init: InitRelevance | Tensor = "logit",
+        record_layers: Sequence[str] = (),
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """General conditional attribution from the target logit (zennit-crp's conditions).
+
+        Each condition maps layer names to the channels kept at that layer (an empty list
+        keeps none); all conditions are propagated as one batch. Relevance through
+        parallel branches is *not* excluded (zennit-crp's ``exclude_parallel=False``).
+
+        Returns
+        -------
+        input_relevance : Tensor
+            Shape ``(len(conditions), C, H, W)``.
+        relevances : dict[str, Tensor]
+            For each of ``record_layers``: relevance at its output, ``(len(conditions), ...)``.
+        """
+        forward = x if isinstance(x, ForwardPass) else self.forward(x)
+        target = self._resolve_target(forward.logits, target)
+        n = len(conditions)
+        if n == 0:
+            raise InputError("conditions is empty; pass at least one condition dict")
+        masks: dict[fx.Node, Tensor] = {}
+        for row, condition in enumerate(conditions):
+            for layer, chans in condition.items():
+                node = self.layer_node(layer)
+                module = self.graph_module.get_submodule(node.target)
+                n_channels = getattr(module, "out_channels", getattr(module, "out_features", None))
+                if n_channels is None:
+                    raise InputError(f"layer {layer!r} has no channels to condition on; use a conv or linear layer")
+                if node not in masks:
+                    masks[node] = torch.ones((n, n_channels), dtype=self.dtype, device=self.device)
+                masks[node][row] = 0.0
+                idx = torch.as_tensor(list(chans), dtype=torch.long)
+                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_channels):
+                    raise InputError(f"channel index out of range for layer {layer!r} with {n_channels} channels")
+                masks[node][row, idx] = 1.0
+        shaped = {}
+        for node, mask in masks.items():
+            extra = len(forward.shapes[node]) - 2
+            shaped[node] = mask.reshape(*mask.shape, *([1] * extra))
+        out_node = self._output_node()
+        start = {out_node: self._init_relevance(forward.logits, [target] * n, init)}
+        record_nodes = [self.layer_node(name) for name in record_layers]
+        input_rel, recorded = self.propagate(forward, start, masks=shaped, record=record_nodes)
+        rels = {}
+        for name, node in zip(record_layers, record_nodes):
+            rels[name] = recorded.get(node, torch.zeros(0))
+        return input_rel, rels
+
+
+
+def _fetch(root: nn.Module, target: str) -> object:
+    obj: object = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

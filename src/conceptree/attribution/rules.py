@@ -1,0 +1,395 @@
+"""Batched LRP rules, one object per graph node.
+
+Each rule is built once per forward pass from the node's (batch-1) inputs, stores the
+quantities that do not depend on the upper relevance (modified weights and inputs,
+stabilised denominators) and then maps relevance batches ``R`` of shape
+``(B, *activation.shape[1:])`` to its inputs. All rules are linear in ``R``, which is what
+lets one forward pass serve any number of conditional maps.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.grad import conv2d_input
+
+from ..errors import UnsupportedModelError
+from .composites import Composite
+
+NORM_STABILIZER = 1e-6
+
+
+def stabilize(z: Tensor, eps: float) -> Tensor:
+    """``z + eps * sign(z)`` with ``sign(0) = +1`` (zennit's ``stabilize``)."""
+    return z + ((z == 0).to(z) + z.sign()) * eps
+
+
+class Rule:
+    """Maps a relevance batch at a node's output to its tensor inputs."""
+
+    inputs: tuple[fx.Node, ...] = ()
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        raise NotImplementedError
+
+
+class PassRule(Rule):
+    """Identity: elementwise activations, dropout, identity, ``contiguous``."""
+
+    def __init__(self, inp: fx.Node) -> None:
+        self.inputs = (inp,)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return [(self.inputs[0], relevance)]
+
+
+class ScaleRule(Rule):
+    """Multiplication by a constant, relevance scaled like a gradient (zennit 0.4 merged BN)."""
+
+    def __init__(self, inp: fx.Node, scale: float) -> None:
+        self.inputs = (inp,)
+        self.scale = scale
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return [(self.inputs[0], relevance * self.scale)]
+
+
+class ReshapeRule(Rule):
+    """``view``/``reshape``/``flatten``: relevance follows the elements."""
+
+    def __init__(self, inp: fx.Node, in_shape: torch.Size, out_shape: torch.Size, what: str) -> None:
+        if in_shape[0] != 1 or out_shape[0] != 1:
+            raise UnsupportedModelError(
+                f"{what} mixes the batch dimension ({tuple(in_shape)} -> {tuple(out_shape)}); "
+                "keep the batch dimension first and separate"
+            )
+        self.inputs = (inp,)
+        self.in_shape = tuple(in_shape[1:])
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return [(self.inputs[0], relevance.reshape((relevance.shape[0],) + self.in_shape))]
+
+
+def _vjp_linear(fn: Callable[[Tensor], Tensor], in_shape: Sequence[int], relevance: Tensor) -> Tensor:
+    """Vector-Jacobian product of a linear, batch-wise op ``fn`` applied to ``(B, *in_shape)``."""
+    zeros = torch.zeros(
+        (relevance.shape[0], *in_shape), dtype=relevance.dtype, device=relevance.device, requires_grad=True
+    )
+    with torch.enable_grad():
+        out = fn(zeros)
+        (grad,) = torch.autograd.grad(out, zeros, grad_outputs=relevance)
+    return grad
+
+
+class IndexRule(Rule):
+    """Linear bookkeeping ops (slicing, constant padding): relevance follows the gradient."""
+
+    def __init__(self, inp: fx.Node, fn: Callable[[Tensor], Tensor], in_shape: torch.Size) -> None:
+        self.inputs = (inp,)
+        self.fn = fn
+        self.in_shape = tuple(in_shape[1:])
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return [(self.inputs[0], _vjp_linear(self.fn, self.in_shape, relevance))]
+
+
+class NormPoolRule(Rule):
+    """Average pooling with zennit's ``Norm`` rule: ``R_in = x * pool^T(R / stab(pool(x)))``."""
+
+    def __init__(
+        self, inp: fx.Node, fn: Callable[[Tensor], Tensor], x: Tensor, out: Tensor, global_mean: bool = False
+    ) -> None:
+        self.inputs = (inp,)
+        self.fn = fn
+        self.x = x
+        self.global_mean = global_mean
+        self.inv_z = 1.0 / stabilize(out, NORM_STABILIZER)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        if self.global_mean:
+            # global average pool: its transpose is a broadcast divided by H*W
+            area = self.x.shape[-1] * self.x.shape[-2]
+            return [(self.inputs[0], self.x * ((relevance * self.inv_z) / area))]
+        grad = _vjp_linear(self.fn, tuple(self.x.shape[1:]), relevance * self.inv_z)
+        return [(self.inputs[0], self.x * grad)]
+
+
+class MaxPoolRule(Rule):
+    """Max pooling: relevance goes to the maximum of each window (the gradient)."""
+
+    def __init__(self, inp: fx.Node, x: Tensor, indices: Tensor) -> None:
+        self.inputs = (inp,)
+        self.in_shape = tuple(x.shape[1:])
+        self.indices = indices.flatten(2)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        batch, channels = relevance.shape[:2]
+        out = relevance.new_zeros((batch, channels, math.prod(self.in_shape[1:])))
+        out.scatter_add_(2, self.indices.expand(batch, -1, -1), relevance.flatten(2))
+        return [(self.inputs[0], out.view((batch, *self.in_shape)))]
+
+
+class SumRule(Rule):
+    """Residual addition with zennit's ``Norm`` rule: ``R_i = x_i * R / stab(sum_j x_j)``."""
+
+    def __init__(self, inputs: Sequence[fx.Node], values: Sequence[Tensor], out: Tensor) -> None:
+        for value in values:
+            if value.shape != out.shape:
+                raise UnsupportedModelError(
+                    f"broadcasting addition {tuple(value.shape)} + ... -> {tuple(out.shape)} is not "
+                    "supported; add tensors of equal shape"
+                )
+        self.inputs = tuple(inputs)
+        self.values = list(values)
+        self.inv_z = 1.0 / stabilize(out, NORM_STABILIZER)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        scaled = relevance * self.inv_z
+        return [(node, value * scaled) for node, value in zip(self.inputs, self.values)]
+
+
+class ReduceRule(Rule):
+    """``sum``/``mean`` over non-batch dims (e.g. zennit's stack-and-sum) with the ``Norm`` rule."""
+
+    def __init__(self, inp: fx.Node, x: Tensor, out: Tensor, dims: tuple[int, ...], keepdim: bool, mean: bool) -> None:
+        if 0 in dims:
+            raise UnsupportedModelError("a sum/mean over the batch dimension cannot be explained; reduce other dims")
+        self.inputs = (inp,)
+        self.x = x
+        self.dims = tuple(sorted(dims))
+        self.keepdim = keepdim
+        self.scale = 1.0 / math.prod(x.shape[d] for d in dims) if mean else 1.0
+        self.inv_z = 1.0 / stabilize(out, NORM_STABILIZER)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        scaled = relevance * self.inv_z * self.scale
+        if not self.keepdim:
+            for dim in self.dims:
+                scaled = scaled.unsqueeze(dim)
+        return [(self.inputs[0], self.x * scaled)]
+
+
+class CatRule(Rule):
+    """``torch.cat``: split the relevance along the concatenation axis."""
+
+    def __init__(self, inputs: Sequence[fx.Node], sizes: Sequence[int], dim: int) -> None:
+        self.inputs = tuple(inputs)
+        self.sizes = list(sizes)
+        self.dim = dim
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return list(zip(self.inputs, torch.split(relevance, self.sizes, dim=self.dim)))
+
+
+class StackRule(Rule):
+    """``torch.stack``: unbind the relevance along the new axis."""
+
+    def __init__(self, inputs: Sequence[fx.Node], dim: int) -> None:
+        self.inputs = tuple(inputs)
+        self.dim = dim
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return list(zip(self.inputs, torch.unbind(relevance, dim=self.dim)))
+
+
+def _same_pads(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> list[int]:
+    """TF-style 'same' padding as timm's ``Conv2dSame`` computes it: [left, right, top, bottom]."""
+    pads: list[int] = []
+    for size, k, s, d in zip(reversed(in_size), reversed(kernel), reversed(stride), reversed(dilation)):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
+def conv_geometry(module: nn.Conv2d, x: Tensor, name: str) -> tuple[list[int], tuple[int, int]]:
+    """Explicit input padding (F.pad order) and conv padding that reproduce ``module(x)``."""
+    if module.padding_mode != "zeros":
+        raise UnsupportedModelError(
+            f"conv '{name}' uses padding_mode={module.padding_mode!r}; only zero padding is supported"
+        )
+    if type(module).__name__ == "Conv2dSame":
+        pads = _same_pads(x.shape[-2:], module.kernel_size, module.stride, module.dilation)
+        return pads, (0, 0)
+    if type(module) is not nn.Conv2d:
+        raise UnsupportedModelError(
+            f"conv '{name}' is a {type(module).__name__} with a custom forward(); use nn.Conv2d "
+            "(or timm's Conv2dSame) so that LRP rules apply"
+        )
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return [0, 0, 0, 0], (0, 0)
+        pads = []
+        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return pads, (0, 0)
+    return [0, 0, 0, 0], tuple(module.padding)  # type: ignore[return-value]
+
+
+class ConvRule(Rule):
+    """z+, epsilon or flat rule of a 2-D convolution (BatchNorm already merged).
+
+    ``terms`` holds ``(input_factor, weight)`` pairs; the input relevance is
+    ``sum_t input_factor_t * convT(weight_t, R / stab(z))`` (``input_factor`` None = 1).
+    """
+
+    def __init__(self, inp: fx.Node, module: nn.Conv2d, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str) -> None:
+        self.inputs = (inp,)
+        self.name = name
+        self.pads, self.padding = conv_geometry(module, x, name)
+        self.stride = module.stride
+        self.dilation = module.dilation
+        self.groups = module.groups
+        xp = F.pad(x, self.pads) if any(self.pads) else x
+        self.padded_shape = tuple(xp.shape[1:])
+        weight, bias = module.weight, module.bias
+        check = F.conv2d(xp, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if check.shape != out.shape or not torch.allclose(check, out, rtol=1e-4, atol=1e-5 * float(out.abs().max()) + 1e-6):
+            raise UnsupportedModelError(
+                f"conv '{name}' ({type(module).__name__}) does not compute a plain convolution; "
+                "replace its custom forward with nn.Conv2d"
+            )
+        conv = lambda inp_, w, b=None: F.conv2d(inp_, w, b, self.stride, self.padding, self.dilation, self.groups)  # noqa: E731
+        use_bias = bias is not None and not composite.zero_bias
+        if mode == "zplus":
+            w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+            x_pos, x_neg = xp.clamp(min=0), xp.clamp(max=0)
+            z = conv(x_pos, w_pos, bias.clamp(min=0) if use_bias else None)
+            self.terms: list[tuple[Tensor | None, Tensor]] = [(x_pos, w_pos)]
+            if bool((x_neg < 0).any()):
+                z = z + conv(x_neg, w_neg)
+                self.terms.append((x_neg, w_neg))
+            eps = composite.stabilizer
+        elif mode == "epsilon":
+            z = conv(xp, weight, bias if use_bias else None)
+            self.terms = [(xp, weight)]
+            eps = composite.epsilon
+        elif mode == "flat":
+            ones_w = torch.ones_like(weight)
+            z = conv(F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x), ones_w)
+            self.terms = [(None, ones_w)]
+            eps = composite.stabilizer
+        else:  # pragma: no cover - guarded by the engine
+            raise ValueError(mode)
+        self.mode = mode
+        self.inv_z = 1.0 / stabilize(z, eps)
+        # Units with z == 0 (no positive contribution: activated by their bias alone) would
+        # swallow their relevance; with dead_units="flat" it is spread over their receptive
+        # field instead (the flat rule on those positions only), which keeps conservation.
+        self.flat_terms: list[tuple[Tensor | None, Tensor]] = []
+        if mode == "zplus" and composite.dead_units == "flat":
+            dead = z == 0
+            if bool(dead.any()):
+                ones_w = torch.ones_like(weight)
+                ones_x = F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x)
+                z_flat = conv(ones_x, ones_w)
+                self.inv_z = torch.where(dead, 0.0, self.inv_z)
+                self.inv_flat = torch.where(dead, 1.0 / stabilize(z_flat, eps), 0.0)
+                self.flat_terms = [(None, ones_w)]
+
+    def _crop(self, rel: Tensor) -> Tensor:
+        left, right, top, bottom = self.pads
+        if not any(self.pads):
+            return rel
+        height, width = rel.shape[-2:]
+        return rel[..., top : height - bottom, left : width - right]
+
+    def _groups_of_terms(self) -> list[tuple[Tensor, list[tuple[Tensor | None, Tensor]]]]:
+        groups = [(self.inv_z, self.terms)]
+        if self.flat_terms:
+            groups.append((self.inv_flat, self.flat_terms))
+        return groups
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        size = (relevance.shape[0], *self.padded_shape)
+        total: Tensor | None = None
+        for inv_z, terms in self._groups_of_terms():
+            scaled = relevance * inv_z
+            for factor, weight in terms:
+                grad = conv2d_input(size, weight, scaled, self.stride, self.padding, self.dilation, self.groups)
+                part = grad if factor is None else grad * factor
+                total = part if total is None else total + part
+        assert total is not None
+        return [(self.inputs[0], self._crop(total))]
+
+    def backward_channels(self, relevance: Tensor, channels: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        """Backward of ``relevance`` masked to one output channel per batch row.
+
+        Equal to ``backward(R_b)`` with ``R_b`` = ``relevance`` (batch 1) zeroed outside
+        channel ``channels[b]``, at 1/C of the cost: only the selected filters are transposed.
+        """
+        batch = channels.numel()
+        c_in_total, height, width = self.padded_shape
+        c_in = c_in_total // self.groups
+        c_out_per_group = self.inv_z.shape[1] // self.groups
+        group_of = channels // c_out_per_group
+        in_index = group_of[:, None] * c_in + torch.arange(c_in, device=channels.device)[None, :]  # (B, c_in)
+        total: Tensor | None = None
+        for inv_z, terms in self._groups_of_terms():
+            scaled = (relevance * inv_z)[0, channels].unsqueeze(0)  # (1, B, H, W)
+            for factor, weight in terms:
+                grad = conv2d_input(
+                    (1, batch * c_in, height, width), weight[channels], scaled,
+                    self.stride, self.padding, self.dilation, batch,
+                ).view(batch, c_in, height, width)
+                if factor is not None:
+                    grad = grad * (factor[0] if self.groups == 1 else factor[0][in_index])
+                total = grad if total is None else total + grad
+        assert total is not None
+        if self.groups != 1:
+            full = total.new_zeros((batch, c_in_total, height, width))
+            full.scatter_(1, in_index[:, :, None, None].expand(-1, -1, height, width), total)
+            total = full
+        return [(self.inputs[0], self._crop(total))]
+
+
+class LinearRule(Rule):
+    """Epsilon, z+ or flat rule of a dense layer."""
+
+    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, mode: str, composite: Composite) -> None:
+        self.inputs = (inp,)
+        weight, bias = module.weight, module.bias
+        use_bias = bias is not None and not composite.zero_bias
+        if mode == "epsilon":
+            z = F.linear(x, weight, bias if use_bias else None)
+            self.terms: list[tuple[Tensor | None, Tensor]] = [(x, weight)]
+            eps = composite.epsilon
+        elif mode == "zplus":
+            w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+            x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+            z = F.linear(x_pos, w_pos, bias.clamp(min=0) if use_bias else None) + F.linear(x_neg, w_neg)
+            self.terms = [(x_pos, w_pos), (x_neg, w_neg)]
+            eps = composite.stabilizer
+        elif mode == "flat":
+            ones_w = torch.ones_like(weight)
+            z = F.linear(torch.ones_like(x), ones_w)
+            self.terms = [(None, ones_w)]
+            eps = composite.stabilizer
+        else:  # pragma: no cover
+            raise ValueError(mode)
+        self.inv_z = 1.0 / stabilize(z, eps)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        scaled = relevance * self.inv_z
+        total: Tensor | None = None
+        for factor, weight in self.terms:
+            grad = scaled @ weight
+            part = grad if factor is None else grad * factor
+            total = part if total is None else total + part
+        assert total is not None
+        return [(self.inputs[0], total)]
+
+
+#: elementwise activations that pass relevance through unchanged (zennit's ``Pass``).
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout2d)
+PASS_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.leaky_relu, F.hardtanh, F.dropout, torch.nn.functional.dropout2d}
+PASS_METHODS = {"relu", "contiguous", "clone", "detach"}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}

@@ -1,0 +1,1 @@
+"""Model loading: architectures, local weights, preprocessing and class names."""
