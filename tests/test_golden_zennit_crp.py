@@ -41,7 +41,7 @@ def test_reproduces_all_five_heatmaps_and_conv1_relevances(fashion):
     check on 7 pixels. We therefore scale ``atol`` to 1e-6 of the largest reference value.
     """
     model, x, target, root = fashion
-    engine = CRPEngine(model, Composite("epsilon-plus", zero_bias=False), zennit_compat="zennit-0.4")
+    engine = CRPEngine(model, Composite("epsilon-plus", zero_bias=False, dead_units="drop"), zennit_compat="zennit-0.4")
     forward = engine.forward(x)
     init = forward.logits[target].abs()
     rel_in, recorded = engine.conditional_heatmaps(
@@ -62,7 +62,7 @@ def test_current_zennit_semantics_differ_by_the_batchnorm_eps(fashion):
     """With zennit >= 0.5 semantics (merged BN passes relevance) the sums move by ~eps: a real,
     measurable difference, so the compat switch is not a no-op."""
     model, x, target, root = fashion
-    engine = CRPEngine(model, Composite("epsilon-plus", zero_bias=False), zennit_compat="zennit")
+    engine = CRPEngine(model, Composite("epsilon-plus", zero_bias=False, dead_units="drop"), zennit_compat="zennit")
     forward = engine.forward(x)
     rel_in, _ = engine.conditional_heatmaps(forward, CONDITIONS[:1], target=target, init=forward.logits[target].abs())
     expected = np.load(root / "heatmaps.npz")["heatmaps"][0]
@@ -72,6 +72,6 @@ def test_current_zennit_semantics_differ_by_the_batchnorm_eps(fashion):
 
 def test_masking_nothing_everywhere_gives_zero(fashion):
     model, x, target, _ = fashion
-    engine = CRPEngine(model, Composite("epsilon-plus", zero_bias=False))
+    engine = CRPEngine(model, Composite("epsilon-plus", zero_bias=False, dead_units="drop"))
     rel_in, _ = engine.conditional_heatmaps(x, [{"conv2": [], "parallel.0": []}], target=target)
     assert torch.count_nonzero(rel_in) == 0

@@ -279,19 +279,29 @@ class ConvRule(Rule):
             raise ValueError(mode)
         self.mode = mode
         self.inv_z = 1.0 / stabilize(z, eps)
-        # Units with z == 0 (no positive contribution: activated by their bias alone) would
-        # swallow their relevance; with dead_units="flat" it is spread over their receptive
-        # field instead (the flat rule on those positions only), which keeps conservation.
-        self.flat_terms: list[tuple[Tensor | None, Tensor]] = []
+        # The stabiliser keeps the share eps/(z+eps) of each unit's relevance from the inputs:
+        # all of it for a unit with z+ == 0 (active through its bias alone). With
+        # dead_units="flat" that share is spread uniformly over the unit's receptive field
+        # (the flat rule), so z+ conserves relevance exactly on every model.
+        self.flat_share: Tensor | None = None
         if mode == "zplus" and composite.dead_units == "flat":
-            dead = z == 0
-            if bool(dead.any()):
-                ones_w = torch.ones_like(weight)
-                ones_x = F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x)
-                z_flat = conv(ones_x, ones_w)
-                self.inv_z = torch.where(dead, 0.0, self.inv_z)
-                self.inv_flat = torch.where(dead, 1.0 / stabilize(z_flat, eps), 0.0)
-                self.flat_terms = [(None, ones_w)]
+            ones_x = F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x)
+            kernel = torch.ones((self.groups, 1, *weight.shape[2:]), dtype=weight.dtype, device=weight.device)
+            # inputs per receptive field, per group: (1, groups, H, W)
+            count = F.conv2d(ones_x[:, :1].expand(-1, self.groups, -1, -1).contiguous(), kernel, None,
+                             self.stride, self.padding, self.dilation, self.groups)
+            count = count * (x.shape[1] // self.groups)
+            share = 1.0 - z * self.inv_z  # eps / (z + eps) for z >= 0
+            c_out_g = z.shape[1] // self.groups
+            self.flat_share = share / count.repeat_interleave(c_out_g, dim=1).clamp(min=1)
+            self.flat_kernel = kernel
+
+    def _flat_backward(self, scaled: Tensor, groups: int, c_in: int, size: tuple[int, ...]) -> Tensor:
+        """Transposed all-ones convolution of ``scaled`` (B, groups, H, W), repeated over each
+        group's ``c_in`` input channels: the flat rule without a C_in x C_out weight."""
+        kernel = self.flat_kernel[:1].expand(groups, -1, -1, -1)
+        grad = conv2d_input((scaled.shape[0], groups, *size), kernel, scaled, self.stride, self.padding, self.dilation, groups)
+        return grad.repeat_interleave(c_in, dim=1)
 
     def _crop(self, rel: Tensor) -> Tensor:
         left, right, top, bottom = self.pads
@@ -300,22 +310,20 @@ class ConvRule(Rule):
         height, width = rel.shape[-2:]
         return rel[..., top : height - bottom, left : width - right]
 
-    def _groups_of_terms(self) -> list[tuple[Tensor, list[tuple[Tensor | None, Tensor]]]]:
-        groups = [(self.inv_z, self.terms)]
-        if self.flat_terms:
-            groups.append((self.inv_flat, self.flat_terms))
-        return groups
-
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         size = (relevance.shape[0], *self.padded_shape)
+        scaled = relevance * self.inv_z
         total: Tensor | None = None
-        for inv_z, terms in self._groups_of_terms():
-            scaled = relevance * inv_z
-            for factor, weight in terms:
-                grad = conv2d_input(size, weight, scaled, self.stride, self.padding, self.dilation, self.groups)
-                part = grad if factor is None else grad * factor
-                total = part if total is None else total + part
+        for factor, weight in self.terms:
+            grad = conv2d_input(size, weight, scaled, self.stride, self.padding, self.dilation, self.groups)
+            part = grad if factor is None else grad * factor
+            total = part if total is None else total + part
         assert total is not None
+        if self.flat_share is not None:
+            spread = relevance * self.flat_share
+            batch, c_out, height, width = spread.shape
+            per_group = spread.view(batch, self.groups, c_out // self.groups, height, width).sum(2)
+            total = total + self._flat_backward(per_group, self.groups, self.padded_shape[0] // self.groups, self.padded_shape[1:])
         return [(self.inputs[0], self._crop(total))]
 
     def backward_channels(self, relevance: Tensor, channels: Tensor) -> list[tuple[fx.Node, Tensor]]:
@@ -331,17 +339,19 @@ class ConvRule(Rule):
         group_of = channels // c_out_per_group
         in_index = group_of[:, None] * c_in + torch.arange(c_in, device=channels.device)[None, :]  # (B, c_in)
         total: Tensor | None = None
-        for inv_z, terms in self._groups_of_terms():
-            scaled = (relevance * inv_z)[0, channels].unsqueeze(0)  # (1, B, H, W)
-            for factor, weight in terms:
-                grad = conv2d_input(
-                    (1, batch * c_in, height, width), weight[channels], scaled,
-                    self.stride, self.padding, self.dilation, batch,
-                ).view(batch, c_in, height, width)
-                if factor is not None:
-                    grad = grad * (factor[0] if self.groups == 1 else factor[0][in_index])
-                total = grad if total is None else total + grad
+        scaled = (relevance * self.inv_z)[0, channels].unsqueeze(0)  # (1, B, H, W)
+        for factor, weight in self.terms:
+            grad = conv2d_input(
+                (1, batch * c_in, height, width), weight[channels], scaled,
+                self.stride, self.padding, self.dilation, batch,
+            ).view(batch, c_in, height, width)
+            if factor is not None:
+                grad = grad * (factor[0] if self.groups == 1 else factor[0][in_index])
+            total = grad if total is None else total + grad
         assert total is not None
+        if self.flat_share is not None:
+            spread = (relevance * self.flat_share)[0, channels].unsqueeze(0)  # (1, B, H, W)
+            total = total + self._flat_backward(spread, batch, 1, (height, width)).view(batch, 1, height, width)
         if self.groups != 1:
             full = total.new_zeros((batch, c_in_total, height, width))
             full.scatter_(1, in_index[:, :, None, None].expand(-1, -1, height, width), total)

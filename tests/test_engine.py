@@ -1,0 +1,179 @@
+"""Engine behaviour: batched start step, determinism, functional ops, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conceptree import Composite, CRPEngine, InputError, UnsupportedModelError
+
+from . import helpers
+
+
+class Functional(nn.Module):
+    """Functional ops in forward: torch.add, cat, pad, slicing, stack+sum, F.relu, view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.conv3 = nn.Conv2d(16, 8, 3, stride=2, padding="same" if False else 1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        a = F.relu(self.bn1(self.conv1(x)))
+        b = F.relu(self.conv2(a))
+        c = torch.cat([a, torch.add(a, b)], dim=1)
+        c = F.pad(c[:, :, 1:, 1:], (0, 1, 0, 1))
+        d = F.relu(self.conv3(c))
+        d = torch.stack([d, d * 1.0 if False else d], dim=-1).sum(-1)
+        d = F.adaptive_avg_pool2d(d, 4)
+        return self.fc(d.view(d.size(0), -1))
+
+
+@pytest.fixture
+def functional_model():
+    torch.manual_seed(0)
+    return helpers.randomize_batchnorm(Functional())
+
+
+def test_functional_ops_conserve(functional_model):
+    engine = CRPEngine(functional_model)
+    x = torch.randn(1, 3, 16, 16)
+    attribution = engine.attribute(x)
+    neurons = engine.neuron_maps(attribution, batch_size=3)
+    assert len(neurons) == 8 + 8 + 8
+    scale = max(float(attribution.channel_relevance(layer.name).abs().max()) for layer in engine.layers)
+    assert abs(neurons.map_sums - neurons.relevance).max() <= 1e-4 * scale
+
+
+def test_start_step_equals_masked_full_backward(functional_model):
+    """The 1/C start step (selected filters only) equals masking the layer and running the full rule."""
+    engine = CRPEngine(functional_model)
+    attribution = engine.attribute(torch.randn(1, 3, 16, 16))
+    forward = attribution.forward
+    for layer in ("conv2", "conv3"):  # grouped and plain convolutions
+        node = engine.layer_node(layer)
+        rule = forward.rules[node]
+        rel = attribution.layer_relevance[layer].unsqueeze(0)
+        channels = torch.tensor([0, 3, 7])
+        fast = rule.backward_channels(rel, channels)[0][1]
+        masked = torch.zeros((3, *rel.shape[1:]))
+        masked[torch.arange(3), channels] = rel[0, channels]
+        slow = rule.backward(masked)[0][1]
+        assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-7)
+
+
+def test_maps_do_not_depend_on_batch_size_or_order():
+    model = helpers.cifar_model()
+    engine = CRPEngine(model)
+    x = torch.randn(1, 3, 32, 32)
+    attribution = engine.attribute(x)
+    a = engine.neuron_maps(attribution, batch_size=7, channels={"layer2.0.conv1": [5, 1, 30]})
+    b = engine.neuron_maps(attribution, batch_size=2, channels={"layer2.0.conv1": [5, 1, 30]})
+    assert (a.maps == b.maps).all() or torch.allclose(torch.from_numpy(a.maps), torch.from_numpy(b.maps), atol=1e-9)
+    again = engine.neuron_maps(engine.attribute(x), batch_size=7, channels={"layer2.0.conv1": [5, 1, 30]})
+    assert (a.maps == again.maps).all()
+
+
+def test_skip_connection_relevance_is_excluded():
+    """A map of the last conv of a residual block excludes what flows around it: the maps of
+    that layer sum to the layer total, which is less than the block output's relevance."""
+    engine = CRPEngine(helpers.torchvision_model("resnet18"))
+    attribution = engine.attribute(torch.randn(1, 3, 64, 64))
+    layer_total = float(attribution.layer_relevance["layer1.1.conv2"].sum())
+    neurons = engine.neuron_maps(attribution, channels={"layer1.1.conv2": range(64)})
+    assert neurons.maps.sum() == pytest.approx(layer_total, rel=1e-4)
+    # the block's input (layer1.0 output) carries relevance that bypasses layer1.1.conv2
+    assert float(attribution.input_relevance.sum()) > layer_total * 1.01
+
+
+def test_layer_selection_with_globs():
+    engine = CRPEngine(helpers.torchvision_model("resnet18"), layers=["layer4.*"], exclude_layers=["*downsample*"])
+    assert [layer.name for layer in engine.layers] == [
+        "layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (torch.zeros(2, 3, 32, 32), "one image"),
+        (torch.zeros(1, 1, 32, 32), "expects 3"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "float tensor"),
+        (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+        ("image.png", "torch.Tensor"),
+    ],
+)
+def test_bad_input_tensor(bad, message):
+    engine = CRPEngine(helpers.cifar_model())
+    with pytest.raises(InputError, match=message):
+        engine.attribute(bad)
+
+
+def test_unknown_layer_lists_close_matches():
+    with pytest.raises(InputError, match="close matches: .*layer1.0.conv1"):
+        CRPEngine(helpers.cifar_model(), layers=["layer1.0.conv"])
+
+
+def test_target_out_of_range():
+    engine = CRPEngine(helpers.cifar_model())
+    with pytest.raises(InputError, match="outside the model's 10 classes"):
+        engine.attribute(torch.randn(1, 3, 32, 32), target=10)
+
+
+def test_training_mode_is_switched_to_eval_with_a_warning():
+    model = helpers.cifar_model().train()
+    with pytest.warns(UserWarning, match="training mode"):
+        engine = CRPEngine(model)
+    assert model.training  # the user's model is untouched
+    assert not engine.graph_module.training
+
+
+class _Gelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.gelu(self.conv(x)).mean((2, 3)))
+
+
+class _Mul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc((y * torch.sigmoid(y)).mean((2, 3)))
+
+
+class _LoneBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.bn(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "model,message",
+    [(_Gelu(), "unsupported function gelu"), (_Mul(), "unsupported function sigmoid"), (_LoneBN(), "BatchNorm 'bn'")],
+)
+def test_unsupported_ops_are_named(model, message):
+    with pytest.raises(UnsupportedModelError, match=message):
+        CRPEngine(model.eval()).attribute(torch.randn(1, 3, 8, 8))
+
+
+def test_composite_name_is_checked():
+    with pytest.raises(InputError, match="unknown composite"):
+        Composite("alpha-beta")
