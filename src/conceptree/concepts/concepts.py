@@ -1,0 +1,246 @@
+"""From neurons to concepts: inactive group, weighted clustering, representatives, tracing."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..attribution.engine import NeuronMaps
+from ..errors import InputError
+from .clustering import cluster
+from .distance import LINKAGES, DistanceConfig, neuron_distance
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """One conv channel: where it is and how relevant it is for the explained class."""
+
+    layer: str
+    channel: int
+    relevance: float
+
+
+@dataclass
+class Concept:
+    """A group of neurons that attend to the same evidence.
+
+    Attributes
+    ----------
+    rank : int
+        1 = largest total relevance.
+    relevance : float
+        Sum of the members' ``r_p``.
+    share : float
+        ``relevance`` / total relevance of all neurons.
+    representative : Neuron
+        The member with the largest relevance; its map is the concept's map.
+    neurons : list[Neuron]
+        All members, by decreasing relevance.
+    layer_histogram : dict[str, int]
+        Members per layer.
+    index : np.ndarray
+        Rows of the members in the :class:`NeuronMaps` that was clustered.
+    """
+
+    rank: int
+    relevance: float
+    share: float
+    representative: Neuron
+    neurons: list[Neuron]
+    layer_histogram: dict[str, int]
+    index: np.ndarray = field(repr=False)
+    representative_index: int = -1
+
+    @property
+    def size(self) -> int:
+        return len(self.neurons)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rank": self.rank,
+            "relevance": self.relevance,
+            "share": self.share,
+            "size": self.size,
+            "representative": asdict(self.representative),
+            "representative_index": self.representative_index,
+            "neurons": [asdict(n) for n in self.neurons],
+            "layer_histogram": self.layer_histogram,
+            "index": self.index.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Concept":
+        return cls(
+            rank=int(data["rank"]),
+            relevance=float(data["relevance"]),
+            share=float(data["share"]),
+            representative=Neuron(**data["representative"]),
+            neurons=[Neuron(**n) for n in data["neurons"]],
+            layer_histogram={k: int(v) for k, v in data["layer_histogram"].items()},
+            index=np.asarray(data["index"], dtype=np.int64),
+            representative_index=int(data.get("representative_index", -1)),
+        )
+
+
+@dataclass
+class ConceptSet:
+    """Concepts of one explanation, with the evidence of how they were found.
+
+    Attributes
+    ----------
+    concepts : list[Concept]
+        Ordered by decreasing total relevance.
+    inactive : list[Neuron]
+        Neurons with zero relevance and an all-zero map (kept out of the clustering).
+    k : int
+        Number of concepts.
+    silhouette_by_k : dict[int, float]
+        Mean silhouette of each k scored.
+    linkage : np.ndarray
+        Dendrogram of the active neurons (rows of ``active_index``).
+    active_index : np.ndarray
+        Rows of the clustered :class:`NeuronMaps` that were active.
+    distance : DistanceConfig
+    method : str
+        Linkage.
+    k_range : tuple[int, int]
+    timings : dict[str, float]
+        Seconds per stage (distance, linkage+k search).
+    """
+
+    concepts: list[Concept]
+    inactive: list[Neuron]
+    k: int
+    silhouette_by_k: dict[int, float]
+    linkage: np.ndarray
+    active_index: np.ndarray
+    distance: DistanceConfig
+    method: str
+    k_range: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def labels(self, n: int) -> np.ndarray:
+        """Concept rank (1..k) of each of the ``n`` neurons, 0 for inactive ones."""
+        out = np.zeros(n, dtype=np.int64)
+        for concept in self.concepts:
+            out[concept.index] = concept.rank
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "k": self.k,
+            "method": self.method,
+            "k_range": list(self.k_range),
+            "distance": self.distance.to_dict(),
+            "silhouette_by_k": {str(k): v for k, v in self.silhouette_by_k.items()},
+            "concepts": [c.to_dict() for c in self.concepts],
+            "inactive": [asdict(n) for n in self.inactive],
+            "timings": self.timings,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, linkage: np.ndarray, active_index: np.ndarray) -> "ConceptSet":
+        dist = dict(data["distance"])
+        if dist.get("map_size") is not None:
+            dist["map_size"] = tuple(dist["map_size"])
+        return cls(
+            concepts=[Concept.from_dict(c) for c in data["concepts"]],
+            inactive=[Neuron(**n) for n in data["inactive"]],
+            k=int(data["k"]),
+            silhouette_by_k={int(k): float(v) for k, v in data["silhouette_by_k"].items()},
+            linkage=linkage,
+            active_index=active_index,
+            distance=DistanceConfig(**dist),
+            method=data["method"],
+            k_range=tuple(data["k_range"]),
+            timings=data.get("timings", {}),
+        )
+
+
+def canonical_order(neurons: NeuronMaps) -> np.ndarray:
+    """Row order by (layer position in the model, channel): independent of processing order."""
+    return np.lexsort((neurons.channel, neurons.layer_index))
+
+
+def find_concepts(
+    neurons: NeuronMaps,
+    distance: DistanceConfig | None = None,
+    method: str = "average",
+    k_range: tuple[int, int] = (10, 40),
+    k: int | None = None,
+) -> ConceptSet:
+    """Cluster the neurons of one explanation into concepts.
+
+    Parameters
+    ----------
+    neurons : NeuronMaps
+        Relevances and conditional maps (from :meth:`CRPEngine.neuron_maps`).
+    distance : DistanceConfig, optional
+        λ, map preprocessing and term normalisation (defaults documented there).
+    method : {"single", "complete", "average", "ward"}
+        Linkage (default ``"average"``).
+    k_range : (int, int)
+        Inclusive range of k searched by silhouette (default 10..40).
+    k : int, optional
+        A fixed number of concepts instead of the search.
+
+    Returns
+    -------
+    ConceptSet
+    """
+    distance = distance or DistanceConfig()
+    if method not in LINKAGES:
+        raise InputError(f"unknown linkage {method!r}; use one of {', '.join(LINKAGES)}")
+    order = canonical_order(neurons)
+    flat = neurons.maps.reshape(len(neurons), -1)
+    inactive_mask = (neurons.relevance == 0) & ~np.any(flat != 0, axis=1)
+    active = order[~inactive_mask[order]]
+    inactive = order[inactive_mask[order]]
+    t0 = time.perf_counter()
+    dist = neuron_distance(neurons.maps[active], neurons.relevance[active], distance)
+    t1 = time.perf_counter()
+    result = cluster(dist, method, k_range, k)
+    t2 = time.perf_counter()
+    del dist
+    total = float(np.sum(neurons.relevance))
+    concepts = []
+    for label in range(result.k):
+        members = active[result.labels == label]
+        rel = neurons.relevance[members]
+        by_relevance = members[np.lexsort((np.arange(len(members)), -rel))]  # stable: neuron order
+        rep = int(by_relevance[0])
+        layer_names = [neurons.layers[neurons.layer_index[i]] for i in by_relevance]
+        concepts.append(
+            Concept(
+                rank=0,
+                relevance=float(rel.sum()),
+                share=float(rel.sum() / total) if total != 0 else 0.0,
+                representative=_neuron(neurons, rep),
+                neurons=[_neuron(neurons, int(i)) for i in by_relevance],
+                layer_histogram=dict(Counter(layer_names)),
+                index=by_relevance.astype(np.int64),
+                representative_index=rep,
+            )
+        )
+    concepts.sort(key=lambda c: (-c.relevance, int(np.where(order == c.representative_index)[0][0])))
+    for rank, concept in enumerate(concepts, start=1):
+        concept.rank = rank
+    return ConceptSet(
+        concepts=concepts,
+        inactive=[_neuron(neurons, int(i)) for i in inactive],
+        k=result.k,
+        silhouette_by_k=result.silhouette_by_k,
+        linkage=result.linkage,
+        active_index=active.astype(np.int64),
+        distance=distance,
+        method=method,
+        k_range=tuple(k_range),
+        timings={"distance_s": t1 - t0, "linkage_and_k_s": t2 - t1},
+    )
+
+
+def _neuron(neurons: NeuronMaps, i: int) -> Neuron:
+    return Neuron(neurons.layers[int(neurons.layer_index[i])], int(neurons.channel[i]), float(neurons.relevance[i]))
