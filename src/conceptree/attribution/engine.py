@@ -635,14 +635,14 @@ class CRPEngine:
         Parameters
         ----------
         map_size : (h, w), optional
-            Average-pool each map to this size as it streams out (memory: ``n*h*w``).
+            Average-pool larger maps down to this size as they stream out (memory: ``n*h*w``).
         dtype : numpy dtype
             Storage type of the maps (e.g. ``np.float16`` halves memory).
         """
         plan = self.channel_plan(attribution, batch_size, channels)
         total = sum(chunk.numel() for _, chunk in plan)
         height, width = attribution.forward.input.shape[-2:]
-        out_h, out_w = map_size or (height, width)
+        out_h, out_w = (min(map_size[0], height), min(map_size[1], width)) if map_size else (height, width)
         maps = np.empty((total, out_h, out_w), dtype=dtype)
         sums = np.empty(total, dtype=np.float64)
         layer_names = [layer.name for layer in self.layers]

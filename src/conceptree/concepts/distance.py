@@ -39,7 +39,7 @@ class DistanceConfig:
         neuron's relevance lies, not its amount, which the relevance term already carries).
         All-zero maps stay zero.
     map_size : (int, int) or None
-        Average-pool maps to this size for the distance only (default ``(56, 56)``).
+        Average-pool larger maps down to this size for the distance only (default ``(56, 56)``).
     term_norm : {"max", "p99"}
         Normaliser of each term: its maximum (default) or its 99th percentile (robust to
         outliers; estimated on a fixed, deterministic subsample of pairs when n is large).
@@ -72,7 +72,7 @@ def prepare_maps(maps: np.ndarray, config: DistanceConfig) -> np.ndarray:
     rows = []
     for start in range(0, len(maps), 1024):
         chunk = torch.from_numpy(np.ascontiguousarray(maps[start : start + 1024], dtype=np.float32))
-        if config.map_size is not None and tuple(chunk.shape[-2:]) != tuple(config.map_size):
+        if config.map_size is not None and (chunk.shape[-2] > config.map_size[0] or chunk.shape[-1] > config.map_size[1]):
             chunk = F.adaptive_avg_pool2d(chunk.unsqueeze(1), config.map_size).squeeze(1)
         rows.append(chunk.reshape(chunk.shape[0], -1).numpy())
     features = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)

@@ -1,0 +1,196 @@
+"""``conceptree.explain``: CRP engine + concept clustering for one image, saved in open formats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .attribution import Composite, CRPEngine
+from .concepts import ConceptSet, DistanceConfig, find_concepts
+from .errors import InputError
+
+
+@dataclass
+class Explanation:
+    """Concepts of one image's decision, with everything needed to reload and report them.
+
+    Attributes
+    ----------
+    target, target_name, probability : int, str, float
+        Explained class.
+    top5 : list[dict]
+        ``{"index", "name", "probability"}`` of the five most probable classes.
+    concepts : ConceptSet
+    concept_maps : np.ndarray
+        Map of each concept's representative neuron at input resolution, ``(k, H, W)``.
+    heatmap : np.ndarray
+        Class heatmap (all channels), ``(H, W)``.
+    image : np.ndarray
+        The model input as displayed, ``(H, W, 3)`` uint8.
+    meta : dict
+        Model spec, hashes, composite, parameters, versions, timings.
+    """
+
+    target: int
+    target_name: str
+    probability: float
+    top5: list[dict]
+    concepts: ConceptSet
+    concept_maps: np.ndarray
+    heatmap: np.ndarray
+    image: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "target": {"index": self.target, "name": self.target_name, "probability": self.probability},
+            "top5": self.top5,
+            **self.meta,
+            **self.concepts.to_dict(),
+        }
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``explanation.json``, ``maps.npz`` and ``concepts.png`` into ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "explanation.json").write_text(json.dumps(self.to_dict(), indent=2))
+        np.savez_compressed(
+            out / "maps.npz",
+            concept_maps=self.concept_maps.astype(np.float32),
+            heatmap=self.heatmap.astype(np.float32),
+            image=self.image,
+            linkage=self.concepts.linkage,
+            active_index=self.concepts.active_index,
+        )
+        from .report import concept_grid
+
+        concept_grid(self, out / "concepts.png")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Explanation":
+        """Reload what :meth:`save` wrote (numbers equal after reload)."""
+        directory = Path(directory)
+        try:
+            data = json.loads((directory / "explanation.json").read_text())
+            arrays = np.load(directory / "maps.npz")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read an explanation from {directory} ({exc}); pass the --out folder of explain") from exc
+        concepts = ConceptSet.from_dict(data, arrays["linkage"], arrays["active_index"])
+        meta = {k: v for k, v in data.items() if k not in _CONCEPT_KEYS | {"target", "top5"}}
+        return cls(
+            target=int(data["target"]["index"]),
+            target_name=data["target"]["name"],
+            probability=float(data["target"]["probability"]),
+            top5=data["top5"],
+            concepts=concepts,
+            concept_maps=arrays["concept_maps"],
+            heatmap=arrays["heatmap"],
+            image=arrays["image"],
+            meta=meta,
+        )
+
+
+_CONCEPT_KEYS = {"k", "method", "k_range", "distance", "silhouette_by_k", "concepts", "inactive", "timings"}
+
+
+def explain(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int | None = None,
+    class_names: list[str] | None = None,
+    image: np.ndarray | None = None,
+    layers: list[str] | None = None,
+    exclude_layers: list[str] | None = None,
+    composite: Composite | None = None,
+    distance: DistanceConfig | None = None,
+    method: str = "average",
+    k_range: tuple[int, int] = (10, 40),
+    k: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    model_spec: str = "custom",
+) -> Explanation:
+    """Explain ``model``'s decision on one preprocessed image with concepts.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier returning logits.
+    x : Tensor
+        Preprocessed image, ``(1, C, H, W)``.
+    target : int, optional
+        Class to explain (default: predicted).
+    class_names : list[str], optional
+        Names of the classes (for the report).
+    image : np.ndarray, optional
+        ``(H, W, 3)`` uint8 picture shown under overlays (default: de-normalised ``x``).
+    layers, exclude_layers : list[str], optional
+        Conv layers (globs) whose channels are the neurons.
+    composite, distance, method, k_range, k
+        LRP rules and clustering parameters (see :class:`Composite`, :class:`DistanceConfig`,
+        :func:`find_concepts`).
+    """
+    distance = distance or DistanceConfig()
+    timings = {}
+    t0 = time.perf_counter()
+    engine = CRPEngine(model, composite, layers, exclude_layers)
+    attribution = engine.attribute(x, target)
+    t1 = time.perf_counter()
+    neurons = engine.neuron_maps(attribution, batch_size, map_size=distance.map_size, progress=progress)
+    t2 = time.perf_counter()
+    concepts = find_concepts(neurons, distance, method, k_range, k)
+    t3 = time.perf_counter()
+    wanted: dict[str, list[int]] = {}
+    for concept in concepts.concepts:
+        wanted.setdefault(concept.representative.layer, []).append(concept.representative.channel)
+    full = engine.neuron_maps(attribution, batch_size, channels=wanted)
+    lookup = {name: i for i, name in enumerate(full.names())}
+    concept_maps = np.stack(
+        [full.maps[lookup[f"{c.representative.layer}:{c.representative.channel}"]] for c in concepts.concepts]
+    ) if concepts.concepts else np.zeros((0, *x.shape[-2:]), np.float32)
+    timings.update(attribution_s=t1 - t0, neuron_maps_s=t2 - t1, clustering_s=t3 - t2, total_s=time.perf_counter() - t0)
+    probs = torch.softmax(attribution.logits.double(), 0)
+    names = class_names or [str(i) for i in range(probs.numel())]
+    top = torch.topk(probs, min(5, probs.numel()))
+    if image is None:
+        pic = x[0].detach().float()
+        pic = (pic - pic.min()) / (pic.max() - pic.min() + 1e-12)
+        image = (pic.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    meta = {
+        "model": {"spec": model_spec, "hash": model_hash(model)},
+        "image": {"hash": hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest(), "size": list(image.shape[:2])},
+        "composite": engine.composite.to_dict(),
+        "layers": [layer.name for layer in engine.layers],
+        "n_neurons": len(neurons),
+        "versions": {"conceptree": __version__, "torch": torch.__version__},
+        "run_timings": timings,
+    }
+    return Explanation(
+        target=attribution.target,
+        target_name=names[attribution.target],
+        probability=float(probs[attribution.target]),
+        top5=[{"index": int(i), "name": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
+        concepts=concepts,
+        concept_maps=concept_maps,
+        heatmap=attribution.heatmap.cpu().numpy(),
+        image=np.asarray(image, dtype=np.uint8),
+        meta=meta,
+    )
+
+
+def model_hash(model: nn.Module) -> str:
+    """SHA-1 of the model's parameters and buffers (names, shapes, values)."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

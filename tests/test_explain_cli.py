@@ -1,0 +1,65 @@
+"""explain(): save/load round trip; CLI through the real entry point; bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conceptree.explain import Explanation, explain
+from conceptree.models.cifar_resnet import CIFAR10_CLASSES
+
+from . import helpers
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "conceptree", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_save_load_round_trip(tmp_path, cifar_image):
+    result = explain(helpers.cifar_model(), cifar_image, class_names=list(CIFAR10_CLASSES), k_range=(3, 12), progress=False)
+    assert result.target_name == "cat"
+    assert 3 <= result.concepts.k <= 12 and len(result.concept_maps) == result.concepts.k
+    result.save(tmp_path / "exp")
+    for name in ("explanation.json", "maps.npz", "concepts.png"):
+        assert (tmp_path / "exp" / name).is_file()
+    again = Explanation.load(tmp_path / "exp")
+    assert json.loads(json.dumps(again.to_dict())) == json.loads(json.dumps(result.to_dict()))
+    assert np.array_equal(again.concept_maps, result.concept_maps.astype(np.float32))
+    assert np.array_equal(again.concepts.linkage, result.concepts.linkage)
+    # the concept map is its representative's conditional map: it sums to its relevance
+    for concept, cmap in zip(again.concepts.concepts, again.concept_maps):
+        assert float(cmap.sum()) == pytest.approx(concept.representative.relevance, rel=1e-3, abs=1e-6)
+
+
+def test_cli_help_lists_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "explain" in proc.stdout and "demo" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "setup,args,message",
+    [
+        (lambda p: None, ["explain", "missing.jpg"], "image missing.jpg not found"),
+        (lambda p: (p / "bad.jpg").write_bytes(b"not an image"), ["explain", "bad.jpg"], "cannot read image bad.jpg"),
+        (lambda p: None, ["explain", "x.jpg", "--model", "keras:foo"], "unknown model spec"),
+        (lambda p: (p / "out").mkdir() or (p / "out" / "f").write_text("x"), ["explain", "x.jpg", "--out", "out"], "exists and is not empty"),
+        (lambda p: torch.save({"conv.weight": torch.zeros(1)}, p / "w.pth"), ["explain", "x.jpg", "--model", "torchvision:resnet18", "--weights", "w.pth"], "do not match the architecture"),
+        (lambda p: torch.save(torch.nn.Linear(2, 2), p / "m.pth"), ["explain", "x.jpg", "--model", "torchvision:resnet18", "--weights", "m.pth"], "not a plain state dict"),
+    ],
+)
+def test_cli_bad_input_one_line_error(tmp_path, setup, args, message):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "x.jpg")
+    setup(tmp_path)
+    proc = run_cli(*args, "--quiet", cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(("note:", "  warnings.warn", "/"))]
+    assert lines and lines[-1].startswith("error: ") and message in lines[-1], proc.stderr
+    assert not (tmp_path / "conceptree-out").exists()  # nothing half-written
