@@ -58,7 +58,7 @@ class Explanation:
         }
 
     def save(self, out: str | Path) -> Path:
-        """Write ``explanation.json``, ``maps.npz`` and ``concepts.png`` into ``out``."""
+        """Write ``explanation.json``, ``maps.npz``, ``concepts.png`` and ``report.html`` into ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "explanation.json").write_text(json.dumps(self.to_dict(), indent=2))
@@ -70,9 +70,10 @@ class Explanation:
             linkage=self.concepts.linkage,
             active_index=self.concepts.active_index,
         )
-        from .report import concept_grid
+        from .report import concept_grid, write_html
 
         concept_grid(self, out / "concepts.png")
+        write_html(self, out / "report.html")
         return out
 
     @classmethod

