@@ -169,3 +169,18 @@ def test_fixed_k_and_bad_parameters():
         DistanceConfig(lam=1.5)
     with pytest.raises(InputError, match="k range"):
         cluster(dist, "average", k_range=(9, 3))
+
+
+@pytest.mark.parametrize("config", [DistanceConfig(map_size=None), DistanceConfig(map_size=None, term_norm="p99", exact_ward=True)])
+def test_streamed_distance_equals_square(config):
+    from conceptree.concepts import NeuronDistance
+
+    maps, relevance = synthetic(n=150, ties=False)
+    streamed = NeuronDistance(maps, relevance, config, block=16)
+    square = neuron_distance(maps, relevance, config)
+    assert np.allclose(streamed.condensed(), squareform(square.astype(np.float64), checks=False), atol=1e-6)
+    one_hot = np.eye(150)[:, :7]
+    assert np.allclose(streamed.matmul(one_hot), square.astype(np.float64) @ one_hot, atol=1e-4)
+    a = cluster(streamed, "average", (3, 20))
+    b = cluster(square, "average", (3, 20))
+    assert a.k == b.k and same_partition(a.labels, b.labels)

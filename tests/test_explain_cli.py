@@ -51,6 +51,10 @@ def test_cli_help_lists_commands():
         (lambda p: (p / "out").mkdir() or (p / "out" / "f").write_text("x"), ["explain", "x.jpg", "--out", "out"], "exists and is not empty"),
         (lambda p: torch.save({"conv.weight": torch.zeros(1)}, p / "w.pth"), ["explain", "x.jpg", "--model", "torchvision:resnet18", "--weights", "w.pth"], "do not match the architecture"),
         (lambda p: torch.save(torch.nn.Linear(2, 2), p / "m.pth"), ["explain", "x.jpg", "--model", "torchvision:resnet18", "--weights", "m.pth"], "not a plain state dict"),
+        (lambda p: torch.save(torch.nn.Linear(2, 2), p / "m.pth"), ["explain", "x.jpg", "--model", "pickle:m.pth"], "--trust-checkpoint"),
+        (lambda p: None, ["explain", "x.jpg", "--model", "torchvision:resnet18", "--target", "1000"], "outside the model's 1000 classes"),
+        (lambda p: None, ["explain", "x.jpg", "--model", "torchvision:resnet18", "--target", "no such bird"], "matches 0 classes"),
+        (lambda p: None, ["explain", "x.jpg", "--out", "x.jpg/sub"], "cannot write to"),
     ],
 )
 def test_cli_bad_input_one_line_error(tmp_path, setup, args, message):
@@ -63,3 +67,24 @@ def test_cli_bad_input_one_line_error(tmp_path, setup, args, message):
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(("note:", "  warnings.warn", "/"))]
     assert lines and lines[-1].startswith("error: ") and message in lines[-1], proc.stderr
     assert not (tmp_path / "conceptree-out").exists()  # nothing half-written
+
+
+def test_grayscale_and_rgba_are_converted_with_a_note(tmp_path):
+    from PIL import Image
+
+    from conceptree.models.loading import load_image
+
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(np.zeros((20, 20, 4), np.uint8)).save(tmp_path / "a.png")
+    for name, mode in (("g.png", "L"), ("a.png", "RGBA")):
+        image, note = load_image(str(tmp_path / name))
+        assert image.mode == "RGB" and f"is {mode}; converted to RGB" in note
+
+
+def test_target_by_unique_name():
+    from conceptree.models.loading import ModelSpec, Preprocessing
+
+    spec = ModelSpec("x", torch.nn.Identity(), Preprocessing(), ["Ara macao (Scarlet Macaw)", "Sula granti (Nazca Booby)"])
+    assert spec.resolve_target("scarlet macaw") == 0
+    assert spec.resolve_target("1") == 1
+    assert spec.resolve_target("auto") is None

@@ -61,15 +61,15 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"cannot write to {out} ({exc.strerror}); choose a writable --out") from None
 
 
-def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels):
+def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False):
     from .explain import explain
     from .models.loading import load_image, load_model, preprocess
 
     out = Path(out)
+    existed = out.exists()
     _prepare_out(out, overwrite)
-    created = True
     try:
-        spec = load_model(model_spec, weights, _parse_kv(model_args), labels)
+        spec = load_model(model_spec, weights, _parse_kv(model_args), labels, trust_checkpoint)
         picture, note = load_image(image_path)
         if note and not quiet:
             typer.echo(note, err=True)
@@ -87,8 +87,11 @@ def _run(model_spec, weights, model_args, image_path, target, layers, exclude, l
         result.meta["image"]["file"] = Path(image_path).name if image_path else "chelsea (scikit-image)"
         result.save(out)
     except BaseException:
-        if created:
+        if not existed:
             shutil.rmtree(out, ignore_errors=True)
+        else:
+            for name in ("explanation.json", "maps.npz", "concepts.png", "report.html"):
+                (out / name).unlink(missing_ok=True)
         raise
     if not quiet:
         typer.echo(f"{result.target_name} (p={result.probability:.2f}): {result.concepts.k} concepts -> {out}")
@@ -101,6 +104,7 @@ def _run(model_spec, weights, model_args, image_path, target, layers, exclude, l
 def explain_cmd(
     image: str = typer.Argument(..., help="Image file (JPEG/PNG/BMP...)."),
     model: str = typer.Option("default", help="default | timm:NAME | torchvision:NAME | pickle:PATH"),
+    trust_checkpoint: bool = typer.Option(False, help="Allow pickle:PATH (unpickling can execute code)."),
     weights: str | None = typer.Option(None, help="Local state dict (loaded with weights_only=True)."),
     model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
     target: str = typer.Option("auto", help="auto | class index | class name."),
@@ -120,7 +124,7 @@ def explain_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Explain one image: concepts, maps and figures in --out."""
-    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels)
+    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint)
 
 
 @app.command("demo")

@@ -2,7 +2,7 @@
 
 from .clustering import ClusterResult, cluster, cut_labels, linkage_matrix, nested_silhouettes
 from .concepts import Concept, ConceptSet, Neuron, find_concepts
-from .distance import DistanceConfig, neuron_distance
+from .distance import DistanceConfig, NeuronDistance, neuron_distance
 
 __all__ = [
     "ClusterResult",
@@ -10,6 +10,7 @@ __all__ = [
     "ConceptSet",
     "DistanceConfig",
     "Neuron",
+    "NeuronDistance",
     "cluster",
     "cut_labels",
     "find_concepts",

