@@ -100,7 +100,22 @@ class _CifarResidualCanonizer(AttributeCanonizer):
         return torch.relu(self.canonizer_sum(torch.stack([out, shortcut], dim=-1)))
 
 
-def zennit_canonizers(kind: str) -> list:
+def timm_batchnorm_pairs(model: nn.Module) -> list[tuple[list[str], str]]:
+    """(conv, BatchNormAct2d) name pairs of a timm MobileNet/EfficientNet for NamedMergeBatchNorm.
+
+    zennit's SequentialMergeBatchNorm pairs *leaf* modules, and timm's BatchNormAct2d is not a
+    leaf (it holds its activation), so zennit would silently leave every BatchNorm unmerged.
+    """
+    partner = {"InvertedResidual": {"bn1": "conv_pw", "bn2": "conv_dw", "bn3": "conv_pwl"},
+               "DepthwiseSeparableConv": {"bn1": "conv_dw", "bn2": "conv_pw"}}
+    pairs = [(["conv_stem"], "bn1"), (["conv_head"], "bn2")]
+    for name, module in model.named_modules():
+        for bn, conv in partner.get(type(module).__name__, {}).items():
+            pairs.append(([f"{name}.{conv}"], f"{name}.{bn}"))
+    return pairs
+
+
+def zennit_canonizers(kind: str, model: nn.Module | None = None) -> list:
     """zennit canonizers equivalent to conceptree's canonization for each test model."""
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
@@ -109,7 +124,9 @@ def zennit_canonizers(kind: str) -> list:
     if kind == "vgg":
         return [VGGCanonizer()]
     if kind == "timm":
-        return [CompositeCanonizer([SequentialMergeBatchNorm(), _TimmResidualCanonizer()])]
+        from zennit.canonizers import NamedMergeBatchNorm
+
+        return [CompositeCanonizer([NamedMergeBatchNorm(timm_batchnorm_pairs(model)), _TimmResidualCanonizer()])]
     if kind == "cifar":
         return [CompositeCanonizer([SequentialMergeBatchNorm(), _CifarResidualCanonizer()])]
     raise ValueError(kind)
