@@ -25,7 +25,7 @@ def _threads_and_seed():
     yield
 
 
-def _load_rgb(path: Path, size: tuple[int, int]) -> "torch.Tensor":
+def _load_rgb(path: Path, size: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
     image = Image.open(path).convert("RGB").resize(size, Image.BILINEAR)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.cluster.hierarchy import cut_tree, linkage as scipy_linkage
+from scipy.cluster.hierarchy import cut_tree
+from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
 from sklearn.metrics import silhouette_score
 

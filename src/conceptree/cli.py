@@ -6,7 +6,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from .errors import ConceptreeError, InputError

@@ -77,7 +77,7 @@ class Explanation:
         return out
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Explanation":
+    def load(cls, directory: str | Path) -> Explanation:
         """Reload what :meth:`save` wrote (numbers equal after reload)."""
         directory = Path(directory)
         try:

@@ -304,7 +304,7 @@ class ConvRule(Rule):
         # (active through its bias alone, e.g. a depthwise window of zeros) has no positive
         # input to credit; its relevance is spread uniformly over its receptive field (the
         # flat rule) instead of being dropped. Layers without such units pay nothing.
-        self.dead_channels: Tensor | None = None
+        self.has_dead_units = False
         if mode == "zplus" and composite.dead_units == "flat":
             dead = z <= 1e-30
             self.inv_z = torch.where(dead, 0.0, 1.0 / torch.where(dead, 1.0, z))
@@ -317,7 +317,7 @@ class ConvRule(Rule):
                 c_out_g = z.shape[1] // self.groups
                 count = (count * c_in_g).repeat_interleave(c_out_g, dim=1)
                 self.flat_share = torch.where(dead, 1.0 / count.clamp(min=1), 0.0)  # (1, C_out, H, W)
-                self.dead_channels = torch.nonzero(dead.flatten(2).any(2)[0]).flatten()
+                self.has_dead_units = True
                 self.flat_kernel = kernel[:1]
                 self.flat_share = channels_last(self.flat_share)
         self.inv_z = channels_last(self.inv_z)
@@ -366,7 +366,7 @@ class ConvRule(Rule):
                 grad.mul_(factor)
             total = grad if total is None else total.add_(grad)
         assert total is not None
-        if self.dead_channels is not None:
+        if self.has_dead_units:
             self._flat_backward(relevance, total)
         return [(self.inputs[0], self._crop(total))]
 
@@ -393,7 +393,7 @@ class ConvRule(Rule):
                 grad = grad * (factor[0] if self.groups == 1 else factor[0][in_index])
             total = grad if total is None else total + grad
         assert total is not None
-        if self.dead_channels is not None:
+        if self.has_dead_units:
             spread = (relevance * self.flat_share)[0, channels].unsqueeze(0)  # (1, B, H, W), 0 if not dead
             kernel = self.flat_kernel.expand(batch, -1, -1, -1)
             flat = conv_transpose(spread, kernel, (1, batch, height, width), self.stride, self.padding, self.dilation, batch)

@@ -72,7 +72,7 @@ class Concept:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Concept":
+    def from_dict(cls, data: dict) -> Concept:
         return cls(
             rank=int(data["rank"]),
             relevance=float(data["relevance"]),
@@ -142,7 +142,7 @@ class ConceptSet:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, linkage: np.ndarray, active_index: np.ndarray) -> "ConceptSet":
+    def from_dict(cls, data: dict, linkage: np.ndarray, active_index: np.ndarray) -> ConceptSet:
         dist = dict(data["distance"])
         if dist.get("map_size") is not None:
             dist["map_size"] = tuple(dist["map_size"])

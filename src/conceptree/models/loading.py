@@ -23,7 +23,7 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: str = "bicubic"
 
-    def override(self, resize=None, crop=None, mean=None, std=None) -> "Preprocessing":
+    def override(self, resize=None, crop=None, mean=None, std=None) -> Preprocessing:
         changes = {}
         if resize is not None:
             changes["resize"] = resize
