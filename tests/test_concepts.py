@@ -104,18 +104,33 @@ def test_cuts_equal_scipy_cut_tree_and_fastcluster_equals_scipy(method):
 
 def test_lambda_extremes_reduce_to_pure_terms():
     maps, relevance = synthetic(ties=False)
-    config = DistanceConfig(map_size=None, map_norm="none")
-    only_maps = neuron_distance(maps, relevance, DistanceConfig(lam=1.0, map_size=None, map_norm="none"))
+    config = DistanceConfig(map_size=None, map_norm="none", term_norm="max")
+    only_maps = neuron_distance(maps, relevance, DistanceConfig(lam=1.0, map_size=None, map_norm="none", term_norm="max"))
     flat = maps.reshape(len(maps), -1).astype(np.float64)
     d_e = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
     assert np.allclose(only_maps, d_e / d_e.max(), atol=1e-5)
-    only_rel = neuron_distance(maps, relevance, DistanceConfig(lam=0.0, map_size=None))
+    only_rel = neuron_distance(maps, relevance, DistanceConfig(lam=0.0, map_size=None, term_norm="max"))
     w = np.abs(relevance[:, None] - relevance[None])
     assert np.allclose(only_rel, w / w.max(), atol=1e-6)
     mixed = neuron_distance(maps, relevance, config)
     assert np.allclose(mixed, 0.5 * d_e / d_e.max() + 0.5 * w / w.max(), atol=1e-5)
-    ward = neuron_distance(maps, relevance, DistanceConfig(map_size=None, map_norm="none", exact_ward=True))
+    ward = neuron_distance(maps, relevance, DistanceConfig(map_size=None, map_norm="none", term_norm="max", exact_ward=True))
     assert np.allclose(ward, np.sqrt(0.5 * (d_e / d_e.max()) ** 2 + 0.5 * (w / w.max()) ** 2), atol=1e-5)
+
+
+def test_p99_normaliser_is_the_99th_percentile_of_pair_distances():
+    maps, relevance = synthetic(ties=False)
+    dist = neuron_distance(maps, relevance, DistanceConfig(lam=0.0, map_size=None, term_norm="p99"))
+    w = np.abs(relevance[:, None] - relevance[None])
+    p99 = np.percentile(w[np.triu_indices(len(w), 1)], 99)
+    assert np.allclose(dist, w / p99, atol=1e-5)
+
+
+def test_ward_default_uses_the_exact_ward_distance():
+    maps, relevance = synthetic(ties=False)
+    result = find_concepts(neuron_maps(maps, relevance), DistanceConfig(map_size=None), k_range=(3, 12))
+    assert result.method == "ward" and result.distance.exact_ward is True
+    assert find_concepts(neuron_maps(maps, relevance), DistanceConfig(map_size=None), "average", (3, 12)).distance.exact_ward is False
 
 
 def test_zero_maps_and_equal_relevances_give_no_nan():

@@ -110,7 +110,7 @@ def explain_cmd(
     layers: list[str] = typer.Option([], help="Conv layer names/globs (repeatable)."),
     exclude_layers: list[str] = typer.Option([], help="Globs to drop, e.g. '*downsample*'."),
     lam: float = typer.Option(0.5, help="Weight of the map distance (1-lam: relevance)."),
-    linkage: str = typer.Option("average", help="single | complete | average | ward"),
+    linkage: str = typer.Option("ward", help="ward (exact, default) | average | complete | single"),
     k_range: str = typer.Option("10:40", help="MIN:MAX searched by silhouette."),
     k: int | None = typer.Option(None, help="Fixed number of concepts (skips the search)."),
     resize: int | None = typer.Option(None, help="Resize the shorter side (default: model's)."),
@@ -133,7 +133,7 @@ def demo_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
-    _run("default", None, [], None, "auto", [], [], 0.5, "average", "10:40", None, out, overwrite, quiet, None, None, None, None, None)
+    _run("default", None, [], None, "auto", [], [], 0.5, "ward", "10:40", None, out, overwrite, quiet, None, None, None, None, None)
 
 
 def main() -> None:

@@ -113,7 +113,7 @@ def explain(
     exclude_layers: list[str] | None = None,
     composite: Composite | None = None,
     distance: DistanceConfig | None = None,
-    method: str = "average",
+    method: str = "ward",
     k_range: tuple[int, int] = (10, 40),
     k: int | None = None,
     batch_size: int = 32,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -168,7 +168,7 @@ def canonical_order(neurons: NeuronMaps) -> np.ndarray:
 def find_concepts(
     neurons: NeuronMaps,
     distance: DistanceConfig | None = None,
-    method: str = "average",
+    method: str = "ward",
     k_range: tuple[int, int] = (10, 40),
     k: int | None = None,
 ) -> ConceptSet:
@@ -181,7 +181,8 @@ def find_concepts(
     distance : DistanceConfig, optional
         λ, map preprocessing and term normalisation (defaults documented there).
     method : {"single", "complete", "average", "ward"}
-        Linkage (default ``"average"``).
+        Linkage (default ``"ward"``, on the exact-Ward distance unless ``distance.exact_ward``
+        is set to False).
     k_range : (int, int)
         Inclusive range of k searched by silhouette (default 10..40).
     k : int, optional
@@ -194,6 +195,8 @@ def find_concepts(
     distance = distance or DistanceConfig()
     if method not in LINKAGES:
         raise InputError(f"unknown linkage {method!r}; use one of {', '.join(LINKAGES)}")
+    if distance.exact_ward is None:
+        distance = replace(distance, exact_ward=method == "ward")
     order = canonical_order(neurons)
     flat = neurons.maps.reshape(len(neurons), -1)
     inactive_mask = (neurons.relevance == 0) & ~np.any(flat != 0, axis=1)
