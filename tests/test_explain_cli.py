@@ -21,7 +21,10 @@ def run_cli(*args, cwd=None):
 
 
 def test_save_load_round_trip(tmp_path, cifar_image):
-    result = explain(helpers.cifar_model(), cifar_image, class_names=list(CIFAR10_CLASSES), k_range=(3, 12), progress=False)
+    result = explain(
+        helpers.cifar_model(), cifar_image, class_names=list(CIFAR10_CLASSES), k_range=(3, 12), progress=False,
+        keep_neuron_maps=True,
+    )
     assert result.target_name == "cat"
     assert 3 <= result.concepts.k <= 12 and len(result.concept_maps) == result.concepts.k
     result.save(tmp_path / "exp")
@@ -31,6 +34,8 @@ def test_save_load_round_trip(tmp_path, cifar_image):
     assert json.loads(json.dumps(again.to_dict())) == json.loads(json.dumps(result.to_dict()))
     assert np.array_equal(again.concept_maps, result.concept_maps.astype(np.float32))
     assert np.array_equal(again.concepts.linkage, result.concepts.linkage)
+    assert again.neuron_maps.dtype == np.float16 and np.array_equal(again.neuron_maps, result.neuron_maps)
+    assert again.neuron_names == result.neuron_names and len(again.neuron_names) == 688
     # the concept map is its representative's conditional map: it sums to its relevance
     for concept, cmap in zip(again.concepts.concepts, again.concept_maps):
         assert float(cmap.sum()) == pytest.approx(concept.representative.relevance, rel=1e-3, abs=1e-6)

@@ -60,7 +60,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"cannot write to {out} ({exc.strerror}); choose a writable --out") from None
 
 
-def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False):
+def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False, neuron_maps=False):
     from .explain import explain
     from .models.loading import load_image, load_model, preprocess
 
@@ -80,7 +80,7 @@ def _run(model_spec, weights, model_args, image_path, target, layers, exclude, l
         result = explain(
             spec.model, x, target_index, spec.class_names, shown, layers or None, exclude or None,
             distance=DistanceConfig(lam=lam), method=linkage, k_range=_k_range(k_range), k=k,
-            progress=not quiet, model_spec=spec.spec,
+            progress=not quiet, model_spec=spec.spec, keep_neuron_maps=neuron_maps,
         )
         result.meta["preprocessing"] = prep.to_dict()
         result.meta["image"]["file"] = Path(image_path).name if image_path else "chelsea (scikit-image)"
@@ -121,9 +121,10 @@ def explain_cmd(
     out: str = typer.Option("conceptree-out", help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    neuron_maps: bool = typer.Option(False, help="Also save every neuron's pooled map (float16) in maps.npz."),
 ) -> None:
     """Explain one image: concepts, maps and figures in --out."""
-    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint)
+    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint, neuron_maps)
 
 
 @app.command("demo")

@@ -37,6 +37,9 @@ class Explanation:
         The model input as displayed, ``(H, W, 3)`` uint8.
     meta : dict
         Model spec, hashes, composite, parameters, versions, timings.
+    neuron_maps, neuron_names : optional
+        Every neuron's (pooled) conditional map as float16 ``(n, h, w)`` and its
+        ``"layer:channel"`` name, when requested with ``keep_neuron_maps=True``.
     """
 
     target: int
@@ -48,6 +51,8 @@ class Explanation:
     heatmap: np.ndarray
     image: np.ndarray
     meta: dict = field(default_factory=dict)
+    neuron_maps: np.ndarray | None = None
+    neuron_names: list[str] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +74,10 @@ class Explanation:
             image=self.image,
             linkage=self.concepts.linkage,
             active_index=self.concepts.active_index,
+            **(
+                {"neuron_maps": self.neuron_maps.astype(np.float16), "neuron_names": np.array(self.neuron_names)}
+                if self.neuron_maps is not None else {}
+            ),
         )
         from .report import concept_grid, write_html
 
@@ -97,6 +106,8 @@ class Explanation:
             heatmap=arrays["heatmap"],
             image=arrays["image"],
             meta=meta,
+            neuron_maps=arrays["neuron_maps"] if "neuron_maps" in arrays else None,
+            neuron_names=arrays["neuron_names"].tolist() if "neuron_names" in arrays else None,
         )
 
 
@@ -119,6 +130,7 @@ def explain(
     batch_size: int = 32,
     progress: bool = True,
     model_spec: str = "custom",
+    keep_neuron_maps: bool = False,
 ) -> Explanation:
     """Explain ``model``'s decision on one preprocessed image with concepts.
 
@@ -139,6 +151,8 @@ def explain(
     composite, distance, method, k_range, k
         LRP rules and clustering parameters (see :class:`Composite`, :class:`DistanceConfig`,
         :func:`find_concepts`).
+    keep_neuron_maps : bool
+        Keep every neuron's pooled map (float16) in the result and in ``maps.npz``.
     """
     distance = distance or DistanceConfig()
     timings = {}
@@ -185,6 +199,8 @@ def explain(
         heatmap=attribution.heatmap.cpu().numpy(),
         image=np.asarray(image, dtype=np.uint8),
         meta=meta,
+        neuron_maps=neurons.maps.astype(np.float16) if keep_neuron_maps else None,
+        neuron_names=neurons.names() if keep_neuron_maps else None,
     )
 
 
