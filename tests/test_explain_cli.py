@@ -93,3 +93,18 @@ def test_target_by_unique_name():
     assert spec.resolve_target("scarlet macaw") == 0
     assert spec.resolve_target("1") == 1
     assert spec.resolve_target("auto") is None
+
+
+def test_explain_accepts_a_spec_and_an_image_file(tmp_path):
+    """The Python API takes a model spec and a file, like the CLI (random torchvision weights)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3),
+    ).eval()
+    result = explain(model, tmp_path / "x.png", target="b", class_names=["a", "b", "c"], k_range=(2, 5), progress=False)
+    assert result.target == 1 and result.target_name == "b"
+    assert result.image.shape == (224, 224, 3) and result.heatmap.shape == (224, 224)

@@ -115,9 +115,9 @@ _CONCEPT_KEYS = {"k", "method", "k_range", "distance", "silhouette_by_k", "conce
 
 
 def explain(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: int | None = None,
+    model: nn.Module | str,
+    x: torch.Tensor | str | Path | object,
+    target: int | str | None = None,
     class_names: list[str] | None = None,
     image: np.ndarray | None = None,
     layers: list[str] | None = None,
@@ -132,16 +132,19 @@ def explain(
     model_spec: str = "custom",
     keep_neuron_maps: bool = False,
 ) -> Explanation:
-    """Explain ``model``'s decision on one preprocessed image with concepts.
+    """Explain ``model``'s decision on one image with concepts.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Classifier returning logits.
-    x : Tensor
-        Preprocessed image, ``(1, C, H, W)``.
-    target : int, optional
-        Class to explain (default: predicted).
+    model : torch.nn.Module or str
+        Classifier returning logits, or a model spec (``"default"``, ``"timm:NAME"``,
+        ``"torchvision:NAME"``; see :func:`conceptree.models.loading.load_model`), whose
+        preprocessing and class names are then used.
+    x : Tensor, path or PIL image
+        Preprocessed image ``(1, C, H, W)``, or an image file / PIL image, preprocessed with
+        the spec's preprocessing (ImageNet-style 256/224 for a plain module).
+    target : int or str, optional
+        Class to explain: index, or a unique class name (default: predicted).
     class_names : list[str], optional
         Names of the classes (for the report).
     image : np.ndarray, optional
@@ -155,6 +158,23 @@ def explain(
         Keep every neuron's pooled map (float16) in the result and in ``maps.npz``.
     """
     distance = distance or DistanceConfig()
+    if isinstance(model, str) or not isinstance(x, torch.Tensor) or isinstance(target, str):
+        from .models.loading import ModelSpec, Preprocessing, load_image, load_model, preprocess
+
+        if isinstance(model, str):
+            spec = load_model(model)
+            model_spec = spec.spec
+        else:
+            spec = ModelSpec(model_spec, model, Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
+                             class_names or [])
+        model = spec.model
+        class_names = class_names or spec.class_names or None
+        if not isinstance(x, torch.Tensor):
+            picture = x if hasattr(x, "convert") else load_image(str(x))[0]
+            x, image = preprocess(picture.convert("RGB"), spec.preprocessing)
+        if isinstance(target, str):
+            spec.class_names = class_names or []
+            target = spec.resolve_target(target)
     timings = {}
     t0 = time.perf_counter()
     engine = CRPEngine(model, composite, layers, exclude_layers)
