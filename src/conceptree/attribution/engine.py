@@ -12,6 +12,7 @@ connection around the layer never enters the batch, so it is excluded by constru
 
 from __future__ import annotations
 
+import difflib
 import operator
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -567,8 +568,9 @@ class CRPEngine:
         wanted = channels if channels is not None else {layer.name: range(layer.channels) for layer in self.layers}
         for name, chans in wanted.items():
             if name not in attribution.layer_relevance:
-                close = [n for n in names if name in n or n in name][:3]
-                raise InputError(f"layer {name!r} is not among the selected layers{'; close: ' + ', '.join(close) if close else ''}")
+                close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+                hint = f"; close matches: {', '.join(close)}" if close else "; select it with layers=[...]"
+                raise InputError(f"layer {name!r} is not among the engine's selected layers{hint}")
             idx = torch.as_tensor(list(chans), dtype=torch.long)
             n_channels = attribution.layer_relevance[name].shape[0]
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_channels):

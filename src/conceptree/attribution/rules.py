@@ -256,7 +256,8 @@ class ConvRule(Rule):
     """z+, epsilon or flat rule of a 2-D convolution (BatchNorm already merged).
 
     ``terms`` holds ``(input_factor, weight)`` pairs; the input relevance is
-    ``sum_t input_factor_t * convT(weight_t, R / stab(z))`` (``input_factor`` None = 1).
+    ``sum_t input_factor_t * convT(weight_t, R * inv_z)`` (``input_factor`` None = 1), with
+    ``inv_z = 1 / stab(z)`` (or exactly ``1 / z`` and the flat rule on dead units, see below).
     """
 
     def __init__(self, inp: fx.Node, module: nn.Conv2d, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str) -> None:
@@ -316,10 +317,9 @@ class ConvRule(Rule):
                 c_in_g = x.shape[1] // self.groups
                 c_out_g = z.shape[1] // self.groups
                 count = (count * c_in_g).repeat_interleave(c_out_g, dim=1)
-                self.flat_share = torch.where(dead, 1.0 / count.clamp(min=1), 0.0)  # (1, C_out, H, W)
-                self.has_dead_units = True
+                self.flat_share = channels_last(torch.where(dead, 1.0 / count.clamp(min=1), 0.0))  # (1, C_out, H, W)
                 self.flat_kernel = kernel[:1]
-                self.flat_share = channels_last(self.flat_share)
+                self.has_dead_units = True
         self.inv_z = channels_last(self.inv_z)
         self.terms = [(None if f is None else channels_last(f), channels_last(w)) for f, w in self.terms]
 
@@ -349,10 +349,8 @@ class ConvRule(Rule):
         kernel = self.flat_kernel.expand(self.groups, -1, -1, -1)
         grad = conv_transpose(per_group, kernel, (batch, self.groups, height, width),
                               self.stride, self.padding, self.dilation, self.groups)
-        if c_in == 1:
-            total.add_(grad)
-        elif self.groups == 1:
-            total.add_(grad)  # broadcast over all input channels
+        if c_in == 1 or self.groups == 1:
+            total.add_(grad)  # one input per group, or one group broadcast over all inputs
         else:
             total.add_(grad.repeat_interleave(c_in, dim=1))
 
