@@ -35,12 +35,29 @@ def linkage_matrix(dist: Distances, method: str = "average") -> np.ndarray:
         condensed = squareform(dist, checks=False).astype(np.float64)
     try:
         import fastcluster
-
-        return fastcluster.linkage(condensed, method=method, preserve_input=False)
     except ImportError:  # pragma: no cover - fastcluster is a dependency
         from scipy.cluster.hierarchy import linkage
 
         return linkage(condensed, method=method)
+    return _fastcluster_in_place(fastcluster, condensed, method)
+
+
+def _fastcluster_in_place(fastcluster, condensed: np.ndarray, method: str) -> np.ndarray:
+    """fastcluster's linkage using ``condensed`` as scratch memory (it is overwritten).
+
+    ``fastcluster.linkage(..., preserve_input=False)`` 1.3 still copies its input first
+    (``array(X, subok=True)``): measured here, +0.27 GB peak at n = 8,512, which doubles the
+    memory of the clustering. Its C entry point with the same arguments avoids the copy; if
+    that private name ever disappears, fall back to the public call.
+    """
+    wrap, methods = getattr(fastcluster, "linkage_wrap", None), getattr(fastcluster, "mthidx", None)
+    if wrap is None or methods is None or condensed.dtype != np.float64 or not condensed.flags.c_contiguous:
+        return fastcluster.linkage(condensed, method=method, preserve_input=False)
+    n = int(round((1 + np.sqrt(1 + 8 * len(condensed))) / 2))
+    linkage = np.empty((n - 1, 4), dtype=np.float64)
+    if n > 1:
+        wrap(n, condensed, linkage, methods[method])
+    return linkage
 
 
 def cut_labels(Z: np.ndarray, ks: list[int]) -> dict[int, np.ndarray]:
