@@ -188,6 +188,7 @@ class CRPEngine:
             self.all_layers, list(layers) if layers else None, list(exclude_layers or [])
         )
         self._first_layers = self._find_first_layers()
+        self._input_channels = self._find_input_channels()
         params = list(self.graph_module.parameters())
         self.device = params[0].device if params else torch.device("cpu")
         self.dtype = params[0].dtype if params else torch.float32
@@ -237,7 +238,7 @@ class CRPEngine:
                 f"input must have shape (1, C, H, W) (one image), got {tuple(x.shape)}; "
                 "explain images one at a time"
             )
-        expected = self._input_channels()
+        expected = self._input_channels
         if expected is not None and x.shape[1] != expected:
             raise InputError(
                 f"input has {x.shape[1]} channels but the model's first layer expects {expected}; "
@@ -247,7 +248,7 @@ class CRPEngine:
             raise InputError("input contains NaN or infinite values; check the preprocessing")
         return x.detach().to(device=self.device, dtype=self.dtype)
 
-    def _input_channels(self) -> int | None:
+    def _find_input_channels(self) -> int | None:
         for node in sorted(self._first_layers, key=self._index.__getitem__):
             module = self.graph_module.get_submodule(node.target)
             if isinstance(module, nn.Conv2d):
@@ -278,7 +279,7 @@ class CRPEngine:
                 depends.add(node)
                 continue
             if node.op == "get_attr":
-                env[node] = _fetch(self.graph_module, node.target)
+                env[node] = operator.attrgetter(node.target)(self.graph_module)
                 continue
             if node.op == "output":
                 out = load(node.args[0])
@@ -294,11 +295,10 @@ class CRPEngine:
             args, kwargs = load(node.args), load(node.kwargs)
             out = self._execute(node, args, kwargs)
             env[node] = out
-            live = [inp for inp in node.all_input_nodes if inp in depends]
-            if live and isinstance(out, Tensor):
+            if isinstance(out, Tensor) and any(inp in depends for inp in node.all_input_nodes):
                 depends.add(node)
                 shapes[node] = out.shape
-                rules[node] = self._make_rule(node, args, kwargs, out, live)
+                rules[node] = self._make_rule(node, args, kwargs, out)
         assert logits is not None
         return ForwardPass(input=x, logits=logits[0], rules=rules, shapes=shapes)
 
@@ -323,7 +323,7 @@ class CRPEngine:
             "express it with supported modules (conv, linear, BN, ReLU, pooling, add, cat, pad, slicing)"
         )
 
-    def _make_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor, live: list[fx.Node]) -> R.Rule:
+    def _make_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor) -> R.Rule:
         first = node in self._first_layers and self.composite.flat_first_layer
         arg0 = node.args[0] if node.args else None
         x = args[0] if args else None
@@ -571,10 +571,7 @@ class CRPEngine:
                 close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
                 hint = f"; close matches: {', '.join(close)}" if close else "; select it with layers=[...]"
                 raise InputError(f"layer {name!r} is not among the engine's selected layers{hint}")
-            idx = torch.as_tensor(list(chans), dtype=torch.long)
-            n_channels = attribution.layer_relevance[name].shape[0]
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_channels):
-                raise InputError(f"channel index out of range for layer {name!r} with {n_channels} channels")
+            idx = _channel_indices(name, chans, attribution.layer_relevance[name].shape[0])
             for chunk in torch.split(idx, batch_size):
                 plan.append((name, chunk))
         return plan
@@ -705,10 +702,7 @@ class CRPEngine:
                 if node not in masks:
                     masks[node] = torch.ones((n, n_channels), dtype=self.dtype, device=self.device)
                 masks[node][row] = 0.0
-                idx = torch.as_tensor(list(chans), dtype=torch.long)
-                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_channels):
-                    raise InputError(f"channel index out of range for layer {layer!r} with {n_channels} channels")
-                masks[node][row, idx] = 1.0
+                masks[node][row, _channel_indices(layer, chans, n_channels)] = 1.0
         shaped = {}
         for node, mask in masks.items():
             extra = len(forward.shapes[node]) - 2
@@ -723,9 +717,9 @@ class CRPEngine:
         return input_rel, rels
 
 
-
-def _fetch(root: nn.Module, target: str) -> object:
-    obj: object = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _channel_indices(layer: str, channels: Sequence[int], n_channels: int) -> Tensor:
+    """Channel indices as a long tensor, checked against the layer's channel count."""
+    idx = torch.as_tensor(list(channels), dtype=torch.long)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_channels):
+        raise InputError(f"channel index out of range for layer {layer!r} with {n_channels} channels")
+    return idx
