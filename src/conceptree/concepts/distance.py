@@ -136,9 +136,12 @@ class NeuronDistance:
             if self.features is not None else None
         )
         self.r = relevance.astype(np.float32)
-        pi, pj = _pair_sample(self.n)
         spread = float(self.r.max() - self.r.min()) if self.n else 0.0
-        self.norm_w = self._normaliser(np.abs(self.r[pi] - self.r[pj]) if config.term_norm == "p99" else None, spread)
+        w_sample = None
+        if config.term_norm == "p99":
+            pi, pj = _pair_sample(self.n)
+            w_sample = np.abs(self.r[pi] - self.r[pj])
+        self.norm_w = self._normaliser(w_sample, spread)
         self.norm_e: float | None = 1.0 if self.features is None else None
         if self.features is not None and config.term_norm == "p99":
             # 20,000 pairs fix the 99th percentile to well under 1 % (and cost ~0.1 s)
@@ -180,20 +183,32 @@ class NeuronDistance:
         rows[np.arange(stop - start), np.arange(start, stop)] = 0.0
         return rows
 
+    def _mix(self, d: np.ndarray | None, w: np.ndarray) -> np.ndarray:
+        """Normalise raw map distances ``d`` and relevance gaps ``w`` and mix them, in place.
+
+        Returns ``d`` (or ``w`` when there is no map term, λ = 0).
+        """
+        lam = self.config.lam
+        w *= 1.0 / self.norm_w
+        if d is None:
+            return w
+        d *= 1.0 / self._ensure_norm_e()
+        if self.config.exact_ward:
+            np.square(d, out=d)
+            np.square(w, out=w)
+        d *= lam
+        w *= 1 - lam
+        d += w
+        if self.config.exact_ward:
+            np.sqrt(d, out=d)
+        return d
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the mixed distance, float32 ``(stop - start, n)``."""
-        lam = self.config.lam
-        w = np.abs(self.r[start:stop, None] - self.r[None, :]) / np.float32(self.norm_w)
-        if self.features is None:
-            d = w  # lam == 0
-        else:
-            d = self._raw_rows(start, stop) / np.float32(self._ensure_norm_e())
-            if self.config.exact_ward:
-                d = np.sqrt(np.float32(lam) * d * d + np.float32(1 - lam) * w * w)
-            else:
-                d = np.float32(lam) * d + np.float32(1 - lam) * w
+        w = np.abs(self.r[start:stop, None] - self.r[None, :])
+        d = self._mix(None if self.features is None else self._raw_rows(start, stop), w)
         d[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        return d.astype(np.float32, copy=False)
+        return d
 
     def condensed(self) -> np.ndarray:
         """float64 condensed distance (scipy/fastcluster order), built row block by row block.
@@ -205,9 +220,7 @@ class NeuronDistance:
         n = self.n
         out = np.empty(n * (n - 1) // 2, dtype=np.float64)
         offsets = [i * n - i * (i + 1) // 2 for i in range(n)]
-        if self.features is None:
-            out.fill(0.0)
-        else:
+        if self.features is not None:
             top = 0.0
             for start in range(0, n, self.block):
                 stop = min(start + self.block, n)
@@ -217,22 +230,12 @@ class NeuronDistance:
                     out[offsets[i] : offsets[i] + n - i - 1] = rows[i - start, i + 1 :]
             if self.norm_e is None:
                 self.norm_e = top if top > 0 else 1.0
-        lam, exact = self.config.lam, self.config.exact_ward
-        scale_e, scale_w = 1.0 / self.norm_e, 1.0 / self.norm_w
         r = self.r.astype(np.float64)
         for i in range(n - 1):
             seg = out[offsets[i] : offsets[i] + n - i - 1]
-            w = np.abs(r[i + 1 :] - r[i])
-            w *= scale_w
-            if exact:
-                seg *= scale_e
-                np.square(seg, out=seg)
-                seg *= lam
-                seg += (1 - lam) * w * w
-                np.sqrt(seg, out=seg)
-            else:
-                seg *= lam * scale_e
-                seg += (1 - lam) * w
+            mixed = self._mix(None if self.features is None else seg, np.abs(r[i + 1 :] - r[i]))
+            if mixed is not seg:
+                seg[:] = mixed
         return out
 
     def matmul(self, matrix: np.ndarray) -> np.ndarray:
