@@ -61,7 +61,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False, neuron_maps=False):
-    from .explain import explain
+    from .explain import OUTPUT_FILES, explain
     from .models.loading import load_image, load_model, preprocess
 
     out = Path(out)
@@ -89,7 +89,7 @@ def _run(model_spec, weights, model_args, image_path, target, layers, exclude, l
         if not existed:
             shutil.rmtree(out, ignore_errors=True)
         else:
-            for name in ("explanation.json", "maps.npz", "concepts.png", "report.html"):
+            for name in OUTPUT_FILES:
                 (out / name).unlink(missing_ok=True)
         raise
     if not quiet:

@@ -111,6 +111,9 @@ class Explanation:
         )
 
 
+#: files written by :meth:`Explanation.save`.
+OUTPUT_FILES = ("explanation.json", "maps.npz", "concepts.png", "report.html")
+
 _CONCEPT_KEYS = {"k", "method", "k_range", "distance", "silhouette_by_k", "concepts", "inactive", "timings"}
 
 
@@ -159,14 +162,13 @@ def explain(
     """
     distance = distance or DistanceConfig()
     if isinstance(model, str) or not isinstance(x, torch.Tensor) or isinstance(target, str):
-        from .models.loading import ModelSpec, Preprocessing, load_image, load_model, preprocess
+        from .models.loading import IMAGENET_PREPROCESSING, ModelSpec, load_image, load_model, preprocess
 
         if isinstance(model, str):
             spec = load_model(model)
             model_spec = spec.spec
         else:
-            spec = ModelSpec(model_spec, model, Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
-                             class_names or [])
+            spec = ModelSpec(model_spec, model, IMAGENET_PREPROCESSING, class_names or [])
         model = spec.model
         class_names = class_names or spec.class_names or None
         if not isinstance(x, torch.Tensor):

@@ -11,27 +11,41 @@ from pathlib import Path
 import numpy as np
 
 
-def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
-    """Grid of concept overlays (representative map over the image) with rank and share."""
+def _pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (imported lazily)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _draw_overlay(ax, image: np.ndarray, values: np.ndarray | None) -> None:
+    """The image, or a signed map (red +, blue -, symmetric limits) over its grey version."""
+    ax.axis("off")
+    if values is None:
+        ax.imshow(image)
+        return
+    lim = float(np.abs(values).max()) or 1.0
+    ax.imshow(image.mean(axis=2), cmap="gray", alpha=0.5)
+    ax.imshow(values, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.7)
+
+
+def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
+    """Grid of concept overlays (representative map over the image) with rank and share."""
+    plt = _pyplot()
     maps = explanation.concept_maps
     k = len(maps)
     rows = max(1, int(np.ceil((k + 1) / columns)))
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes.flat[0].imshow(explanation.image)
+    _draw_overlay(axes.flat[0], explanation.image, None)
     axes.flat[0].set_title(f"{explanation.target_name[:24]}\np={explanation.probability:.2f}", fontsize=8)
     for i, concept in enumerate(explanation.concepts.concepts):
         ax = axes.flat[i + 1]
-        m = maps[i]
-        lim = float(np.abs(m).max()) or 1.0
-        ax.imshow(explanation.image.mean(axis=2), cmap="gray", alpha=0.5)
-        ax.imshow(m, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.7)
+        _draw_overlay(ax, explanation.image, maps[i])
         rep = concept.representative
         ax.set_title(f"#{concept.rank} {100 * concept.share:.1f}% n={concept.size}\n{rep.layer}:{rep.channel}", fontsize=7)
     fig.tight_layout()
@@ -42,8 +56,7 @@ def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
 
 def _figure_png(fig) -> str:
     """Render a matplotlib figure to a base64 PNG data URI (and close it)."""
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -51,26 +64,15 @@ def _figure_png(fig) -> str:
 
 
 def _overlay_png(image: np.ndarray, cmap_values: np.ndarray | None, size: float = 2.4) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.axis("off")
-    if cmap_values is None:
-        ax.imshow(image)
-    else:
-        lim = float(np.abs(cmap_values).max()) or 1.0
-        ax.imshow(image.mean(axis=2), cmap="gray", alpha=0.5)
-        ax.imshow(cmap_values, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.7)
+    fig, ax = _pyplot().subplots(figsize=(size, size))
+    _draw_overlay(ax, image, cmap_values)
     return _figure_png(fig)
 
 
 def _silhouette_png(silhouette_by_k: dict[int, float], k: int) -> str | None:
     if not silhouette_by_k:
         return None
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     ks = sorted(silhouette_by_k)
     fig, ax = plt.subplots(figsize=(5, 2.6))
@@ -85,7 +87,7 @@ def _silhouette_png(silhouette_by_k: dict[int, float], k: int) -> str | None:
 def _dendrogram_png(linkage: np.ndarray, k: int) -> str | None:
     if len(linkage) < 2 or k < 1:
         return None
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from scipy.cluster.hierarchy import dendrogram
 
     fig, ax = plt.subplots(figsize=(7, 3))

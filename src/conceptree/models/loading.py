@@ -39,6 +39,10 @@ class Preprocessing:
         return asdict(self)
 
 
+#: torchvision-style ImageNet preprocessing, used when a model brings no config of its own.
+IMAGENET_PREPROCESSING = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+
+
 @dataclass
 class ModelSpec:
     """A loaded classifier with what is needed to feed and read it."""
@@ -146,8 +150,7 @@ def load_model(
         if not isinstance(model, nn.Module):
             raise CheckpointError(f"{path} does not contain a torch.nn.Module (got {type(model).__name__})")
         model.eval()
-        return ModelSpec(spec, model, Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
-                         _read_labels(labels, _out_features(model)))
+        return ModelSpec(spec, model, IMAGENET_PREPROCESSING, _read_labels(labels, _out_features(model)))
     if spec == "default":
         from .efficientnet_lite import load_default_model
 
@@ -175,7 +178,7 @@ def load_model(
             model = torchvision.models.get_model(name, weights=None, **kwargs)
         except Exception as exc:
             raise InputError(f"cannot build torchvision model {name!r} ({str(exc).splitlines()[0][:120]})") from None
-        prep = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+        prep = IMAGENET_PREPROCESSING
     else:
         raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME, torchvision:NAME or pickle:PATH")
     if weights is None:
