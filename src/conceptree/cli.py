@@ -60,7 +60,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"cannot write to {out} ({exc.strerror}); choose a writable --out") from None
 
 
-def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False, neuron_maps=False):
+def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False, neuron_maps=False, interpolation=None, max_neurons=None):
     from .explain import OUTPUT_FILES, explain
     from .models.loading import load_image, load_model, preprocess
 
@@ -72,7 +72,7 @@ def _run(model_spec, weights, model_args, image_path, target, layers, exclude, l
         picture, note = load_image(image_path)
         if note and not quiet:
             typer.echo(note, err=True)
-        prep = spec.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std)
+        prep = spec.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
         x, shown = preprocess(picture, prep)
         target_index = spec.resolve_target(target)
         from .concepts import DistanceConfig
@@ -80,7 +80,7 @@ def _run(model_spec, weights, model_args, image_path, target, layers, exclude, l
         result = explain(
             spec.model, x, target_index, spec.class_names, shown, layers or None, exclude or None,
             distance=DistanceConfig(lam=lam), method=linkage, k_range=_k_range(k_range), k=k,
-            progress=not quiet, model_spec=spec.spec, keep_neuron_maps=neuron_maps,
+            progress=not quiet, model_spec=spec.spec, keep_neuron_maps=neuron_maps, max_neurons=max_neurons,
         )
         result.meta["preprocessing"] = prep.to_dict()
         result.meta["image"]["file"] = Path(image_path).name if image_path else "chelsea (scikit-image)"
@@ -122,9 +122,11 @@ def explain_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     neuron_maps: bool = typer.Option(False, help="Also save every neuron's pooled map (float16) in maps.npz."),
+    interpolation: str | None = typer.Option(None, help="bilinear | bicubic resizing (default: model's)."),
+    max_neurons: int | None = typer.Option(None, help="Cluster only the N neurons with the largest |r_p| (faster; default: all)."),
 ) -> None:
     """Explain one image: concepts, maps and figures in --out."""
-    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint, neuron_maps)
+    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint, neuron_maps, interpolation, max_neurons)
 
 
 @app.command("demo")
@@ -135,6 +137,149 @@ def demo_cmd(
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
     _run("default", None, [], None, "auto", [], [], 0.5, "ward", "10:40", None, out, overwrite, quiet, None, None, None, None, None)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    data: str = typer.Option(..., help="cub-parts: the cub_parts folder; cub-expert: the saliency_maps folder."),
+    dataset: str = typer.Option("cub-parts", help="cub-parts | cub-expert"),
+    images: str | None = typer.Option(None, help="cub-expert only: CUB's images folder."),
+    annotator: str | None = typer.Option(None, help="cub-expert only: annotator folder (default: first)."),
+    model: str = typer.Option(..., help="timm:NAME | torchvision:NAME | dcne:PATH (see `explain`)."),
+    weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
+    model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side (default: model's)."),
+    crop: int | None = typer.Option(None, help="Centre crop size; 0 = squash to a square."),
+    mean: float | None = typer.Option(None, help="Normalisation mean (all channels)."),
+    std: float | None = typer.Option(None, help="Normalisation std (all channels)."),
+    interpolation: str | None = typer.Option(None, help="bilinear | bicubic resizing (default: model's)."),
+    out: str = typer.Option("conceptree-eval", help="Output folder (results.json, table.md, per_species.csv, complexity_iou.png)."),
+    cache: str | None = typer.Option(None, help="Per-image map cache (default: OUT/cache); reruns resume from it."),
+    species: list[str] = typer.Option([], help="Only these species (name substrings, repeatable)."),
+    per_species: int | None = typer.Option(None, help="At most this many photos per species."),
+    workers: int = typer.Option(1, help="Processes computing maps (CPU threads are split between them)."),
+    thresholds: str | None = typer.Option(None, help="JSON {method: threshold} chosen on the dev species (default: choose here)."),
+    pool_neurons: int = typer.Option(2000, help="Neurons (largest |r_p|) clustered by our method."),
+    lam: float = typer.Option(0.5, help="Our method: weight of the map distance."),
+    linkage: str = typer.Option("ward", help="Our method: ward | average | complete | single."),
+    k_range: str = typer.Option("10:40", help="Our method: MIN:MAX searched by silhouette."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Score concept maps and every baseline against human part regions (mean IoU, pointing)."""
+    import json
+    import time
+
+    from .concepts import DistanceConfig
+    from .evaluation.outputs import write_outputs
+    from .evaluation.runner import (
+        ModelArgs,
+        OursConfig,
+        build_cache,
+        dataset_parts,
+        evaluate_images,
+        summarise,
+    )
+
+    t0 = time.perf_counter()
+    if weights is None and not model.startswith(("dcne:", "default")):
+        raise InputError(f"{model} without --weights has random weights; evaluate a trained model (--weights FILE)")
+    kwargs = _parse_kv(model_arg)
+    probe = _load_spec(model, weights, kwargs)
+    prep = probe.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
+    model_args = ModelArgs(model, weights, kwargs, None, prep)
+    if dataset == "cub-parts":
+        from .evaluation.cub_parts import load_cub_parts, select
+
+        items, skipped = load_cub_parts(data)
+    elif dataset == "cub-expert":
+        from .evaluation.cub_expert import load_cub_expert
+        from .evaluation.cub_parts import select
+
+        if images is None:
+            raise InputError("--dataset cub-expert needs --images (CUB_200_2011/images)")
+        items, skipped = load_cub_expert(data, images, annotator), {}
+    else:
+        raise InputError(f"unknown --dataset {dataset!r}; use cub-parts or cub-expert")
+    items = select(items, species or None, per_species)
+    fixed = None
+    if thresholds is not None:
+        try:
+            fixed = {k: int(v) for k, v in json.loads(Path(thresholds).read_text()).items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise InputError(f"cannot read --thresholds {thresholds} ({exc}); expected JSON {{method: threshold}}") from None
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache) if cache else out_dir / "cache"
+    config = OursConfig(DistanceConfig(lam=lam), linkage, _k_range(k_range), pool_neurons)
+    build_cache(items, model_args, cache_dir, pool_neurons, workers, progress=not quiet)
+    scores = evaluate_images(items, model_args, cache_dir, config, progress=not quiet)
+    summary = summarise(scores, dataset_parts(items), fixed)
+    summary.update(dataset=dataset, n_images=len(scores), n_species=len(summary["species"]))
+    meta = {
+        "command": "conceptree " + " ".join(sys.argv[1:]),
+        "model": {"spec": model, "weights": weights, "kwargs": kwargs, "preprocessing": prep.to_dict()},
+        "skipped": skipped,
+        "ours": config.to_dict(),
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_outputs(summary, scores, out_dir, meta)
+    if not quiet:
+        for name, m in summary["methods"].items():
+            typer.echo(f"{name:10s} mean IoU {m['mean_iou']:.3f}  pointing {m['pointing']:.2f}  maps {m['complexity']:6.1f}  t={m['threshold']}")
+        typer.echo(f"-> {out_dir}")
+
+
+@app.command("compare")
+def compare_cmd(
+    explanation: str = typer.Argument(..., help="Folder written by `conceptree explain`."),
+    images: list[str] = typer.Argument(..., help="Images to trace the concepts on."),
+    model: str = typer.Option("default", help="The reference's model: default | timm:NAME | torchvision:NAME | dcne:PATH"),
+    weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
+    model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
+    target: int | None = typer.Option(None, help="Class to follow (default: the reference's)."),
+    missing_fraction: float = typer.Option(0.5, help="Flag a concept missing below this ratio to the reference."),
+    new_overlap: float = typer.Option(0.5, help="Flag an image's own concept new when its overlap with every group is below this."),
+    explain_new: bool = typer.Option(True, help="Explain each image to find new concepts (costs one explanation each)."),
+    max_neurons: int | None = typer.Option(2000, help="Neurons clustered when explaining the images (largest |r_p|)."),
+    out: str = typer.Option("conceptree-compare", help="Output folder."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Trace a reference explanation's concepts (neuron groups) on other images."""
+    from .compare import OUTPUT_FILES, compare
+    from .explain import Explanation
+    from .models.loading import load_image
+
+    ref = Explanation.load(explanation)
+    spec = _load_spec(model, weights, _parse_kv(model_arg))
+    for path in images:
+        load_image(path)  # unreadable images fail here, before any work
+    out_dir = Path(out)
+    existed = out_dir.exists()
+    _prepare_out(out_dir, overwrite)
+    try:
+        result = compare(ref, spec.model, images, target, missing_fraction=missing_fraction, new_overlap=new_overlap,
+                         explain_new=explain_new, max_neurons=max_neurons, progress=not quiet)
+        result.save(out_dir)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        else:
+            for name in OUTPUT_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+        raise
+    if not quiet:
+        for im in result.images:
+            missing = [c.rank for c in im.concepts if c.missing]
+            new = [c.rank for c in im.new_concepts if c.new]
+            typer.echo(f"{im.name}: p={im.probability:.2f}; missing concepts {missing or '-'}; new {new or '-'}")
+        typer.echo(f"-> {out_dir}")
+
+
+def _load_spec(model: str, weights: str | None, kwargs: dict):
+    from .models.loading import load_model
+
+    return load_model(model, weights, kwargs)
 
 
 def main() -> None:

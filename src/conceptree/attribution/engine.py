@@ -665,6 +665,42 @@ class CRPEngine:
         return NeuronMaps(layer_names, layer_index, channel, relevance, maps, sums)
 
     @torch.no_grad()
+    def group_maps(
+        self,
+        attribution: Attribution,
+        groups: Sequence[Mapping[str, Sequence[int]]],
+        batch_size: int = 8,
+    ) -> Tensor:
+        """Summed conditional maps of neuron groups, ``(len(groups), H, W)``.
+
+        Row ``g`` equals the sum of ``y_p`` over the neurons ``p`` of ``groups[g]`` (a mapping
+        layer -> channels, possibly over many layers): LRP is linear in the relevance it
+        propagates, so each group's masked relevances are started at their layers at once and
+        summed on the way down, in one batched pass per ``batch_size`` groups.
+        """
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        height, width = attribution.forward.input.shape[-2:]
+        out = torch.zeros((len(groups), height, width), dtype=self.dtype, device=self.device)
+        for first in range(0, len(groups), batch_size):
+            chunk = groups[first : first + batch_size]
+            start: dict[fx.Node, Tensor] = {}
+            for row, group in enumerate(chunk):
+                for layer, chans in group.items():
+                    if layer not in attribution.layer_relevance:
+                        raise InputError(f"layer {layer!r} is not among the engine's selected layers")
+                    node = self._node_by_layer[layer]
+                    rel = attribution.layer_relevance[layer]
+                    idx = _channel_indices(layer, chans, rel.shape[0]).to(self.device)
+                    if node not in start:
+                        start[node] = rel.new_zeros((len(chunk), *rel.shape))
+                    start[node][row, idx] = rel[idx]
+            if start:
+                input_rel, _ = self.propagate(attribution.forward, start)
+                out[first : first + len(chunk)] = input_rel.sum(1)
+        return out
+
+    @torch.no_grad()
     def conditional_heatmaps(
         self,
         x: Tensor | ForwardPass,

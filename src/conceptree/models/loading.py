@@ -23,8 +23,12 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: str = "bicubic"
 
-    def override(self, resize=None, crop=None, mean=None, std=None) -> Preprocessing:
+    def override(self, resize=None, crop=None, mean=None, std=None, interpolation=None) -> Preprocessing:
         changes = {}
+        if interpolation is not None:
+            if interpolation not in ("bilinear", "bicubic"):
+                raise InputError(f"unknown interpolation {interpolation!r}; use bilinear or bicubic")
+            changes["interpolation"] = interpolation
         if resize is not None:
             changes["resize"] = resize
         if crop is not None:
@@ -127,7 +131,9 @@ def load_model(
     labels: str | None = None,
     trust_checkpoint: bool = False,
 ) -> ModelSpec:
-    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``pickle:PATH``.
+    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``dcne:PATH``, ``pickle:PATH``.
+
+    ``dcne:PATH`` reads DCNE's ResNet-34 CUB checkpoint layout (see :mod:`conceptree.models.dcne`).
 
     Architectures are built without downloading anything; weights come from a local state
     dict (``weights_only=True``). The default is EfficientNet-Lite0 with its ImageNet weights
@@ -151,6 +157,11 @@ def load_model(
             raise CheckpointError(f"{path} does not contain a torch.nn.Module (got {type(model).__name__})")
         model.eval()
         return ModelSpec(spec, model, IMAGENET_PREPROCESSING, _read_labels(labels, _out_features(model)))
+    if spec.startswith("dcne:"):
+        from .dcne import CUB_PREPROCESSING, load_dcne_resnet34
+
+        model = load_dcne_resnet34(spec.partition(":")[2], kwargs.get("num_classes", 200))
+        return ModelSpec(spec, model, CUB_PREPROCESSING, _read_labels(labels, model.fc.out_features))
     if spec == "default":
         from .efficientnet_lite import load_default_model
 
@@ -180,7 +191,7 @@ def load_model(
             raise InputError(f"cannot build torchvision model {name!r} ({str(exc).splitlines()[0][:120]})") from None
         prep = IMAGENET_PREPROCESSING
     else:
-        raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME, torchvision:NAME or pickle:PATH")
+        raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME, torchvision:NAME, dcne:PATH or pickle:PATH")
     if weights is None:
         warnings.warn(f"no --weights given: {spec} has random weights", stacklevel=2)
     else:

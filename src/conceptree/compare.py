@@ -1,0 +1,267 @@
+"""``conceptree.compare``: follow a reference explanation's concepts (neuron groups) to other images.
+
+For every concept of the reference, on each other image: the group's relevance (sum of its
+neurons' ``r_p`` there), its share of the image's total, the ratio to the reference, and the
+group's map (sum of its neurons' conditional maps). A concept is flagged **missing** when
+its ratio falls below ``missing_fraction`` (default 0.5: it lost more than half its
+relevance). With ``explain_new=True`` the other image is explained too, and each of its own
+concepts is flagged **new** when, for every reference group, most of its neurons (more than
+``1 - new_overlap``) lie outside that group.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attribution import Composite, CRPEngine
+from .errors import InputError
+from .explain import Explanation, explain, model_hash
+
+OUTPUT_FILES = ("comparison.json", "comparison_maps.npz", "comparison.html")
+
+
+@dataclass
+class ConceptTrace:
+    """One reference concept on one compared image."""
+
+    rank: int
+    reference_relevance: float
+    relevance: float
+    share: float
+    ratio: float
+    missing: bool
+
+
+@dataclass
+class NewConcept:
+    """A concept of the compared image and its best overlap with a reference group."""
+
+    rank: int
+    share: float
+    size: int
+    best_reference_rank: int | None
+    best_overlap: float
+    new: bool
+
+
+@dataclass
+class ImageComparison:
+    """All reference concepts traced on one image."""
+
+    name: str
+    target: int
+    probability: float
+    predicted: int
+    total_relevance: float
+    concepts: list[ConceptTrace]
+    group_maps: np.ndarray  # (k, H, W)
+    image: np.ndarray  # (H, W, 3) uint8 as fed to the model
+    new_concepts: list[NewConcept] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "target": self.target, "probability": self.probability, "predicted": self.predicted,
+            "total_relevance": self.total_relevance,
+            "concepts": [asdict(c) for c in self.concepts],
+            "missing": [c.rank for c in self.concepts if c.missing],
+            "new_concepts": [asdict(c) for c in self.new_concepts],
+        }
+
+
+@dataclass
+class Comparison:
+    """A reference explanation and its concepts traced on other images."""
+
+    reference: Explanation
+    images: list[ImageComparison]
+    missing_fraction: float
+    new_overlap: float
+
+    def to_dict(self) -> dict:
+        return {
+            "reference": {
+                "target": self.reference.target, "target_name": self.reference.target_name,
+                "model_hash": self.reference.meta.get("model", {}).get("hash"),
+                "image": self.reference.meta.get("image", {}),
+                "concepts": [{"rank": c.rank, "relevance": c.relevance, "share": c.share, "size": c.size,
+                              "representative": asdict(c.representative)} for c in self.reference.concepts.concepts],
+            },
+            "missing_fraction": self.missing_fraction,
+            "new_overlap": self.new_overlap,
+            "images": [im.to_dict() for im in self.images],
+        }
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``comparison.json``, ``comparison_maps.npz`` (group maps, images) and ``comparison.html``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.json").write_text(json.dumps(self.to_dict(), indent=2))
+        arrays = {}
+        for i, im in enumerate(self.images):
+            arrays[f"group_maps_{i}"] = im.group_maps.astype(np.float32)
+            arrays[f"image_{i}"] = im.image
+        np.savez_compressed(out / "comparison_maps.npz", **arrays)
+        write_comparison_html(self, out / "comparison.html")
+        return out
+
+
+def _groups(reference: Explanation) -> list[dict[str, list[int]]]:
+    groups = []
+    for concept in reference.concepts.concepts:
+        group: dict[str, list[int]] = {}
+        for neuron in concept.neurons:
+            group.setdefault(neuron.layer, []).append(neuron.channel)
+        groups.append(group)
+    return groups
+
+
+def compare(
+    reference: Explanation | str | Path,
+    model: nn.Module,
+    images: list,
+    target: int | None = None,
+    preprocessing=None,
+    names: list[str] | None = None,
+    missing_fraction: float = 0.5,
+    new_overlap: float = 0.5,
+    explain_new: bool = False,
+    max_neurons: int | None = None,
+    progress: bool = False,
+) -> Comparison:
+    """Trace the reference's concepts on other images.
+
+    Parameters
+    ----------
+    reference : Explanation or path
+        From :func:`conceptree.explain.explain` (or its saved folder).
+    model : nn.Module
+        The same model (checked against the reference's parameter hash).
+    images : list
+        Image files, PIL images, or preprocessed ``(1, C, H, W)`` tensors.
+    target : int, optional
+        Class to follow (default: the reference's target).
+    preprocessing : Preprocessing, optional
+        Applied to files and PIL images (default: the reference's, as saved by the CLI).
+    missing_fraction, new_overlap : float
+        Thresholds of the ``missing`` and ``new`` flags (see the module docstring).
+    explain_new : bool
+        Also explain each image (``max_neurons`` bounds its cost) to flag new concepts.
+    """
+    from .models.loading import Preprocessing, load_image, preprocess
+
+    if not isinstance(reference, Explanation):
+        reference = Explanation.load(reference)
+    expected = reference.meta.get("model", {}).get("hash")
+    if expected is not None and model_hash(model) != expected:
+        raise InputError(
+            "the model differs from the one that made the reference explanation (parameter hash mismatch); "
+            "pass the same model and weights"
+        )
+    if not 0 < missing_fraction <= 1 or not 0 < new_overlap <= 1:
+        raise InputError("missing_fraction and new_overlap must be in (0, 1]")
+    prep = preprocessing
+    if prep is None and "preprocessing" in reference.meta:
+        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in reference.meta["preprocessing"].items()})
+    composite = Composite(**reference.meta["composite"]) if "composite" in reference.meta else None
+    layers = reference.meta.get("layers")
+    engine = CRPEngine(model, composite, layers)
+    target = reference.target if target is None else int(target)
+    groups = _groups(reference)
+    ref_concepts = reference.concepts.concepts
+    results = []
+    for i, item in enumerate(images):
+        name = names[i] if names else (Path(item).name if isinstance(item, (str, Path)) else f"image {i}")
+        if isinstance(item, torch.Tensor):
+            x = item
+            shown = None
+        else:
+            if prep is None:
+                raise InputError("the reference has no saved preprocessing; pass preprocessing=... or a tensor")
+            picture = item if hasattr(item, "convert") else load_image(str(item))[0]
+            x, shown = preprocess(picture.convert("RGB"), prep)
+        if tuple(x.shape[-2:]) != tuple(reference.image.shape[:2]):
+            raise InputError(
+                f"{name}: input is {tuple(x.shape[-2:])} but the reference was explained at "
+                f"{tuple(reference.image.shape[:2])}; preprocess it the same way"
+            )
+        attribution = engine.attribute(x, target)
+        per_layer = {layer.name: attribution.channel_relevance(layer.name).double().cpu().numpy() for layer in engine.layers}
+        total = float(sum(r.sum() for r in per_layer.values()))
+        traces = []
+        for concept, group in zip(ref_concepts, groups):
+            rel = float(sum(per_layer[layer][chans].sum() for layer, chans in group.items()))
+            ratio = rel / concept.relevance if concept.relevance != 0 else float("nan")
+            traces.append(ConceptTrace(concept.rank, concept.relevance, rel, rel / total if total else 0.0, ratio,
+                                       bool(ratio < missing_fraction)))
+        maps = engine.group_maps(attribution, groups).cpu().numpy()
+        if shown is None:
+            pic = x[0].detach().float()
+            shown = ((pic - pic.min()) / (pic.max() - pic.min() + 1e-12)).permute(1, 2, 0).numpy()
+            shown = (shown * 255).astype(np.uint8)
+        probs = torch.softmax(attribution.logits.double(), 0)
+        news: list[NewConcept] = []
+        if explain_new:
+            own = explain(model, x, target, image=shown, layers=layers, composite=composite,
+                          progress=progress, max_neurons=max_neurons,
+                          distance=reference.concepts.distance, method=reference.concepts.method,
+                          k_range=reference.concepts.k_range)
+            ref_sets = [{(n.layer, n.channel) for n in c.neurons} for c in ref_concepts]
+            for concept in own.concepts.concepts:
+                members = {(n.layer, n.channel) for n in concept.neurons}
+                overlaps = [len(members & s) / len(members) for s in ref_sets]
+                best = int(np.argmax(overlaps)) if overlaps else None
+                best_overlap = overlaps[best] if best is not None else 0.0
+                news.append(NewConcept(concept.rank, concept.share, concept.size,
+                                       ref_concepts[best].rank if best is not None else None,
+                                       best_overlap, bool(best_overlap < new_overlap)))
+        results.append(ImageComparison(name, target, float(probs[target]), int(attribution.logits.argmax()), total,
+                                       traces, maps, np.asarray(shown, np.uint8), news))
+    return Comparison(reference, results, missing_fraction, new_overlap)
+
+
+def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
+    """Self-contained page: per concept, the reference map and each image's group map side by side."""
+    from .report import _overlay_png
+
+    ref = comparison.reference
+    head = "".join(f"<th>{html.escape(im.name)}<br><small>p={im.probability:.2f}</small></th>" for im in comparison.images)
+    rows = [f"<tr><th>reference<br><small>{html.escape(ref.target_name)}</small></th>"
+            f"<td><img src='{_overlay_png(ref.image, None)}'></td>"
+            + "".join(f"<td><img src='{_overlay_png(im.image, None)}'></td>" for im in comparison.images) + "</tr>"]
+    for k, concept in enumerate(ref.concepts.concepts):
+        cells = []
+        for im in comparison.images:
+            trace = im.concepts[k]
+            flag = " <b class='missing'>missing</b>" if trace.missing else ""
+            cells.append(f"<td><img src='{_overlay_png(im.image, im.group_maps[k])}'><br>"
+                         f"ratio {trace.ratio:.2f}, share {100 * trace.share:.1f}%{flag}</td>")
+        rep = concept.representative
+        rows.append(
+            f"<tr><th>#{concept.rank}<br><small>{100 * concept.share:.1f}%, {concept.size} neurons<br>"
+            f"rep {html.escape(rep.layer)}:{rep.channel}</small></th>"
+            f"<td><img src='{_overlay_png(ref.image, ref.concept_maps[k])}'></td>{''.join(cells)}</tr>"
+        )
+    new_lines = []
+    for im in comparison.images:
+        for c in im.new_concepts:
+            if c.new:
+                new_lines.append(f"<li>{html.escape(im.name)}: concept #{c.rank} ({100 * c.share:.1f}%, {c.size} neurons), "
+                                 f"best overlap {100 * c.best_overlap:.0f}% with reference #{c.best_reference_rank}</li>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>conceptree comparison</title>
+<style>body{{font-family:sans-serif;margin:1em}}td,th{{padding:4px;text-align:center;vertical-align:top;font-size:12px}}
+img{{width:170px}}.missing{{color:#b00}}</style></head><body>
+<h1>Concepts of {html.escape(ref.target_name)} traced on {len(comparison.images)} image(s)</h1>
+<p>Group map = sum of the concept's neurons' conditional maps on that image; ratio = group relevance there / in the
+reference; <b>missing</b> = ratio &lt; {comparison.missing_fraction}.</p>
+<table><tr><th></th><th>reference</th>{head}</tr>{''.join(rows)}</table>
+<h2>New concepts</h2><ul>{''.join(new_lines) or '<li>none flagged (or not computed: explain_new=False)</li>'}</ul>
+</body></html>"""
+    Path(path).write_text(page)
+    return Path(path)

@@ -1,0 +1,1 @@
+"""Evaluation against human part annotations: datasets, baselines, IoU protocol, reports."""
