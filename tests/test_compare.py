@@ -97,3 +97,21 @@ def test_cli_round_trip_and_errors(tmp_path):
     proc = subprocess.run([*base, "compare", str(tmp_path / "ref"), str(tmp_path / "b.png"), "--model", "torchvision:resnet18",
                            "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "hash mismatch" in proc.stderr
+
+
+def test_explain_reuses_precomputed_neurons(setup):
+    from conceptree.attribution import CRPEngine
+    from conceptree.explain import strongest_neurons
+
+    model, x, ref = setup
+    engine = CRPEngine(model)
+    attribution = engine.attribute(x, 3)
+    wanted = strongest_neurons(engine, attribution, 300)
+    assert sum(len(v) for v in wanted.values()) == 300
+    neurons = engine.neuron_maps(attribution, channels=wanted, map_size=(56, 56))
+    again = explain(model, x, target=3, k_range=(3, 6), neurons=neurons, progress=False)
+    assert again.concepts.k == ref.concepts.k
+    assert [c.representative for c in again.concepts.concepts] == [c.representative for c in ref.concepts.concepts]
+    np.testing.assert_allclose(again.concept_maps, ref.concept_maps, rtol=1e-5, atol=1e-8)
+    with pytest.raises(InputError, match="max_neurons must be >= 1"):
+        strongest_neurons(engine, attribution, 0)
