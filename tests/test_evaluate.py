@@ -124,6 +124,12 @@ def test_evaluate_cli_end_to_end_and_resume(tmp_path):
     for name in METHODS:
         assert again["methods"][name]["mean_iou"] == pytest.approx(results["methods"][name]["mean_iou"])
         assert again["methods"][name]["threshold_source"] == "fixed"
+    # protocol variant: every map average-pooled to 16x16 first (cached maps reused)
+    proc = run_cli(*args, "--map-grid", "16")
+    assert proc.returncode == 0, proc.stderr
+    pooled = load_results(out)
+    assert pooled["map_grid"] == [16, 16]
+    assert pooled["methods"]["crp-300"]["mean_iou"] != pytest.approx(results["methods"]["crp-300"]["mean_iou"])
     # a cache built with other settings is refused
     proc = run_cli(*[a if a != "120" else "90" for a in args])
     assert proc.returncode == 2 and "cache" in proc.stderr and "pool_neurons" in proc.stderr

@@ -163,6 +163,7 @@ def evaluate_cmd(
     lam: float = typer.Option(0.5, help="Our method: weight of the map distance."),
     linkage: str = typer.Option("ward", help="Our method: ward | average | complete | single."),
     k_range: str = typer.Option("10:40", help="Our method: MIN:MAX searched by silhouette."),
+    map_grid: int | None = typer.Option(None, help="Protocol variant: average-pool every map to GRIDxGRID first."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Score concept maps and every baseline against human part regions (mean IoU, pointing)."""
@@ -212,7 +213,8 @@ def evaluate_cmd(
     cache_dir = Path(cache) if cache else out_dir / "cache"
     config = OursConfig(DistanceConfig(lam=lam), linkage, _k_range(k_range), pool_neurons)
     build_cache(items, model_args, cache_dir, pool_neurons, workers, progress=not quiet)
-    scores = evaluate_images(items, model_args, cache_dir, config, progress=not quiet)
+    grid = (map_grid, map_grid) if map_grid else None
+    scores = evaluate_images(items, model_args, cache_dir, config, progress=not quiet, map_grid=grid)
     summary = summarise(scores, dataset_parts(items), fixed)
     summary.update(dataset=dataset, n_images=len(scores), n_species=len(summary["species"]))
     meta = {
@@ -220,6 +222,7 @@ def evaluate_cmd(
         "model": {"spec": model, "weights": weights, "kwargs": kwargs, "preprocessing": prep.to_dict()},
         "skipped": skipped,
         "ours": config.to_dict(),
+        "map_grid": list(grid) if grid else None,
         "wall_s": time.perf_counter() - t0,
     }
     write_outputs(summary, scores, out_dir, meta)

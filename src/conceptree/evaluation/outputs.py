@@ -49,11 +49,12 @@ def plot_complexity_iou(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for name, m in summary["methods"].items():
+    for i, (name, m) in enumerate(summary["methods"].items()):
         ours = name == "ours"
         ax.scatter(m["complexity"], m["mean_iou"], s=80 if ours else 40, marker="*" if ours else "o",
                    color="crimson" if ours else "tab:blue", zorder=3)
-        ax.annotate(name, (m["complexity"], m["mean_iou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(name, (m["complexity"], m["mean_iou"]), textcoords="offset points",
+                    xytext=(5, 4 if i % 2 == 0 else -11), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("maps per image (complexity, log scale)")
     ax.set_ylabel("mean IoU with part regions")

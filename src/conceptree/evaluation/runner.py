@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..attribution.engine import CRPEngine
 from ..attribution.graph import canonize
@@ -191,8 +192,13 @@ def score_image(
     k: int,
     parts: list[str],
     methods: tuple[str, ...] = METHODS,
+    map_grid: tuple[int, int] | None = None,
 ) -> ImageScores:
-    """Score every method's maps of one image against its part regions."""
+    """Score every method's maps of one image against its part regions.
+
+    ``map_grid`` average-pools every method's maps to that grid first (a variant of the
+    protocol that puts sharp pixel-level CRP maps and smooth upsampled CAMs on one footing).
+    """
     method_maps = {
         "ours": ours_maps,
         "crp-10": maps.crp_maps[:10],
@@ -204,6 +210,9 @@ def score_image(
     iou, point, n_maps = {}, {}, {}
     for method in methods:
         m = method_maps[method]
+        if map_grid is not None and m.shape[0] and tuple(m.shape[-2:]) != tuple(map_grid):
+            pooled = F.adaptive_avg_pool2d(torch.from_numpy(np.asarray(m, np.float32))[:, None], map_grid)
+            m = pooled[:, 0].numpy()
         grid = tuple(m.shape[-2:])
         if grid not in weights:
             weights[grid] = region_weights(image, grid, parts)
@@ -220,6 +229,7 @@ def evaluate_images(
     full_resolution: bool = True,
     methods: tuple[str, ...] = METHODS,
     progress: bool = True,
+    map_grid: tuple[int, int] | None = None,
 ) -> list[ImageScores]:
     """Score cached images. ``full_resolution=False`` scores our representatives on their
     pooled maps (no model needed: the fast path of the parameter sweep)."""
@@ -247,7 +257,7 @@ def evaluate_images(
             else:
                 neurons = maps.pool_neurons()
                 ours_maps = neurons.maps[[c.representative_index for c in concepts.concepts]]
-        out.append(score_image(image, maps, ours_maps, k, parts, methods))
+        out.append(score_image(image, maps, ours_maps, k, parts, methods, map_grid))
     return out
 
 
