@@ -30,7 +30,8 @@ from conceptree.evaluation.runner import (
     summarise,
 )
 
-BASE = OursConfig()
+#: The pre-sweep defaults (k 10..40); each row changes one thing from them.
+BASE = OursConfig(k_range=(10, 40))
 
 
 def configs() -> dict[str, OursConfig]:

@@ -111,7 +111,7 @@ def explain_cmd(
     exclude_layers: list[str] = typer.Option([], help="Globs to drop, e.g. '*downsample*'."),
     lam: float = typer.Option(0.5, help="Weight of the map distance (1-lam: relevance)."),
     linkage: str = typer.Option("ward", help="ward (exact, default) | average | complete | single"),
-    k_range: str = typer.Option("10:40", help="MIN:MAX searched by silhouette."),
+    k_range: str = typer.Option("15:30", help="MIN:MAX searched by silhouette."),
     k: int | None = typer.Option(None, help="Fixed number of concepts (skips the search)."),
     resize: int | None = typer.Option(None, help="Resize the shorter side (default: model's)."),
     crop: int | None = typer.Option(None, help="Centre crop size; 0 = resize to a square instead."),
@@ -136,7 +136,7 @@ def demo_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
-    _run("default", None, [], None, "auto", [], [], 0.5, "ward", "10:40", None, out, overwrite, quiet, None, None, None, None, None)
+    _run("default", None, [], None, "auto", [], [], 0.5, "ward", "15:30", None, out, overwrite, quiet, None, None, None, None, None)
 
 
 @app.command("evaluate")
@@ -162,7 +162,7 @@ def evaluate_cmd(
     pool_neurons: int = typer.Option(2000, help="Neurons (largest |r_p|) clustered by our method."),
     lam: float = typer.Option(0.5, help="Our method: weight of the map distance."),
     linkage: str = typer.Option("ward", help="Our method: ward | average | complete | single."),
-    k_range: str = typer.Option("10:40", help="Our method: MIN:MAX searched by silhouette."),
+    k_range: str = typer.Option("15:30", help="Our method: MIN:MAX searched by silhouette."),
     map_grid: int | None = typer.Option(None, help="Protocol variant: average-pool every map to GRIDxGRID first."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:

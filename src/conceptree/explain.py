@@ -129,7 +129,7 @@ def explain(
     composite: Composite | None = None,
     distance: DistanceConfig | None = None,
     method: str = "ward",
-    k_range: tuple[int, int] = (10, 40),
+    k_range: tuple[int, int] = (15, 30),
     k: int | None = None,
     batch_size: int = 32,
     progress: bool = True,

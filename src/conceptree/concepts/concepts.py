@@ -169,7 +169,7 @@ def find_concepts(
     neurons: NeuronMaps,
     distance: DistanceConfig | None = None,
     method: str = "ward",
-    k_range: tuple[int, int] = (10, 40),
+    k_range: tuple[int, int] = (15, 30),
     k: int | None = None,
 ) -> ConceptSet:
     """Cluster the neurons of one explanation into concepts.
@@ -184,7 +184,7 @@ def find_concepts(
         Linkage (default ``"ward"``, on the exact-Ward distance unless ``distance.exact_ward``
         is set to False).
     k_range : (int, int)
-        Inclusive range of k searched by silhouette (default 10..40).
+        Inclusive range of k searched by silhouette (default 15..30, from the CUB dev sweep in docs/results/cub_sweep.md).
     k : int, optional
         A fixed number of concepts instead of the search.
 

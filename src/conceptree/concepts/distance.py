@@ -52,7 +52,8 @@ class DistanceConfig:
     -----
     The defaults (Ward, λ = 0.5, p99) were chosen on real CUB photos with the bird model:
     average and single linkage put 65-100 % of the relevance into one giant concept and sit at
-    the bottom of the k range; see ``docs/concepts.md``.
+    the bottom of the k range; see ``docs/concepts.md``. The sweep against CUB part regions on
+    67 dev species (``docs/results/cub_sweep.md``) confirmed them.
     """
 
     lam: float = 0.5

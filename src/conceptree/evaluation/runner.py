@@ -49,7 +49,7 @@ class OursConfig:
 
     distance: DistanceConfig = field(default_factory=DistanceConfig)
     method: str = "ward"
-    k_range: tuple[int, int] = (10, 40)
+    k_range: tuple[int, int] = (15, 30)
     pool_neurons: int = 2000
 
     def to_dict(self) -> dict:
