@@ -201,6 +201,8 @@ def evaluate_cmd(
         items, skipped = load_cub_expert(data, images, annotator), {}
     else:
         raise InputError(f"unknown --dataset {dataset!r}; use cub-parts or cub-expert")
+    if not items:
+        raise InputError(f"no evaluable images in {data} (none has a target class for this model)")
     items = select(items, species or None, per_species)
     fixed = None
     if thresholds is not None:
