@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -60,14 +61,28 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"cannot write to {out} ({exc.strerror}); choose a writable --out") from None
 
 
+@contextmanager
+def _output_folder(out: Path, overwrite: bool, files: tuple[str, ...]):
+    """Prepare ``out``; if the body fails, remove what it wrote (the folder, if it was new)."""
+    existed = out.exists()
+    _prepare_out(out, overwrite)
+    try:
+        yield out
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for name in files:
+                (out / name).unlink(missing_ok=True)
+        raise
+
+
 def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False, neuron_maps=False, interpolation=None, max_neurons=None):
     from .explain import OUTPUT_FILES, explain
     from .models.loading import load_image, load_model, preprocess
 
     out = Path(out)
-    existed = out.exists()
-    _prepare_out(out, overwrite)
-    try:
+    with _output_folder(out, overwrite, OUTPUT_FILES):
         spec = load_model(model_spec, weights, _parse_kv(model_args), labels, trust_checkpoint)
         picture, note = load_image(image_path)
         if note and not quiet:
@@ -85,13 +100,6 @@ def _run(model_spec, weights, model_args, image_path, target, layers, exclude, l
         result.meta["preprocessing"] = prep.to_dict()
         result.meta["image"]["file"] = Path(image_path).name if image_path else "chelsea (scikit-image)"
         result.save(out)
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for name in OUTPUT_FILES:
-                (out / name).unlink(missing_ok=True)
-        raise
     if not quiet:
         typer.echo(f"{result.target_name} (p={result.probability:.2f}): {result.concepts.k} concepts -> {out}")
         for concept in result.concepts.concepts[:10]:
@@ -185,7 +193,9 @@ def evaluate_cmd(
     if weights is None and not model.startswith(("dcne:", "default")):
         raise InputError(f"{model} without --weights has random weights; evaluate a trained model (--weights FILE)")
     kwargs = _parse_kv(model_arg)
-    probe = _load_spec(model, weights, kwargs)
+    from .models.loading import load_model
+
+    probe = load_model(model, weights, kwargs)
     prep = probe.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
     model_args = ModelArgs(model, weights, kwargs, None, prep)
     if dataset == "cub-parts":
@@ -253,38 +263,23 @@ def compare_cmd(
     """Trace a reference explanation's concepts (neuron groups) on other images."""
     from .compare import OUTPUT_FILES, compare
     from .explain import Explanation
-    from .models.loading import load_image
+    from .models.loading import load_image, load_model
 
     ref = Explanation.load(explanation)
-    spec = _load_spec(model, weights, _parse_kv(model_arg))
+    spec = load_model(model, weights, _parse_kv(model_arg))
     for path in images:
         load_image(path)  # unreadable images fail here, before any work
     out_dir = Path(out)
-    existed = out_dir.exists()
-    _prepare_out(out_dir, overwrite)
-    try:
+    with _output_folder(out_dir, overwrite, OUTPUT_FILES):
         result = compare(ref, spec.model, images, target, missing_fraction=missing_fraction, new_overlap=new_overlap,
                          explain_new=explain_new, max_neurons=max_neurons, progress=not quiet)
         result.save(out_dir)
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        else:
-            for name in OUTPUT_FILES:
-                (out_dir / name).unlink(missing_ok=True)
-        raise
     if not quiet:
         for im in result.images:
             missing = [c.rank for c in im.concepts if c.missing]
             new = [c.rank for c in im.new_concepts if c.new]
             typer.echo(f"{im.name}: p={im.probability:.2f}; missing concepts {missing or '-'}; new {new or '-'}")
         typer.echo(f"-> {out_dir}")
-
-
-def _load_spec(model: str, weights: str | None, kwargs: dict):
-    from .models.loading import load_model
-
-    return load_model(model, weights, kwargs)
 
 
 def main() -> None:
