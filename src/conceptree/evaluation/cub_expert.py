@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .images import AnnotatedImage
 
 
 class _BitReader:
@@ -91,15 +92,9 @@ def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
 
 
 @dataclass
-class ExpertImage:
-    """One photo with expert masks (``masks``: label -> boolean ``(height, width)``)."""
+class ExpertImage(AnnotatedImage):
+    """A photo with expert masks (``masks``: label -> boolean ``(height, width)``)."""
 
-    image_id: str
-    path: Path
-    species: str
-    target: int | None
-    width: int
-    height: int
     masks: dict[str, np.ndarray]
     parts: tuple[str, ...] = ()
 

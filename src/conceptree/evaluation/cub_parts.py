@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .images import AnnotatedImage
 
 #: Evaluated regions and the CUB keypoints each one merges.
 REGIONS: dict[str, tuple[str, ...]] = {
@@ -43,15 +44,9 @@ PART_RADIUS: dict[str, float] = {
 
 
 @dataclass
-class PartImage:
-    """One annotated photo: file, species, the model's target and its part regions."""
+class PartImage(AnnotatedImage):
+    """A photo with CUB part keypoints; regions are disks around them (rule in the module docstring)."""
 
-    image_id: str
-    path: Path
-    species: str
-    target: int | None
-    width: int
-    height: int
     keypoints: dict[str, tuple[float, float]]
     bird_size_px: tuple[float, float] = (1.0, 1.0)  # sqrt(bbox area) of the original, in this frame's x and y pixels
     parts: tuple[str, ...] = tuple(REGIONS)

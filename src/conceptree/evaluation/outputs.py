@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .protocol import THRESHOLDS
 from .runner import ImageScores
 
 OUTPUT_FILES = ("results.json", "table.md", "per_species.csv", "complexity_iou.png")
@@ -67,8 +68,6 @@ def plot_complexity_iou(summary: dict, path: Path) -> None:
 
 def image_records(scores: list[ImageScores], summary: dict) -> list[dict]:
     """Per image: each method's best IoU per part at its threshold, pointing, map count."""
-    from .protocol import THRESHOLDS
-
     records = []
     for s in scores:
         entry = {"image_id": s.image_id, "species": s.species, "target": s.target, "predicted": s.predicted,

@@ -16,11 +16,22 @@ from ..attribution.engine import CRPEngine
 from ..attribution.graph import canonize
 from ..concepts import ConceptSet, DistanceConfig, find_concepts
 from ..errors import InputError
+from ..explain import representative_maps
 from ..models.loading import ModelSpec, Preprocessing, load_image, load_model, preprocess
 from .baselines import CAM_METHODS
-from .cub_parts import PartImage
 from .image_maps import ImageMaps, compute_image_maps
-from .protocol import THRESHOLDS, RegionWeights, best_iou, cell_weights, normalise_255, pointing
+from .images import AnnotatedImage
+from .protocol import (
+    THRESHOLDS,
+    RegionWeights,
+    best_iou,
+    cell_weights,
+    method_score,
+    nanmean_last,
+    normalise_255,
+    pointing,
+    species_scores,
+)
 
 #: Methods in table order.
 METHODS: tuple[str, ...] = ("ours", "crp-10", "crp-300", "dcne", *CAM_METHODS)
@@ -71,17 +82,17 @@ class ImageScores:
     k: int
 
 
-def cache_path(cache_dir: Path, image: PartImage) -> Path:
+def cache_path(cache_dir: Path, image: AnnotatedImage) -> Path:
     return cache_dir / f"{image.image_id}.npz"
 
 
-def _input(image: PartImage, spec: ModelSpec) -> torch.Tensor:
+def _input(image: AnnotatedImage, spec: ModelSpec) -> torch.Tensor:
     picture, _ = load_image(str(image.path))
     x, _ = preprocess(picture, spec.preprocessing)
     return x
 
 
-def _cache_one(model_args: ModelArgs, image: PartImage, path: Path, pool_neurons: int, threads: int) -> float:
+def _cache_one(model_args: ModelArgs, image: AnnotatedImage, path: Path, pool_neurons: int, threads: int) -> float:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     spec = model_args.load()
@@ -118,7 +129,7 @@ def check_manifest(cache_dir: Path, model_args: ModelArgs, pool_neurons: int) ->
 
 
 def build_cache(
-    images: list[PartImage],
+    images: list[AnnotatedImage],
     model_args: ModelArgs,
     cache_dir: str | Path,
     pool_neurons: int = 2000,
@@ -174,7 +185,7 @@ def dataset_parts(images: list) -> list[str]:
     return sorted({name for im in images for name in im.region_masks()})
 
 
-def region_weights(image, grid_hw: tuple[int, int], parts: list[str]) -> RegionWeights:
+def region_weights(image: AnnotatedImage, grid_hw: tuple[int, int], parts: list[str]) -> RegionWeights:
     masks = image.region_masks()
     return cell_weights([masks.get(r) for r in parts], (image.height, image.width), grid_hw)
 
@@ -186,7 +197,7 @@ def score_maps(maps: np.ndarray, regions: RegionWeights, thresholds: tuple[int, 
 
 
 def score_image(
-    image: PartImage,
+    image: AnnotatedImage,
     maps: ImageMaps,
     ours_maps: np.ndarray,
     k: int,
@@ -222,7 +233,7 @@ def score_image(
 
 
 def evaluate_images(
-    images: list[PartImage],
+    images: list[AnnotatedImage],
     model_args: ModelArgs,
     cache_dir: str | Path,
     config: OursConfig = OursConfig(),
@@ -250,8 +261,6 @@ def evaluate_images(
             concepts = ours_concepts(maps, config)
             k = concepts.k
             if engine is not None:
-                from ..explain import representative_maps
-
                 attribution = engine.attribute(_input(image, spec), image.target)
                 ours_maps = representative_maps(engine, attribution, concepts)
             else:
@@ -272,8 +281,6 @@ def summarise(
     ``thresholds`` fixes a threshold per method (e.g. chosen on the dev species); otherwise
     each method's threshold is the one with the best mean IoU on these images.
     """
-    from .protocol import method_score, nanmean_last, species_scores
-
     methods = methods or tuple(scores[0].iou)
     species = [s.species for s in scores]
     summary: dict = {"parts": parts, "threshold_grid": list(THRESHOLDS), "methods": {}}
