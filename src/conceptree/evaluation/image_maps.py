@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..attribution.engine import CRPEngine, NeuronMaps
@@ -130,11 +131,25 @@ def compute_image_maps(
         order = np.array([lookup[(int(layer_index[i]), int(channel[i]))] for i in index], dtype=np.int64)
         return got.maps[order], got.map_sums[order]
 
-    pool = engine.neuron_maps(attribution, batch_size, strongest_neurons(engine, attribution, pool_neurons), pool_size)
-    offsets = np.cumsum([0] + [len(r) for r in per_layer])
-    pool_index = offsets[pool.layer_index] + pool.channel
+    # The CRP-300 neurons are computed once, at full resolution; those that are also in the
+    # clustering pool are pooled from them instead of being propagated a second time.
     crp_index = top_neurons(relevance, n_crp)
-    crp_maps, _ = maps_of(crp_index, None)
+    crp_maps, crp_sums = maps_of(crp_index, None)
+    offsets = np.cumsum([0] + [len(r) for r in per_layer])
+    strongest = strongest_neurons(engine, attribution, pool_neurons)
+    pool_index = np.sort(np.concatenate([offsets[names.index(layer)] + np.asarray(chans) for layer, chans in strongest.items()]))
+    height, width = x.shape[-2:]
+    size = (min(pool_size[0], height), min(pool_size[1], width))
+    row_in_crp = {int(i): j for j, i in enumerate(crp_index)}
+    shared = np.array([int(i) in row_in_crp for i in pool_index], dtype=bool)
+    pool_maps = np.empty((len(pool_index), *size), np.float32)
+    pool_sums = np.empty(len(pool_index), np.float64)
+    rows = [row_in_crp[int(i)] for i in pool_index[shared]]
+    if rows:
+        full = torch.from_numpy(crp_maps[rows]).unsqueeze(1)
+        pool_maps[shared] = F.adaptive_avg_pool2d(full, size).squeeze(1).numpy()
+        pool_sums[shared] = crp_sums[rows]
+    pool_maps[~shared], pool_sums[~shared] = maps_of(pool_index[~shared], size)
     cams = {}
     for method in cam_methods:
         cams[method] = cam_maps(method, fullgrad_model if method == "fullgrad" else model, x, target).astype(np.float16)
@@ -148,8 +163,8 @@ def compute_image_maps(
         channel=channel,
         relevance=relevance,
         pool_index=pool_index.astype(np.int64),
-        pool_maps=pool.maps.astype(np.float16),
-        pool_map_sums=pool.map_sums,
+        pool_maps=pool_maps.astype(np.float16),
+        pool_map_sums=pool_sums,
         crp_index=crp_index.astype(np.int64),
         crp_maps=crp_maps.astype(np.float16),
         dcne_maps=dcne_maps(crp_maps).astype(np.float16),
