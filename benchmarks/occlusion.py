@@ -1,10 +1,9 @@
 """Occlusion check (issue 6): grey out the head and follow every concept's neuron group.
 
-Run from the project root after `conceptree evaluate` has filled its cache (the concepts are
-clustered from the cached neuron maps: the same numbers `conceptree explain --max-neurons
-2000` computes, without recomputing the maps):
+Run from the project root on the photos of an evaluation cache (its manifest gives the model
+and preprocessing); each photo is explained with the default options (`conceptree explain`):
 
-    python benchmarks/occlusion.py --cache /work/evalcache --data ../shared/data/cub_parts \
+    python benchmarks/occlusion.py --cache /work/evalcache2 --data ../shared/data/cub_parts \
         --out docs/results/occlusion
 
 Writes ``occlusion.json`` (every photo and concept) and prints the markdown summary.
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from conceptree.attribution import CRPEngine
 from conceptree.compare import compare
 from conceptree.evaluation.cub_parts import load_cub_parts
-from conceptree.evaluation.image_maps import ImageMaps
+from conceptree.concepts.options import PRESETS
 from conceptree.evaluation.occlusion import (
     HEAD_KEYPOINTS,
     HEAD_RADIUS,
@@ -66,8 +65,7 @@ def main() -> None:
             continue
         picture, _ = load_image(str(image.path))
         x, shown = preprocess(picture, prep)
-        neurons = ImageMaps.load(cache_path(cache, image)).pool_neurons()
-        ref = explain(spec.model, x, image.target, image=shown, neurons=neurons, progress=False)
+        ref = explain(spec.model, x, image.target, image=shown, progress=False)
         ref.meta["preprocessing"] = prep.to_dict()
         x_occ, _ = preprocess(occlude(picture, mask), prep)
         cmp = compare(ref, spec.model, [x_occ], names=["head greyed"])
@@ -89,7 +87,7 @@ def main() -> None:
         for relative in (False, True) for t in (0.5, 0.3)
     }
     summary.update(head_keypoints=list(HEAD_KEYPOINTS), head_radius=HEAD_RADIUS, skipped_no_head=skipped,
-                   wall_s=time.perf_counter() - t0, pool_neurons=manifest["pool_neurons"])
+                   wall_s=time.perf_counter() - t0, options=PRESETS["default"].to_dict())
     (out / "occlusion.json").write_text(json.dumps({"summary": summary, "photos": [r.to_dict() for r in results]}, indent=1))
     print(json.dumps(summary, indent=1))
 

@@ -14,7 +14,6 @@ from PIL import Image
 from conceptree.errors import InputError
 from conceptree.evaluation.cub_parts import PART_RADIUS, REGIONS, load_cub_parts, select
 from conceptree.evaluation.outputs import OUTPUT_FILES, load_results
-from conceptree.evaluation.runner import METHODS
 
 from .conftest import shared_path
 
@@ -83,9 +82,12 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "conceptree", *args], capture_output=True, text=True, timeout=900)
 
 
+BASELINES = ("crp-10", "crp-300", "dcne", "gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "fullgrad")
+
+
 def test_evaluate_cli_end_to_end_and_resume(tmp_path):
     data = tmp_path / "cub"
-    write_dataset(data)
+    write_dataset(data, 2, 1)
     out = tmp_path / "eval"
     weights = tmp_path / "resnet18.pth"
     torch.manual_seed(0)
@@ -93,35 +95,54 @@ def test_evaluate_cli_end_to_end_and_resume(tmp_path):
     proc = run_cli("evaluate", "--data", str(data), "--model", "torchvision:resnet18", "--out", str(out))
     assert proc.returncode == 2 and "random weights" in proc.stderr
     args = ["evaluate", "--data", str(data), "--model", "torchvision:resnet18", "--weights", str(weights), "--resize", "64", "--crop", "0",
-            "--pool-neurons", "120", "--k-range", "3:6", "--out", str(out), "--quiet"]
+            "--max-neurons", "120", "--k-range", "3:6", "--out", str(out), "--quiet", "--region-rule", "disks",
+            "--variant", "ours[rep]:concept_map=representative,lam=1", "--faithfulness-method", "ours",
+            "--faithfulness-method", "random-disks", "--randomise-from", "layer4", "--randomise-from", "all"]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     for name in OUTPUT_FILES:
         assert (out / name).is_file()
     results = load_results(out)
-    assert set(results["methods"]) == set(METHODS)
-    for name, m in results["methods"].items():
+    expected = {"ours", "ours[rep]", *BASELINES, *(f"random-disks-{n}" for n in (5, 10, 20, 30, 52, 300))}
+    assert set(results["methods"]) == expected
+    for m in results["methods"].values():
         assert {"mean_iou", "complexity", "threshold", "pointing"} <= set(m)
         assert 0.0 <= m["mean_iou"] <= 1.0 and m["threshold"] in results["threshold_grid"]
     assert results["methods"]["crp-300"]["complexity"] == 300
-    assert results["methods"]["crp-10"]["complexity"] == 10
     assert results["methods"]["dcne"]["complexity"] == 10
     assert results["methods"]["gradcam"]["complexity"] == 20  # resnet18: 20 conv layers
     assert results["methods"]["fullgrad"]["complexity"] == 21
+    assert results["methods"]["random-disks-52"]["complexity"] == 52
     assert 3 <= results["methods"]["ours"]["complexity"] <= 6
-    assert results["n_images"] == 4 and results["n_species"] == 2
+    assert results["n_images"] == 2 and results["n_species"] == 2
     assert results["skipped"]["images_without_target"] == 1
+    # equal complexity: every method at every K has K maps and a lift over chance at that K
+    for method in ("ours", "ours[rep]", "crp", "dcne", "gradcam", "fullgrad", "random-disks"):
+        for k in (5, 10, 20, 30):
+            entry = results["at_k"][method][str(k)]
+            assert entry["n_maps"] == (min(k, 20) if method == "gradcam" else min(k, 21) if method == "fullgrad" else k)
+            chance = results["at_k"]["random-disks"][str(k)]
+            assert entry["lift_iou"] == pytest.approx(entry["mean_iou"] - chance["mean_iou"])
+            assert entry["lift_pointing"] == pytest.approx(entry["pointing"] - chance["pointing"])
+    assert set(results["faithfulness"]) == {"ours", "random-disks"}
+    assert results["faithfulness"]["ours"]["n_maps"] == 2 * 20
+    assert set(results["redundancy"]) >= {"ours", "crp", "gradcam"}
+    randomisation = results["randomisation"]["ours"]
+    assert randomisation["randomised_from"] == "layer4" and set(randomisation["scopes"]) == {"layer4", "all"}
+    assert randomisation["lift_iou"] == results["at_k"]["ours"]["20"]["lift_iou"]
+    assert set(results["region_rules"]) == {"disks"}
+    assert set(json.loads((out / "thresholds.json").read_text())) == {"disks"}
     table = (out / "table.md").read_text()
-    assert table.count("\n") == 2 + len(METHODS) and "| ours |" in table
-    # rerun: every image comes from the cache, thresholds fixed from a file, same numbers
+    assert "| ours |" in table and "Equal complexity" in table and "Model randomisation" in table
+    # rerun: every image comes from the cache, thresholds fixed from the file, same numbers
     cached = sorted(p.name for p in (out / "cache").glob("*.npz"))
-    assert len(cached) == 4
+    assert len(cached) == 2
     thresholds = tmp_path / "thresholds.json"
-    thresholds.write_text(json.dumps({k: v["threshold"] for k, v in results["methods"].items()}))
+    thresholds.write_text((out / "thresholds.json").read_text())
     proc = run_cli(*args, "--thresholds", str(thresholds))
     assert proc.returncode == 0, proc.stderr
     again = load_results(out)
-    for name in METHODS:
+    for name in expected:
         assert again["methods"][name]["mean_iou"] == pytest.approx(results["methods"][name]["mean_iou"])
         assert again["methods"][name]["threshold_source"] == "fixed"
     # protocol variant: every map average-pooled to 16x16 first (cached maps reused)
@@ -130,9 +151,14 @@ def test_evaluate_cli_end_to_end_and_resume(tmp_path):
     pooled = load_results(out)
     assert pooled["map_grid"] == [16, 16]
     assert pooled["methods"]["crp-300"]["mean_iou"] != pytest.approx(results["methods"]["crp-300"]["mean_iou"])
-    # a cache built with other settings is refused
-    proc = run_cli(*[a if a != "120" else "90" for a in args])
-    assert proc.returncode == 2 and "cache" in proc.stderr and "pool_neurons" in proc.stderr
+    # a cache built with another model is refused; a bad variant is a one-line error
+    other = tmp_path / "other.pth"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), other)
+    proc = run_cli(*[a if a != str(weights) else str(other) for a in args])
+    assert proc.returncode == 2 and "cache" in proc.stderr and "weights" in proc.stderr
+    proc = run_cli(*args[:-2], "--variant", "x:colour=red")
+    assert proc.returncode == 2 and "unknown key 'colour'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bird_model_regions_on_real_photo():

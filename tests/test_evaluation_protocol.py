@@ -69,7 +69,7 @@ def test_cell_weights_equal_explicit_nearest_resize():
     regions = cell_weights(masks, image_hw, grid)
     maps = rng.random((5, *grid)) * 255
     rows, cols = nearest_source(image_hw[0], grid[0]), nearest_source(image_hw[1], grid[1])
-    for t_i, t in enumerate((0, 100, 200)):
+    for t in (0, 100, 200):
         iou = best_iou(maps, regions, (t,))
         for p, mask in enumerate(masks):
             expected = 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -77,7 +78,8 @@ def _output_folder(out: Path, overwrite: bool, files: tuple[str, ...]):
         raise
 
 
-def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False, neuron_maps=False, interpolation=None, max_neurons=None):
+def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False, neuron_maps=False, interpolation=None, max_neurons=None, preset="default", features=None, concept_map=None):
+    from .concepts.options import preset as get_preset
     from .explain import OUTPUT_FILES, explain
     from .models.loading import load_image, load_model, preprocess
 
@@ -90,13 +92,21 @@ def _run(model_spec, weights, model_args, image_path, target, layers, exclude, l
         prep = spec.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
         x, shown = preprocess(picture, prep)
         target_index = spec.resolve_target(target)
-        from .concepts import DistanceConfig
-
+        options = get_preset(preset)
+        overrides = {"features": features, "concept_map": concept_map, "method": linkage,
+                     "k_range": _k_range(k_range) if k_range else None}
+        options = options.replace(**{key: v for key, v in overrides.items() if v is not None})
+        if max_neurons is not None:
+            options = options.replace(max_neurons=None if max_neurons == 0 else max_neurons)
+        if lam is not None:
+            options = options.replace(distance=replace(options.distance, lam=lam))
         result = explain(
             spec.model, x, target_index, spec.class_names, shown, layers or None, exclude or None,
-            distance=DistanceConfig(lam=lam), method=linkage, k_range=_k_range(k_range), k=k,
-            progress=not quiet, model_spec=spec.spec, keep_neuron_maps=neuron_maps, max_neurons=max_neurons,
+            distance=options.distance, method=options.method, k_range=options.k_range, k=k,
+            progress=not quiet, model_spec=spec.spec, keep_neuron_maps=neuron_maps, max_neurons=options.max_neurons,
+            features=options.features, concept_map=options.concept_map,
         )
+        result.meta["preset"] = preset
         result.meta["preprocessing"] = prep.to_dict()
         result.meta["image"]["file"] = Path(image_path).name if image_path else "chelsea (scikit-image)"
         result.save(out)
@@ -117,9 +127,12 @@ def explain_cmd(
     target: str = typer.Option("auto", help="auto | class index | class name."),
     layers: list[str] = typer.Option([], help="Conv layer names/globs (repeatable)."),
     exclude_layers: list[str] = typer.Option([], help="Globs to drop, e.g. '*downsample*'."),
-    lam: float = typer.Option(0.5, help="Weight of the map distance (1-lam: relevance)."),
-    linkage: str = typer.Option("ward", help="ward (exact, default) | average | complete | single"),
-    k_range: str = typer.Option("15:30", help="MIN:MAX searched by silhouette."),
+    preset: str = typer.Option("default", help="default (own-layer maps, fast) | paper (input-level CRP maps of every neuron)."),
+    features: str | None = typer.Option(None, help="What is clustered: layer | input (default: the preset's)."),
+    concept_map: str | None = typer.Option(None, help="Each concept's map: layer-group | group | representative."),
+    lam: float | None = typer.Option(None, help="Weight of the map distance, 1-lam: relevance (default: the preset's)."),
+    linkage: str | None = typer.Option(None, help="ward (exact) | average | complete | single (default: the preset's)."),
+    k_range: str | None = typer.Option(None, help="MIN:MAX searched by silhouette (default: the preset's)."),
     k: int | None = typer.Option(None, help="Fixed number of concepts (skips the search)."),
     resize: int | None = typer.Option(None, help="Resize the shorter side (default: model's)."),
     crop: int | None = typer.Option(None, help="Centre crop size; 0 = resize to a square instead."),
@@ -131,10 +144,11 @@ def explain_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
     neuron_maps: bool = typer.Option(False, help="Also save every neuron's pooled map (float16) in maps.npz."),
     interpolation: str | None = typer.Option(None, help="bilinear | bicubic resizing (default: model's)."),
-    max_neurons: int | None = typer.Option(None, help="Cluster only the N neurons with the largest |r_p| (faster; default: all)."),
+    max_neurons: int | None = typer.Option(None, help="Cluster the N neurons with the largest |r_p|; 0 = all (default: the preset's)."),
 ) -> None:
     """Explain one image: concepts, maps and figures in --out."""
-    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint, neuron_maps, interpolation, max_neurons)
+    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet,
+         resize, crop, mean, std, labels, trust_checkpoint, neuron_maps, interpolation, max_neurons, preset, features, concept_map)
 
 
 @app.command("demo")
@@ -144,7 +158,7 @@ def demo_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
-    _run("default", None, [], None, "auto", [], [], 0.5, "ward", "15:30", None, out, overwrite, quiet, None, None, None, None, None)
+    _run("default", None, [], None, "auto", [], [], None, None, None, None, out, overwrite, quiet, None, None, None, None, None)
 
 
 @app.command("evaluate")
@@ -165,28 +179,38 @@ def evaluate_cmd(
     cache: str | None = typer.Option(None, help="Per-image map cache (default: OUT/cache); reruns resume from it."),
     species: list[str] = typer.Option([], help="Only these species (name substrings, repeatable)."),
     per_species: int | None = typer.Option(None, help="At most this many photos per species."),
+    limit: int | None = typer.Option(None, help="Only the first N photos (after --species and --per-species)."),
     workers: int = typer.Option(1, help="Processes computing maps (CPU threads are split between them)."),
-    thresholds: str | None = typer.Option(None, help="JSON {method: threshold} chosen on the dev species (default: choose here)."),
-    pool_neurons: int = typer.Option(2000, help="Neurons (largest |r_p|) clustered by our method."),
-    lam: float = typer.Option(0.5, help="Our method: weight of the map distance."),
-    linkage: str = typer.Option("ward", help="Our method: ward | average | complete | single."),
-    k_range: str = typer.Option("15:30", help="Our method: MIN:MAX searched by silhouette."),
+    thresholds: str | None = typer.Option(None, help="thresholds.json of a dev run (default: choose here)."),
+    preset: str = typer.Option("default", help="Our method's options: default | paper."),
+    paper: bool = typer.Option(False, help="Also score the paper's method (input-level maps, representatives) as ours-paper."),
+    paper_neurons: int = typer.Option(2000, help="Neurons (largest |r_p|) clustered by ours-paper (all 17k cost ~8 min/photo)."),
+    max_neurons: int | None = typer.Option(None, help="Our method: neurons clustered (default: the preset's)."),
+    lam: float | None = typer.Option(None, help="Our method: weight of the map distance (default: the preset's)."),
+    linkage: str | None = typer.Option(None, help="Our method: ward | average | complete | single."),
+    k_range: str | None = typer.Option(None, help="Our method: MIN:MAX searched by silhouette."),
+    variant: list[str] = typer.Option([], help="Also score a variant of ours: 'NAME:key=value,...' with keys features, "
+                                      "concept_map, max_neurons, lam, linkage, k_range, map_norm, term_norm (repeatable)."),
+    faithfulness_method: list[str] = typer.Option([], help="Measure faithfulness of these methods only (default: all)."),
+    region_rule: list[str] = typer.Option(["disks", "slic"], help="Region rules (repeatable; the first is the headline)."),
+    randomise_from: list[str] = typer.Option(["all"], help="Model-randomisation control: first module re-initialised, or all (repeatable)."),
+    seed: int = typer.Option(0, help="Seed of the random controls."),
     map_grid: int | None = typer.Option(None, help="Protocol variant: average-pool every map to GRIDxGRID first."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
-    """Score concept maps and every baseline against human part regions (mean IoU, pointing)."""
+    """Score concept maps, every baseline and chance controls against human part regions."""
     import json
     import time
 
-    from .concepts import DistanceConfig
+    from .concepts.options import preset as get_preset
     from .evaluation.outputs import write_outputs
     from .evaluation.runner import (
+        EvaluationConfig,
         ModelArgs,
-        OursConfig,
         build_cache,
         dataset_parts,
         evaluate_images,
-        summarise,
+        summarise_run,
     )
 
     t0 = time.perf_counter()
@@ -214,34 +238,83 @@ def evaluate_cmd(
     if not items:
         raise InputError(f"no evaluable images in {data} (none has a target class for this model)")
     items = select(items, species or None, per_species)
+    if limit is not None:
+        if limit < 1:
+            raise InputError(f"--limit must be >= 1, got {limit}")
+        items = items[:limit]
     fixed = None
     if thresholds is not None:
         try:
-            fixed = {k: int(v) for k, v in json.loads(Path(thresholds).read_text()).items()}
+            found = json.loads(Path(thresholds).read_text())
+            fixed = {rule: {k: int(v) for k, v in table.items()} for rule, table in found.items()}
         except (OSError, ValueError, AttributeError) as exc:
-            raise InputError(f"cannot read --thresholds {thresholds} ({exc}); expected JSON {{method: threshold}}") from None
+            raise InputError(f"cannot read --thresholds {thresholds} ({exc}); expected a dev run's thresholds.json") from None
+    options = get_preset(preset)
+    overrides = {"max_neurons": max_neurons, "method": linkage, "k_range": _k_range(k_range) if k_range else None}
+    options = options.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if lam is not None:
+        options = options.replace(distance=replace(options.distance, lam=lam))
+    ours = {"ours": options}
+    if paper:
+        ours["ours-paper"] = get_preset("paper").replace(max_neurons=paper_neurons)
+    for spec_text in variant:
+        name, options_variant = _parse_variant(spec_text, options)
+        ours[name] = options_variant
+    config = EvaluationConfig(ours=ours, region_rules=tuple(region_rule), randomise=tuple(randomise_from), seed=seed,
+                              faithfulness_methods=tuple(faithfulness_method))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache) if cache else out_dir / "cache"
-    config = OursConfig(DistanceConfig(lam=lam), linkage, _k_range(k_range), pool_neurons)
-    build_cache(items, model_args, cache_dir, pool_neurons, workers, progress=not quiet)
+    build_cache(items, model_args, cache_dir, workers, progress=not quiet)
     grid = (map_grid, map_grid) if map_grid else None
-    scores = evaluate_images(items, model_args, cache_dir, config, progress=not quiet, map_grid=grid)
-    summary = summarise(scores, dataset_parts(items), fixed)
-    summary.update(dataset=dataset, n_images=len(scores), n_species=len(summary["species"]))
+    run = evaluate_images(items, model_args, cache_dir, config, progress=not quiet, map_grid=grid)
+    parts = dataset_parts(items)
+    summary = summarise_run(run, parts, config, fixed)
+    summary.update(dataset=dataset, n_images=len(items), n_species=len(summary["species"]))
     meta = {
         "command": "conceptree " + " ".join(sys.argv[1:]),
         "model": {"spec": model, "weights": weights, "kwargs": kwargs, "preprocessing": prep.to_dict()},
         "skipped": skipped,
-        "ours": config.to_dict(),
+        "config": config.to_dict(),
         "map_grid": list(grid) if grid else None,
         "wall_s": time.perf_counter() - t0,
     }
-    write_outputs(summary, scores, out_dir, meta)
+    write_outputs(summary, run, out_dir, meta)
     if not quiet:
-        for name, m in summary["methods"].items():
-            typer.echo(f"{name:10s} mean IoU {m['mean_iou']:.3f}  pointing {m['pointing']:.2f}  maps {m['complexity']:6.1f}  t={m['threshold']}")
+        fk = config.faithfulness_k
+        for name, by_k in summary["at_k"].items():
+            m = by_k.get(fk)
+            if m:
+                typer.echo(f"{name:24s} @{fk}: mIoU {m['mean_iou']:.3f} (lift {m['lift_iou']:+.3f})  "
+                           f"pointing {m['pointing']:.2f} (lift {m['lift_pointing']:+.2f})")
         typer.echo(f"-> {out_dir}")
+
+
+def _parse_variant(text: str, base):
+    """``NAME:key=value,...`` -> (name, ConceptOptions) from ``base`` (one-line error on misuse)."""
+    name, _, body = text.partition(":")
+    if not name or not body:
+        raise InputError(f"--variant {text!r}: expected NAME:key=value,... (e.g. 'ours-rep:concept_map=representative')")
+    options, distance = {}, {}
+    for item in body.split(","):
+        key, _, value = item.partition("=")
+        if key in ("features", "concept_map", "map_norm", "term_norm"):
+            (distance if key in ("map_norm", "term_norm") else options)[key] = value
+        elif key == "max_neurons":
+            options[key] = None if value == "all" else int(value)
+        elif key == "lam":
+            distance[key] = float(value)
+        elif key == "linkage":
+            options["method"] = value
+        elif key == "k_range":
+            options[key] = _k_range(value)
+        else:
+            raise InputError(f"--variant {text!r}: unknown key {key!r}; use features, concept_map, max_neurons, lam, "
+                             "linkage, k_range, map_norm or term_norm")
+    result = base.replace(**options)
+    if distance:
+        result = result.replace(distance=replace(result.distance, **distance))
+    return name, result
 
 
 @app.command("compare")

@@ -2,7 +2,8 @@
 
 For every concept of the reference, on each other image: the group's relevance (sum of its
 neurons' ``r_p`` there), its share of the image's total, the ratio to the reference, and the
-group's map (sum of its neurons' conditional maps). A concept is flagged **missing** when
+group's map (of the same kind as the reference's concept maps: the members' own-layer maps,
+or the sum of their conditional maps). A concept is flagged **missing** when
 its ratio falls below ``missing_fraction`` (default 0.5: it lost more than half its
 relevance). With ``explain_new=True`` the other image is explained too, and each of its own
 concepts is flagged **new** when, for every reference group, most of its neurons (more than
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .attribution import Composite, CRPEngine
+from .concepts.layer_maps import layer_group_maps
 from .errors import InputError
 from .explain import Explanation, explain, model_hash
 
@@ -152,7 +154,11 @@ def compare(
     missing_fraction, new_overlap : float
         Thresholds of the ``missing`` and ``new`` flags (see the module docstring).
     explain_new : bool
-        Also explain each image (``max_neurons`` bounds its cost) to flag new concepts.
+        Also explain each image (``max_neurons`` bounds its cost; default: the reference's)
+        to flag new concepts, with the reference's features and concept map.
+
+    Each traced concept's map is the same kind as the reference's concept maps: the group's
+    own-layer maps (``layer-group``) or its input-level conditional map (otherwise).
     """
     from .models.loading import Preprocessing, load_image, preprocess
 
@@ -200,7 +206,10 @@ def compare(
             ratio = rel / concept.relevance if concept.relevance != 0 else float("nan")
             traces.append(ConceptTrace(concept.rank, concept.relevance, rel, rel / total if total else 0.0, ratio,
                                        bool(ratio < missing_fraction)))
-        maps = engine.group_maps(attribution, groups).cpu().numpy()
+        if reference.meta.get("concept_map") == "layer-group":  # the same kind of map as the reference shows
+            maps = layer_group_maps(attribution, groups, tuple(x.shape[-2:]))
+        else:
+            maps = engine.group_maps(attribution, groups).cpu().numpy()
         if shown is None:
             pic = x[0].detach().float()
             shown = ((pic - pic.min()) / (pic.max() - pic.min() + 1e-12)).permute(1, 2, 0).numpy()
@@ -209,7 +218,10 @@ def compare(
         news: list[NewConcept] = []
         if explain_new:
             own = explain(model, x, target, image=shown, layers=layers, composite=composite,
-                          progress=progress, max_neurons=max_neurons,
+                          progress=progress,
+                          max_neurons=max_neurons if max_neurons is not None else reference.meta.get("max_neurons"),
+                          features=reference.meta.get("features", "input"),
+                          concept_map=reference.meta.get("concept_map", "representative"),
                           distance=reference.concepts.distance, method=reference.concepts.method,
                           k_range=reference.concepts.k_range)
             ref_sets = [{(n.layer, n.channel) for n in c.neurons} for c in ref_concepts]

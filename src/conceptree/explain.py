@@ -16,6 +16,9 @@ from . import __version__
 from .attribution import Composite, CRPEngine
 from .attribution.engine import NeuronMaps
 from .concepts import ConceptSet, DistanceConfig, find_concepts
+from .concepts.concepts import Concept
+from .concepts.layer_maps import layer_group_maps, layer_neuron_maps
+from .concepts.options import CONCEPT_MAPS, FEATURES, PRESETS
 from .errors import InputError
 
 
@@ -31,7 +34,8 @@ class Explanation:
         ``{"index", "name", "probability"}`` of the five most probable classes.
     concepts : ConceptSet
     concept_maps : np.ndarray
-        Map of each concept's representative neuron at input resolution, ``(k, H, W)``.
+        Map of each concept at input resolution, ``(k, H, W)`` (which map:
+        ``meta["concept_map"]``, see :mod:`conceptree.concepts.options`).
     heatmap : np.ndarray
         Class heatmap (all channels), ``(H, W)``.
     image : np.ndarray
@@ -128,15 +132,17 @@ def explain(
     exclude_layers: list[str] | None = None,
     composite: Composite | None = None,
     distance: DistanceConfig | None = None,
-    method: str = "ward",
-    k_range: tuple[int, int] = (15, 30),
+    method: str = PRESETS["default"].method,
+    k_range: tuple[int, int] = PRESETS["default"].k_range,
     k: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
     model_spec: str = "custom",
     keep_neuron_maps: bool = False,
-    max_neurons: int | None = None,
+    max_neurons: int | None = PRESETS["default"].max_neurons,
     neurons: NeuronMaps | None = None,
+    features: str = PRESETS["default"].features,
+    concept_map: str = PRESETS["default"].concept_map,
 ) -> Explanation:
     """Explain ``model``'s decision on one image with concepts.
 
@@ -163,12 +169,17 @@ def explain(
     keep_neuron_maps : bool
         Keep every neuron's pooled map (float16) in the result and in ``maps.npz``.
     max_neurons : int, optional
-        Cluster only the neurons with the largest ``|r_p|`` (default: every neuron). Maps
-        dominate the cost (~8 min for the 17,056 neurons of a MobileNetV2 on 2 CPU cores);
-        2,000 neurons take ~50 s and carry about two thirds of ``sum |r_p|`` on CUB photos.
+        Cluster only the neurons with the largest ``|r_p|`` (None: every neuron). With
+        ``features="input"`` maps dominate the cost (~8 min for the 17,056 neurons of a
+        MobileNetV2 on 2 CPU cores; 2,000 neurons take ~50 s).
     neurons : NeuronMaps, optional
-        Conditional maps computed earlier for this model, image and target (e.g. an
+        Neuron features computed earlier for this model, image and target (e.g. an
         evaluation cache); they are clustered as they are instead of being recomputed.
+    features : {"layer", "input"}
+        What is clustered: own-layer relevance maps (one LRP pass) or input-level CRP maps
+        (the paper); see :mod:`conceptree.concepts.options`.
+    concept_map : {"layer-group", "group", "representative"}
+        The map each concept shows.
     """
     distance = distance or DistanceConfig()
     if isinstance(model, str) or not isinstance(x, torch.Tensor) or isinstance(target, str):
@@ -192,15 +203,16 @@ def explain(
     engine = CRPEngine(model, composite, layers, exclude_layers)
     attribution = engine.attribute(x, target)
     t1 = time.perf_counter()
+    if features not in FEATURES:
+        raise InputError(f"unknown features {features!r}; use one of {', '.join(FEATURES)}")
     if neurons is None:
-        channels = strongest_neurons(engine, attribution, max_neurons) if max_neurons is not None else None
-        neurons = engine.neuron_maps(attribution, batch_size, channels, map_size=distance.map_size, progress=progress)
+        neurons = neuron_features(engine, attribution, features, max_neurons, distance.map_size, batch_size, progress)
     elif not set(neurons.layers) <= {layer.name for layer in engine.layers}:
         raise InputError("the precomputed neurons come from other layers than the engine's; recompute them")
     t2 = time.perf_counter()
     concepts = find_concepts(neurons, distance, method, k_range, k)
     t3 = time.perf_counter()
-    concept_maps = representative_maps(engine, attribution, concepts, batch_size)
+    maps = concept_maps(engine, attribution, concepts.concepts, concept_map, batch_size)
     timings.update(attribution_s=t1 - t0, neuron_maps_s=t2 - t1, clustering_s=t3 - t2, total_s=time.perf_counter() - t0)
     probs = torch.softmax(attribution.logits.double(), 0)
     names = class_names or [str(i) for i in range(probs.numel())]
@@ -216,6 +228,8 @@ def explain(
         "layers": [layer.name for layer in engine.layers],
         "n_neurons": len(neurons),
         "max_neurons": max_neurons,
+        "features": features,
+        "concept_map": concept_map,
         "versions": {"conceptree": __version__, "torch": torch.__version__},
         "run_timings": timings,
     }
@@ -225,7 +239,7 @@ def explain(
         probability=float(probs[attribution.target]),
         top5=[{"index": int(i), "name": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
         concepts=concepts,
-        concept_maps=concept_maps,
+        concept_maps=maps,
         heatmap=attribution.heatmap.cpu().numpy(),
         image=np.asarray(image, dtype=np.uint8),
         meta=meta,
@@ -253,18 +267,66 @@ def strongest_neurons(engine: CRPEngine, attribution, n: int) -> dict[str, list[
     return wanted
 
 
-def representative_maps(engine: CRPEngine, attribution, concepts: ConceptSet, batch_size: int = 32) -> np.ndarray:
+def neuron_features(
+    engine: CRPEngine,
+    attribution,
+    features: str = PRESETS["default"].features,
+    max_neurons: int | None = PRESETS["default"].max_neurons,
+    map_size: tuple[int, int] | None = (56, 56),
+    batch_size: int = 32,
+    progress: bool = False,
+) -> NeuronMaps:
+    """The neurons to cluster and their maps: own-layer (``"layer"``) or input-level (``"input"``).
+
+    Returns :class:`NeuronMaps` with ``maps`` ``(n, *map_size)``; ``max_neurons`` keeps the
+    neurons with the largest ``|r_p|``.
+    """
+    channels = strongest_neurons(engine, attribution, max_neurons) if max_neurons is not None else None
+    if features == "layer":
+        return layer_neuron_maps(attribution, [layer.name for layer in engine.layers], channels, map_size or (56, 56))
+    if features == "input":
+        return engine.neuron_maps(attribution, batch_size, channels, map_size=map_size, progress=progress)
+    raise InputError(f"unknown features {features!r}; use one of {', '.join(FEATURES)}")
+
+
+def concept_maps(
+    engine: CRPEngine,
+    attribution,
+    concepts: list[Concept],
+    kind: str = PRESETS["default"].concept_map,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Each concept's map at input resolution, ``(k, H, W)`` float32.
+
+    ``kind``: ``"layer-group"`` (members' own-layer maps summed in input geometry),
+    ``"group"`` (the group's input-level conditional map) or ``"representative"`` (the most
+    relevant member's conditional map); see :mod:`conceptree.concepts.options`.
+    """
+    size = tuple(attribution.forward.input.shape[-2:])
+    if not concepts:
+        return np.zeros((0, *size), np.float32)
+    if kind == "layer-group":
+        return layer_group_maps(attribution, [c.groups() for c in concepts], size)
+    if kind == "group":
+        return engine.group_maps(attribution, [c.groups() for c in concepts], batch_size).cpu().numpy().astype(np.float32)
+    if kind == "representative":
+        return representative_maps(engine, attribution, concepts, batch_size)
+    raise InputError(f"unknown concept map {kind!r}; use one of {', '.join(CONCEPT_MAPS)}")
+
+
+def representative_maps(engine: CRPEngine, attribution, concepts: ConceptSet | list[Concept], batch_size: int = 32) -> np.ndarray:
     """Full-resolution conditional maps of the concepts' representatives, ``(k, H, W)``."""
-    if not concepts.concepts:
+    concepts = concepts.concepts if isinstance(concepts, ConceptSet) else concepts
+    if not concepts:
         return np.zeros((0, *attribution.forward.input.shape[-2:]), np.float32)
     wanted: dict[str, list[int]] = {}
-    for concept in concepts.concepts:
+    for concept in concepts:
         chans = wanted.setdefault(concept.representative.layer, [])
         if concept.representative.channel not in chans:
             chans.append(concept.representative.channel)
     full = engine.neuron_maps(attribution, batch_size, channels=wanted)
     lookup = {name: i for i, name in enumerate(full.names())}
-    return np.stack([full.maps[lookup[f"{c.representative.layer}:{c.representative.channel}"]] for c in concepts.concepts])
+    return np.stack([full.maps[lookup[f"{c.representative.layer}:{c.representative.channel}"]] for c in concepts])
 
 
 def model_hash(model: nn.Module) -> str:

@@ -33,7 +33,7 @@ def _draw_overlay(ax, image: np.ndarray, values: np.ndarray | None) -> None:
 
 
 def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
-    """Grid of concept overlays (representative map over the image) with rank and share."""
+    """Grid of concept overlays (each concept's map over the image) with rank and share."""
     plt = _pyplot()
     maps = explanation.concept_maps
     k = len(maps)
@@ -129,7 +129,13 @@ def write_html(explanation, path: str | Path) -> Path:
     ]
     for row in explanation.top5:
         parts.append(f"<tr><td>{esc(str(row['name']))}</td><td>{row['probability']:.3f}</td></tr>")
-    parts.append(f"</table><h2>{concepts.k} concepts</h2><div class='cards'>")
+    shown = {"layer-group": "where its neurons carry relevance at their own layers",
+             "group": "input relevance through all its neurons",
+             "representative": "input relevance through its most relevant neuron"}.get(explanation.meta.get("concept_map"), "")
+    parts.append(f"</table><h2>{concepts.k} concepts</h2>")
+    if shown:
+        parts.append(f"<p class='meta'>Each concept's map shows {esc(shown)}.</p>")
+    parts.append("<div class='cards'>")
     for concept, cmap in zip(concepts.concepts, explanation.concept_maps):
         rep = concept.representative
         hist_max = max(concept.layer_histogram.values()) if concept.layer_histogram else 1
@@ -161,7 +167,8 @@ def write_html(explanation, path: str | Path) -> Path:
         "k_range": list(concepts.k_range),
         "distance": concepts.distance.to_dict(),
         "inactive neurons": len(concepts.inactive),
-        **{k: v for k, v in explanation.meta.items() if k in ("model", "composite", "preprocessing", "image", "run_timings")},
+        **{k: v for k, v in explanation.meta.items()
+           if k in ("features", "concept_map", "max_neurons", "model", "composite", "preprocessing", "image", "run_timings")},
     }
     parts.append(f"<h2>Parameters</h2><pre>{esc(json.dumps(params, indent=2, default=str))}</pre>")
     parts.append("</body></html>")

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..attribution.engine import NeuronMaps
 from ..errors import InputError
-from .clustering import cluster
+from .clustering import cluster, cut_labels
 from .distance import LINKAGES, DistanceConfig, NeuronDistance
 
 
@@ -57,6 +57,13 @@ class Concept:
     @property
     def size(self) -> int:
         return len(self.neurons)
+
+    def groups(self) -> dict[str, list[int]]:
+        """The members as ``layer -> channels`` (input of :meth:`CRPEngine.group_maps`)."""
+        group: dict[str, list[int]] = {}
+        for neuron in self.neurons:
+            group.setdefault(neuron.layer, []).append(neuron.channel)
+        return group
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -208,29 +215,7 @@ def find_concepts(
     result = cluster(dist, method, k_range, k)
     t2 = time.perf_counter()
     del dist
-    total = float(np.sum(neurons.relevance))
-    concepts = []
-    for label in range(result.k):
-        members = active[result.labels == label]
-        rel = neurons.relevance[members]
-        by_relevance = members[np.lexsort((np.arange(len(members)), -rel))]  # stable: neuron order
-        rep = int(by_relevance[0])
-        layer_names = [neurons.layers[neurons.layer_index[i]] for i in by_relevance]
-        concepts.append(
-            Concept(
-                rank=0,
-                relevance=float(rel.sum()),
-                share=float(rel.sum() / total) if total != 0 else 0.0,
-                representative=_neuron(neurons, rep),
-                neurons=[_neuron(neurons, int(i)) for i in by_relevance],
-                layer_histogram=dict(Counter(layer_names)),
-                index=by_relevance.astype(np.int64),
-                representative_index=rep,
-            )
-        )
-    concepts.sort(key=lambda c: (-c.relevance, int(np.where(order == c.representative_index)[0][0])))
-    for rank, concept in enumerate(concepts, start=1):
-        concept.rank = rank
+    concepts = _build_concepts(neurons, active, result.labels, result.k, order)
     return ConceptSet(
         concepts=concepts,
         inactive=[_neuron(neurons, int(i)) for i in inactive],
@@ -247,3 +232,56 @@ def find_concepts(
 
 def _neuron(neurons: NeuronMaps, i: int) -> Neuron:
     return Neuron(neurons.layers[int(neurons.layer_index[i])], int(neurons.channel[i]), float(neurons.relevance[i]))
+
+
+def _build_concepts(neurons: NeuronMaps, active: np.ndarray, labels: np.ndarray, k: int, order: np.ndarray) -> list[Concept]:
+    """Concepts from cluster labels of the active rows, ranked by decreasing relevance."""
+    total = float(np.sum(neurons.relevance))
+    concepts = []
+    for label in range(k):
+        members = active[labels == label]
+        rel = neurons.relevance[members]
+        by_relevance = members[np.lexsort((np.arange(len(members)), -rel))]  # stable: neuron order
+        rep = int(by_relevance[0])
+        layer_names = [neurons.layers[neurons.layer_index[i]] for i in by_relevance]
+        concepts.append(
+            Concept(
+                rank=0,
+                relevance=float(rel.sum()),
+                share=float(rel.sum() / total) if total != 0 else 0.0,
+                representative=_neuron(neurons, rep),
+                neurons=[_neuron(neurons, int(i)) for i in by_relevance],
+                layer_histogram=dict(Counter(layer_names)),
+                index=by_relevance.astype(np.int64),
+                representative_index=rep,
+            )
+        )
+    position = {int(row): i for i, row in enumerate(order)}
+    concepts.sort(key=lambda c: (-c.relevance, position[c.representative_index]))
+    for rank, concept in enumerate(concepts, start=1):
+        concept.rank = rank
+    return concepts
+
+
+def cut_concepts(concepts: ConceptSet, neurons: NeuronMaps, k: int) -> list[Concept]:
+    """The concepts of the same dendrogram cut at exactly ``k`` clusters (no re-clustering).
+
+    Parameters
+    ----------
+    concepts : ConceptSet
+        A result of :func:`find_concepts` on ``neurons``.
+    neurons : NeuronMaps
+        The neurons that were clustered.
+    k : int
+        Number of concepts, ``1 <= k <=`` number of active neurons.
+
+    Returns
+    -------
+    list[Concept]
+        ``k`` concepts ranked by decreasing relevance.
+    """
+    n_active = len(concepts.active_index)
+    if not 1 <= k <= n_active:
+        raise InputError(f"cannot cut {n_active} active neurons into {k} concepts; use 1 <= k <= {n_active}")
+    labels = cut_labels(concepts.linkage, [k])[k]
+    return _build_concepts(neurons, concepts.active_index, labels, k, canonical_order(neurons))

@@ -112,7 +112,14 @@ def top_neurons(relevance: np.ndarray, n: int) -> np.ndarray:
     return order[:n]
 
 
-def dcne_maps(crp_maps: np.ndarray, n_components: int = 10, seed: int = 0, max_iter: int = 400) -> np.ndarray:
+def dcne_maps(
+    crp_maps: np.ndarray,
+    n_components: int = 10,
+    seed: int = 0,
+    max_iter: int = 400,
+    ranked: bool = False,
+    grid: tuple[int, int] | None = None,
+) -> np.ndarray:
     """DCNE concepts: NMF of CRP maps, each component reshaped to a map.
 
     Parameters
@@ -122,6 +129,14 @@ def dcne_maps(crp_maps: np.ndarray, n_components: int = 10, seed: int = 0, max_i
         non-negative data, so the positive part of each map is factorised.
     n_components : int
         Number of concepts (DCNE: 10).
+    ranked : bool
+        Order the components by decreasing weight norm ``||W[:, j]|| · ||H[j]||`` (their
+        share of the reconstruction), so that the first K are DCNE's K strongest concepts.
+
+    grid : (h, w), optional
+        Average-pool larger maps to this grid before factorising (the components come out on
+        it). At 224x224 a 10-component fit of 300 maps takes 22 s on 2 CPU cores and a
+        30-component one 50 s; at 112x112 about a quarter.
 
     Returns
     -------
@@ -133,6 +148,9 @@ def dcne_maps(crp_maps: np.ndarray, n_components: int = 10, seed: int = 0, max_i
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
 
+    if grid is not None and crp_maps.shape[-2] > grid[0] and crp_maps.shape[-1] > grid[1]:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.asarray(crp_maps, np.float32))[:, None], grid)
+        crp_maps = pooled[:, 0].numpy()
     n, h, w = crp_maps.shape
     data = np.maximum(crp_maps.reshape(n, h * w).astype(np.float64), 0.0)
     scale = data.max()
@@ -142,8 +160,12 @@ def dcne_maps(crp_maps: np.ndarray, n_components: int = 10, seed: int = 0, max_i
     nmf = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        nmf.fit(data / scale)
-    comps = nmf.components_.reshape(k, h, w).astype(np.float32)
+        weights = nmf.fit_transform(data / scale)
+    comps = nmf.components_
+    if ranked:
+        strength = np.linalg.norm(weights, axis=0) * np.linalg.norm(comps, axis=1)
+        comps = comps[np.lexsort((np.arange(k), -strength))]
+    comps = comps.reshape(k, h, w).astype(np.float32)
     if k < n_components:
         comps = np.concatenate([comps, np.zeros((n_components - k, h, w), np.float32)])
     return comps

@@ -7,6 +7,15 @@ of ``sqrt(w * h)`` of the CUB bounding box (``PART_RADIUS``); the keypoints of o
 (``REGIONS``: left/right eye, wing and leg merged, crown + forehead merged) are OR-ed. For
 photos stored as 227×227 bounding-box crops, the disks are mapped into the crop frame with
 its per-axis scale (so they become ellipses there), keeping the same region on the bird.
+
+Second rule, ``slic`` (fixed before any result; regions that follow the photo)
+-----------------------------------------------------------------------------
+Disks favour disk-shaped maps. The ``slic`` rule segments the photo into superpixels with
+scikit-image's SLIC (``compactness=10``, ``sigma=1``, about :data:`SLIC_SEGMENTS_PER_BIRD`
+superpixels over the bird's bounding-box area, proportionally more over the whole photo) and
+makes a part's region the union of the superpixels holding its keypoints, each clipped to a
+disk of :data:`SLIC_CLIP` × the part's disk radius around its keypoint (so a superpixel that
+leaks into the background cannot swallow it).
 """
 
 from __future__ import annotations
@@ -43,6 +52,14 @@ PART_RADIUS: dict[str, float] = {
 }
 
 
+#: SLIC superpixels over the area of the bird's bounding box (rule ``slic``).
+SLIC_SEGMENTS_PER_BIRD = 100
+#: A superpixel is clipped to this multiple of the part's disk radius (rule ``slic``).
+SLIC_CLIP = 2.0
+#: Region rules of :meth:`PartImage.region_masks`.
+REGION_RULES: tuple[str, ...] = ("disks", "slic")
+
+
 @dataclass
 class PartImage(AnnotatedImage):
     """A photo with CUB part keypoints; regions are disks around them (rule in the module docstring)."""
@@ -65,9 +82,48 @@ class PartImage(AnnotatedImage):
             mask = disk if mask is None else mask | disk
         return mask
 
+    region_rule: str = "disks"
+    subset: str = ""  # "original" (full frame) or "bbox_crop227"
+
     def region_masks(self, regions: dict[str, tuple[str, ...]] = REGIONS) -> dict[str, np.ndarray | None]:
-        """Boolean ``(height, width)`` mask per region, or None where no keypoint is visible."""
-        return {region: self.disks(names, PART_RADIUS) for region, names in regions.items()}
+        """Boolean ``(height, width)`` mask per region (rule ``region_rule``), or None where no
+        keypoint is visible."""
+        if self.region_rule == "disks":
+            return {region: self.disks(names, PART_RADIUS) for region, names in regions.items()}
+        if self.region_rule == "slic":
+            return self.slic_masks(regions)
+        raise InputError(f"unknown region rule {self.region_rule!r}; use one of {', '.join(REGION_RULES)}")
+
+    def superpixels(self) -> np.ndarray:
+        """SLIC labels of the photo, ``(height, width)`` int (rule in the module docstring)."""
+        from PIL import Image
+        from skimage.segmentation import slic
+
+        with Image.open(self.path) as picture:
+            rgb = np.asarray(picture.convert("RGB"))
+        if rgb.shape[:2] != (self.height, self.width):
+            raise InputError(f"{self.path} is {rgb.shape[1]}x{rgb.shape[0]}, the annotations say {self.width}x{self.height}")
+        bird_area = self.bird_size_px[0] * self.bird_size_px[1]
+        n_segments = max(16, int(round(SLIC_SEGMENTS_PER_BIRD * self.width * self.height / bird_area)))
+        return slic(rgb, n_segments=n_segments, compactness=10.0, sigma=1.0, start_label=0)
+
+    def slic_masks(self, regions: dict[str, tuple[str, ...]] = REGIONS) -> dict[str, np.ndarray | None]:
+        """Regions of the ``slic`` rule: keypoints' superpixels, each clipped to a disk."""
+        labels = self.superpixels()
+        out: dict[str, np.ndarray | None] = {}
+        for region, names in regions.items():
+            mask = None
+            for name in names:
+                if name not in self.keypoints:
+                    continue
+                x, y = self.keypoints[name]
+                row = min(max(int(y), 0), self.height - 1)
+                col = min(max(int(x), 0), self.width - 1)
+                clip = self.disks((name,), {name: SLIC_CLIP * PART_RADIUS[name]})
+                piece = (labels == labels[row, col]) & clip
+                mask = piece if mask is None else mask | piece
+            out[region] = mask
+        return out
 
 
 def load_cub_parts(root: str | Path, require_target: bool = True) -> tuple[list[PartImage], dict[str, int]]:
@@ -117,6 +173,7 @@ def load_cub_parts(root: str | Path, require_target: bool = True) -> tuple[list[
                 height=int(rec["height"]),
                 keypoints={k: (float(v[0]), float(v[1])) for k, v in rec["parts"].items()},
                 bird_size_px=(size * scale[0], size * scale[1]),
+                subset=str(rec.get("subset", "")),
             )
         )
     images.sort(key=lambda im: (im.species, im.path.name))

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..attribution.engine import CRPEngine
+from ..attribution.engine import CRPEngine, NeuronMaps
 from ..attribution.graph import canonize
-from ..concepts import ConceptSet, DistanceConfig, find_concepts
+from ..concepts.options import PRESETS, ConceptOptions
 from ..errors import InputError
-from ..explain import representative_maps
+from ..explain import neuron_features
 from ..models.loading import ModelSpec, Preprocessing, load_image, load_model, preprocess
-from .baselines import CAM_METHODS
+from .controls import randomise_model
+from .cub_parts import REGION_RULES
+from .faithfulness import FaithfulnessResult, occlusion_drops, summarise_faithfulness
 from .image_maps import ImageMaps, compute_image_maps
 from .images import AnnotatedImage
+from .methods import K_VALUES, at_key, baseline_maps, disk_maps, ours_maps, redundancy
 from .protocol import (
     THRESHOLDS,
     RegionWeights,
@@ -32,9 +36,6 @@ from .protocol import (
     pointing,
     species_scores,
 )
-
-#: Methods in table order.
-METHODS: tuple[str, ...] = ("ours", "crp-10", "crp-300", "dcne", *CAM_METHODS)
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,50 @@ class ModelArgs:
 
 
 @dataclass(frozen=True)
-class OursConfig:
-    """Parameters of our method (defaults = ``conceptree explain``'s, plus the neuron pool)."""
+class EvaluationConfig:
+    """What ``conceptree evaluate`` scores besides the cached baselines.
 
-    distance: DistanceConfig = field(default_factory=DistanceConfig)
-    method: str = "ward"
-    k_range: tuple[int, int] = (15, 30)
-    pool_neurons: int = 2000
+    Parameters
+    ----------
+    ours : dict[str, ConceptOptions]
+        Variants of our method by name (``"ours"``: the default; ``"ours-paper"``: the paper).
+    ks : tuple of int
+        Equal-complexity budgets K.
+    region_rules : tuple of str
+        Region rules every number is reported under (first = the headline).
+    randomise : tuple of str
+        Model-randomisation controls: the first module re-initialised (``"all"``: every one);
+        ours is rerun on each randomised model at K = ``faithfulness_k``.
+    faithfulness_k : int
+        K of the faithfulness, redundancy and randomisation numbers.
+    faithfulness_methods : tuple of str
+        Methods whose faithfulness is measured (empty: every one; each costs 2K forward passes
+        per photo).
+    seed : int
+        Seed of the random disks, the faithfulness controls and the randomisation.
+    """
+
+    ours: dict[str, ConceptOptions] = field(default_factory=lambda: {"ours": PRESETS["default"]})
+    ks: tuple[int, ...] = K_VALUES
+    region_rules: tuple[str, ...] = REGION_RULES
+    randomise: tuple[str, ...] = ("all",)
+    faithfulness_k: int = 20
+    faithfulness_methods: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.faithfulness_k not in self.ks:
+            raise InputError(f"faithfulness K={self.faithfulness_k} must be one of the budgets {list(self.ks)}")
+        if not self.region_rules:
+            raise InputError("at least one region rule is needed")
 
     def to_dict(self) -> dict:
-        return {"distance": self.distance.to_dict(), "method": self.method, "k_range": list(self.k_range), "pool_neurons": self.pool_neurons}
+        return {
+            "ours": {name: o.to_dict() for name, o in self.ours.items()}, "ks": list(self.ks),
+            "region_rules": list(self.region_rules), "randomise": list(self.randomise),
+            "faithfulness_k": self.faithfulness_k,
+            "faithfulness_methods": list(self.faithfulness_methods), "seed": self.seed,
+        }
 
 
 @dataclass
@@ -92,27 +127,25 @@ def _input(image: AnnotatedImage, spec: ModelSpec) -> torch.Tensor:
     return x
 
 
-def _cache_one(model_args: ModelArgs, image: AnnotatedImage, path: Path, pool_neurons: int, threads: int) -> float:
+def _cache_one(model_args: ModelArgs, image: AnnotatedImage, path: Path, threads: int) -> float:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     spec = model_args.load()
     engine = CRPEngine(spec.model)
-    maps = compute_image_maps(engine, spec.model, canonize(spec.model), _input(image, spec), image.target, pool_neurons)
+    maps = compute_image_maps(engine, spec.model, canonize(spec.model), _input(image, spec), image.target)
     maps.save(path)
     return time.perf_counter() - t0
 
 
-def check_manifest(cache_dir: Path, model_args: ModelArgs, pool_neurons: int) -> None:
+def check_manifest(cache_dir: Path, model_args: ModelArgs) -> None:
     """Write ``manifest.json`` on first use; refuse a cache built with another model or settings."""
-    import json
-
     from .image_maps import CACHE_VERSION
 
     prep = model_args.preprocessing.to_dict() if model_args.preprocessing else None
     manifest = {
         "version": CACHE_VERSION, "model": model_args.spec,
         "weights": str(Path(model_args.weights).resolve()) if model_args.weights else None,
-        "kwargs": model_args.kwargs, "preprocessing": prep, "pool_neurons": pool_neurons,
+        "kwargs": model_args.kwargs, "preprocessing": prep,
     }
     manifest = json.loads(json.dumps(manifest))
     path = cache_dir / "manifest.json"
@@ -132,7 +165,6 @@ def build_cache(
     images: list[AnnotatedImage],
     model_args: ModelArgs,
     cache_dir: str | Path,
-    pool_neurons: int = 2000,
     workers: int = 1,
     progress: bool = True,
 ) -> dict[str, float]:
@@ -142,7 +174,7 @@ def build_cache(
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    check_manifest(cache_dir, model_args, pool_neurons)
+    check_manifest(cache_dir, model_args)
     todo = [im for im in images if not cache_path(cache_dir, im).exists()]
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
@@ -155,14 +187,14 @@ def build_cache(
     seconds: dict[str, float] = {}
     if workers == 1:
         for im in todo:
-            seconds[im.image_id] = _cache_one(model_args, im, cache_path(cache_dir, im), pool_neurons, threads)
+            seconds[im.image_id] = _cache_one(model_args, im, cache_path(cache_dir, im), threads)
             if bar:
                 bar.update()
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_cache_one, model_args, im, cache_path(cache_dir, im), pool_neurons, threads): im for im in todo}
+            futures = {pool.submit(_cache_one, model_args, im, cache_path(cache_dir, im), threads): im for im in todo}
             for future in as_completed(futures):
                 seconds[futures[future].image_id] = future.result()
                 if bar:
@@ -172,9 +204,23 @@ def build_cache(
     return seconds
 
 
-def ours_concepts(maps: ImageMaps, config: OursConfig) -> ConceptSet:
-    """Our concepts on one image from its cached neuron pool (the manifest guarantees its size)."""
-    return find_concepts(maps.pool_neurons(), config.distance, config.method, config.k_range)
+def cached_input_neurons(
+    engine: CRPEngine, attribution, cache_dir: Path, image: AnnotatedImage, options: ConceptOptions
+) -> NeuronMaps:
+    """Input-level neuron maps (``features="input"``), cached per photo and pool size."""
+    tag = "all" if options.max_neurons is None else str(options.max_neurons)
+    path = cache_dir / f"{image.image_id}.input{tag}.npz"
+    if path.exists():
+        with np.load(path) as npz:
+            return NeuronMaps([str(x) for x in npz["layers"]], npz["layer_index"], npz["channel"], npz["relevance"],
+                              npz["maps"].astype(np.float32), npz["map_sums"])
+    neurons = neuron_features(engine, attribution, "input", options.max_neurons, options.distance.map_size)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, layers=np.array(neurons.layers), layer_index=neurons.layer_index, channel=neurons.channel,
+             relevance=neurons.relevance, maps=neurons.maps.astype(np.float16), map_sums=neurons.map_sums)
+    os.replace(tmp, path)
+    neurons.maps = neurons.maps.astype(np.float16).astype(np.float32)  # same numbers as a reload
+    return neurons
 
 
 def dataset_parts(images: list) -> list[str]:
@@ -196,78 +242,138 @@ def score_maps(maps: np.ndarray, regions: RegionWeights, thresholds: tuple[int, 
     return best_iou(normalise_255(maps), regions, thresholds), pointing(maps, regions)
 
 
-def score_image(
+def score_method_maps(
     image: AnnotatedImage,
-    maps: ImageMaps,
-    ours_maps: np.ndarray,
-    k: int,
+    method_maps: dict[str, np.ndarray],
     parts: list[str],
-    methods: tuple[str, ...] = METHODS,
+    cached: ImageMaps | None = None,
+    k: int = 0,
     map_grid: tuple[int, int] | None = None,
+    masks: dict[str, np.ndarray | None] | None = None,
 ) -> ImageScores:
-    """Score every method's maps of one image against its part regions.
+    """Score every method's maps of one photo against its part regions.
 
-    ``map_grid`` average-pools every method's maps to that grid first (a variant of the
-    protocol that puts sharp pixel-level CRP maps and smooth upsampled CAMs on one footing).
+    ``map_grid`` average-pools every method's maps to that grid first (a protocol variant
+    that puts sharp pixel-level CRP maps and smooth upsampled CAMs on one footing).
+    ``masks`` are the photo's region masks (computed from ``image`` when not given).
     """
-    method_maps = {
-        "ours": ours_maps,
-        "crp-10": maps.crp_maps[:10],
-        "crp-300": maps.crp_maps[:300],
-        "dcne": maps.dcne_maps,
-        **maps.cam,
-    }
+    masks = image.region_masks() if masks is None else masks
     weights: dict[tuple[int, int], RegionWeights] = {}
     iou, point, n_maps = {}, {}, {}
-    for method in methods:
-        m = method_maps[method]
+    for method, m in method_maps.items():
         if map_grid is not None and m.shape[0] and tuple(m.shape[-2:]) != tuple(map_grid):
             pooled = F.adaptive_avg_pool2d(torch.from_numpy(np.asarray(m, np.float32))[:, None], map_grid)
             m = pooled[:, 0].numpy()
         grid = tuple(m.shape[-2:])
         if grid not in weights:
-            weights[grid] = region_weights(image, grid, parts)
+            weights[grid] = cell_weights([masks.get(r) for r in parts], (image.height, image.width), grid)
         iou[method], point[method] = score_maps(m, weights[grid])
         n_maps[method] = int(m.shape[0])
-    return ImageScores(image.image_id, image.species, maps.target, maps.predicted, maps.probability, iou, point, n_maps, k)
+    target = cached.target if cached else (image.target or 0)
+    predicted = cached.predicted if cached else -1
+    probability = cached.probability if cached else float("nan")
+    return ImageScores(image.image_id, image.species, target, predicted, probability, iou, point, n_maps, k)
+
+
+@dataclass
+class EvaluationRun:
+    """Everything measured on a set of photos (input of :func:`summarise_run`).
+
+    Attributes
+    ----------
+    scores : dict[str, list[ImageScores]]
+        Per region rule, per photo: every method's and every ``method@K``'s scores.
+    faithfulness : dict[str, list[FaithfulnessResult]]
+        Per ``method@K`` (K = ``config.faithfulness_k``), per photo.
+    redundancy : dict[str, list[float]]
+        Per ``method@K``, per photo: mean pairwise correlation of its maps.
+    ours_stats : dict[str, list[dict]]
+        Per variant of ours, per photo: k, largest share, largest size fraction.
+    subsets : list[str]
+        Per photo: ``original`` or ``bbox_crop227`` (empty when the dataset has none).
+    """
+
+    scores: dict[str, list[ImageScores]]
+    faithfulness: dict[str, list[FaithfulnessResult]]
+    redundancy: dict[str, list[float]]
+    ours_stats: dict[str, list[dict]]
+    subsets: list[str]
+
+
+def _grey(spec: ModelSpec) -> torch.Tensor:
+    prep = spec.preprocessing
+    mean = torch.as_tensor(prep.mean, dtype=torch.float32)
+    std = torch.as_tensor(prep.std, dtype=torch.float32)
+    return (128.0 / 255.0 - mean) / std
 
 
 def evaluate_images(
     images: list[AnnotatedImage],
     model_args: ModelArgs,
     cache_dir: str | Path,
-    config: OursConfig = OursConfig(),
-    full_resolution: bool = True,
-    methods: tuple[str, ...] = METHODS,
+    config: EvaluationConfig = EvaluationConfig(),
     progress: bool = True,
     map_grid: tuple[int, int] | None = None,
-) -> list[ImageScores]:
-    """Score cached images. ``full_resolution=False`` scores our representatives on their
-    pooled maps (no model needed: the fast path of the parameter sweep)."""
+) -> EvaluationRun:
+    """Score cached photos: baselines, controls, every variant of ours, faithfulness, randomisation."""
     cache_dir = Path(cache_dir)
-    spec = model_args.load() if full_resolution and "ours" in methods else None
-    engine = CRPEngine(spec.model) if spec else None
+    spec = model_args.load()
+    model = spec.model.eval()
+    engine = CRPEngine(model)
+    grey = _grey(spec)
+    randomised = {}
+    for scope in config.randomise:
+        rmodel = randomise_model(model, None if scope == "all" else scope, config.seed)
+        randomised[scope] = CRPEngine(rmodel)
     parts = dataset_parts(images)
+    fk = config.faithfulness_k
+    run = EvaluationRun({rule: [] for rule in config.region_rules}, {}, {}, {name: [] for name in config.ours}, [])
     iterator = images
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(images, desc="scoring", unit="image")
-    out = []
     for image in iterator:
-        maps = ImageMaps.load(cache_path(cache_dir, image))
-        ours_maps, k = np.zeros((0, 1, 1), np.float32), 0
-        if "ours" in methods:
-            concepts = ours_concepts(maps, config)
-            k = concepts.k
-            if engine is not None:
-                attribution = engine.attribute(_input(image, spec), image.target)
-                ours_maps = representative_maps(engine, attribution, concepts)
-            else:
-                neurons = maps.pool_neurons()
-                ours_maps = neurons.maps[[c.representative_index for c in concepts.concepts]]
-        out.append(score_image(image, maps, ours_maps, k, parts, methods, map_grid))
-    return out
+        cached = ImageMaps.load(cache_path(cache_dir, image))
+        x = _input(image, spec)
+        attribution = engine.attribute(x, image.target)
+        native, restricted = baseline_maps(cached, config.ks)
+        disks_native, disks_restricted = disk_maps(image, config.seed, config.ks)
+        native.update(disks_native)
+        restricted.update(disks_restricted)
+        k_main = 0
+        for name, options in config.ours.items():
+            neurons = (cached_input_neurons(engine, attribution, cache_dir, image, options)
+                       if options.features == "input" else None)
+            result = ours_maps(engine, attribution, options, config.ks, neurons)
+            native[name] = result.maps
+            restricted.update({at_key(name, k): m for k, m in result.at_k.items()})
+            run.ours_stats[name].append({"k": result.k, "largest_share": result.largest_share,
+                                         "largest_size_fraction": result.largest_size_fraction,
+                                         "n_neurons": result.n_neurons})
+            k_main = k_main or result.k
+        main_options = next(iter(config.ours.values()))
+        for scope, r_engine in randomised.items():
+            r_attr = r_engine.attribute(x, image.target)
+            result = ours_maps(r_engine, r_attr, main_options.replace(features="layer") if main_options.features == "input"
+                               else main_options, (fk,))
+            if fk in result.at_k:
+                restricted[at_key(f"{next(iter(config.ours))}-randomised-{scope}", fk)] = result.at_k[fk]
+            else:  # fewer than K active neurons: the randomised model explains with what it has
+                restricted[at_key(f"{next(iter(config.ours))}-randomised-{scope}", fk)] = result.maps
+        maps_all = {**native, **restricted}
+        for key, maps in restricted.items():
+            if not key.endswith(f"@{fk}") or "-randomised-" in key:
+                continue
+            run.redundancy.setdefault(key, []).append(redundancy(maps))
+            if not config.faithfulness_methods or key.rsplit("@", 1)[0] in config.faithfulness_methods:
+                run.faithfulness.setdefault(key, []).append(
+                    occlusion_drops(model, x, image.target, maps, grey, image.image_id, config.seed))
+        for rule in config.region_rules:
+            rule_image = replace(image, region_rule=rule) if hasattr(image, "region_rule") else image
+            run.scores[rule].append(score_method_maps(rule_image, maps_all, parts, cached, k_main, map_grid))
+        run.subsets.append(getattr(image, "subset", ""))
+    return run
 
 
 def summarise(
@@ -313,3 +419,104 @@ def summarise(
         }
     summary["species"] = sorted(set(species))
     return summary
+
+
+def _split_key(key: str) -> tuple[str, int] | None:
+    if "@" not in key:
+        return None
+    method, k = key.rsplit("@", 1)
+    return method, int(k)
+
+
+def at_k_table(methods: dict[str, dict], ks: tuple[int, ...]) -> dict[str, dict[int, dict]]:
+    """``method -> K -> {mean_iou, pointing, lift_iou, lift_pointing, threshold, n_maps, parts}``.
+
+    The lifts are differences to ``random-disks@K`` on the same photos (same summary).
+    """
+    out: dict[str, dict[int, dict]] = {}
+    for key, m in methods.items():
+        split = _split_key(key)
+        if split is None:
+            continue
+        method, k = split
+        chance = methods.get(at_key("random-disks", k))
+        entry = {
+            "mean_iou": m["mean_iou"], "pointing": m["pointing"], "threshold": m["threshold"],
+            "n_maps": m["complexity"], "parts": m["parts"],
+            "lift_iou": m["mean_iou"] - chance["mean_iou"] if chance else None,
+            "lift_pointing": m["pointing"] - chance["pointing"] if chance else None,
+        }
+        out.setdefault(method, {})[k] = entry
+    return {method: dict(sorted(by_k.items())) for method, by_k in out.items()}
+
+
+def summarise_run(
+    run: EvaluationRun,
+    parts: list[str],
+    config: EvaluationConfig,
+    thresholds: dict[str, dict[str, int]] | None = None,
+) -> dict:
+    """Every number of an :class:`EvaluationRun`: per region rule and subset, at every K,
+    faithfulness, redundancy and the randomisation control.
+
+    ``thresholds`` (``rule -> key -> threshold``, e.g. a dev run's ``thresholds.json``) fixes
+    each method's threshold; otherwise it is chosen on these photos per rule and method.
+    """
+    out: dict = {"parts": parts, "threshold_grid": list(THRESHOLDS), "region_rules": {}, "thresholds": {}}
+    for rule, scores in run.scores.items():
+        fixed = None
+        if thresholds is not None:
+            if rule not in thresholds:
+                raise InputError(f"the thresholds file has no entry for region rule {rule!r}; rerun the dev evaluation")
+            fixed = thresholds[rule]
+        summary = summarise(scores, parts, fixed)
+        chosen = {key: m["threshold"] for key, m in summary["methods"].items()}
+        native = {key: m for key, m in summary["methods"].items() if "@" not in key}
+        subsets = {}
+        for subset in sorted(set(run.subsets) - {""}):
+            rows = [s for s, sub in zip(scores, run.subsets) if sub == subset]
+            part = summarise(rows, parts, chosen)
+            subsets[subset] = {
+                "n_images": len(rows),
+                "methods": {key: {f: part["methods"][key][f] for f in ("mean_iou", "pointing", "complexity", "threshold")}
+                            for key in native},
+                "at_k": at_k_table(part["methods"], config.ks),
+            }
+        out["region_rules"][rule] = {"methods": native, "at_k": at_k_table(summary["methods"], config.ks), "subsets": subsets}
+        out["thresholds"][rule] = chosen
+        out.setdefault("species", summary["species"])
+    headline = config.region_rules[0]
+    out["region_rule"] = headline
+    out["methods"] = out["region_rules"][headline]["methods"]
+    out["at_k"] = out["region_rules"][headline]["at_k"]
+    fk = config.faithfulness_k
+    out["faithfulness"] = {key.rsplit("@", 1)[0]: {"k": fk, **summarise_faithfulness(v)} for key, v in run.faithfulness.items()}
+    out["redundancy"] = {key.rsplit("@", 1)[0]: {"k": fk, "mean_correlation": float(np.nanmean(v)) if np.any(np.isfinite(v)) else None}
+                         for key, v in run.redundancy.items()}
+    main = next(iter(config.ours))
+    randomisation: dict = {}
+    for scope in config.randomise:
+        name = f"{main}-randomised-{scope}"
+        per_rule = {rule: out["region_rules"][rule]["at_k"].get(name, {}).get(fk) for rule in out["region_rules"]}
+        randomisation[scope] = {"lift_iou": per_rule[headline]["lift_iou"], "lift_pointing": per_rule[headline]["lift_pointing"],
+                                "mean_iou": per_rule[headline]["mean_iou"],
+                                "by_region_rule": {r: v["lift_iou"] for r, v in per_rule.items()}}
+    real = out["at_k"][main][fk]
+    first = config.randomise[0] if config.randomise else None
+    out["randomisation"] = {main: {
+        "k": fk, "lift_iou": real["lift_iou"], "lift_pointing": real["lift_pointing"],
+        "lift_iou_randomised": randomisation[first]["lift_iou"] if first else None,
+        "lift_pointing_randomised": randomisation[first]["lift_pointing"] if first else None,
+        "randomised_from": first, "scopes": randomisation,
+    }}
+    out["ours_stats"] = {
+        name: {
+            "mean_k": float(np.mean([s["k"] for s in stats])),
+            "median_largest_share": float(np.median([s["largest_share"] for s in stats])),
+            "max_largest_share": float(np.max([s["largest_share"] for s in stats])),
+            "median_largest_size_fraction": float(np.median([s["largest_size_fraction"] for s in stats])),
+            "neurons_clustered": float(np.mean([s["n_neurons"] for s in stats])),
+        }
+        for name, stats in run.ours_stats.items() if stats
+    }
+    return out

@@ -1,0 +1,122 @@
+"""Own-layer relevance maps: each neuron's relevance ``R_p(h, w)`` at its own layer.
+
+The single LRP pass already holds, for every conv channel ``p``, the relevance map at that
+layer's output (:attr:`Attribution.layer_relevance`). Unlike the input-level conditional map
+``y_p``, it is not pushed through the z+ rules of every layer below ``p``, which under z+ tend
+to one image-dependent map whatever the neuron (Sixt, Granz & Landgraf, "When explanations
+lie", ICML 2020; measured in ``docs/results/concept_ablation.md``). It is placed into the
+input's geometry by resizing: each layer's grid covers the whole input, so cell ``(i, j)`` of
+an ``h × w`` layer lies over the input pixels ``[i·H/h, (i+1)·H/h)`` — the centre of its
+receptive field up to the layer's padding offset.
+
+Two uses: as clustering features (:func:`layer_neuron_maps`, free, no conditional
+propagation) and as a concept's map (:func:`layer_group_maps`, the sum of its neurons'
+own-layer maps in input geometry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..attribution.engine import Attribution, NeuronMaps
+from ..errors import InputError
+
+
+def to_grid(maps_chw: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize ``(n, h, w)`` relevance maps onto an ``size`` grid covering the same image.
+
+    Larger maps are average-pooled (area), smaller ones bilinearly upsampled
+    (``align_corners=False``: cell centres stay at their image positions).
+    """
+    x = maps_chw.unsqueeze(1).float()
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x[:, 0]
+    if h >= size[0] and w >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)[:, 0]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def layer_neuron_maps(
+    attribution: Attribution,
+    layers: Sequence[str],
+    channels: Mapping[str, Sequence[int]] | None = None,
+    map_size: tuple[int, int] = (56, 56),
+) -> NeuronMaps:
+    """Own-layer relevance maps of neurons as :class:`NeuronMaps` (clustering input).
+
+    Parameters
+    ----------
+    attribution : Attribution
+        One LRP pass (:meth:`CRPEngine.attribute`).
+    layers : sequence of str
+        The engine's conv layers, in model order (``NeuronMaps.layers``).
+    channels : mapping layer -> channels, optional
+        Neurons to keep (default: every channel of every layer).
+    map_size : (h, w)
+        Common grid of the maps (:func:`to_grid`).
+
+    Returns
+    -------
+    NeuronMaps
+        ``maps`` ``(n, *map_size)`` float32; ``relevance`` and ``map_sums`` are ``r_p``
+        (the own-layer map sums to ``r_p`` exactly before resizing).
+    """
+    layers = list(layers)
+    wanted = channels if channels is not None else {name: range(attribution.layer_relevance[name].shape[0]) for name in layers}
+    unknown = [name for name in wanted if name not in attribution.layer_relevance]
+    if unknown:
+        raise InputError(f"layer {unknown[0]!r} has no relevance in this attribution; use one of the engine's layers")
+    layer_index, channel, relevance, maps = [], [], [], []
+    for name in layers:
+        if name not in wanted:
+            continue
+        chans = torch.as_tensor(list(wanted[name]), dtype=torch.long)
+        if chans.numel() == 0:
+            continue
+        rel = attribution.layer_relevance[name][chans]
+        layer_index.append(np.full(chans.numel(), layers.index(name), np.int32))
+        channel.append(chans.numpy().astype(np.int64))
+        relevance.append(rel.double().flatten(1).sum(1).cpu().numpy())
+        maps.append(to_grid(rel, map_size).cpu().numpy().astype(np.float32))
+    if not maps:
+        raise InputError("no neurons selected; pass at least one channel")
+    r = np.concatenate(relevance)
+    return NeuronMaps(layers, np.concatenate(layer_index), np.concatenate(channel), r, np.concatenate(maps), r.copy())
+
+
+def layer_group_maps(
+    attribution: Attribution,
+    groups: Sequence[Mapping[str, Sequence[int]]],
+    size: tuple[int, int],
+) -> np.ndarray:
+    """Each group's own-layer relevance, summed over its neurons in input geometry.
+
+    Parameters
+    ----------
+    groups : sequence of mapping layer -> channels
+        One neuron group per concept (e.g. ``Concept.groups()``).
+    size : (H, W)
+        Output grid (the input's size).
+
+    Returns
+    -------
+    np.ndarray
+        ``(len(groups), H, W)`` float32. Each layer's share of a group is summed over the
+        group's channels first, then resized with :func:`to_grid` and scaled so that it keeps
+        its total (``sum`` of row ``g`` = the group's relevance ``sum r_p``, up to resizing).
+    """
+    out = np.zeros((len(groups), *size), np.float32)
+    for g, group in enumerate(groups):
+        total = torch.zeros(size, dtype=torch.float32)
+        for layer, chans in group.items():
+            rel = attribution.layer_relevance[layer][torch.as_tensor(list(chans), dtype=torch.long)].sum(0)
+            h, w = rel.shape
+            total += to_grid(rel[None], size)[0] * (h * w) / (size[0] * size[1])
+        out[g] = total.cpu().numpy()
+    return out

@@ -1,0 +1,88 @@
+"""What is clustered and which map a concept shows: the choices and their defaults, in one place.
+
+``features`` (what each neuron contributes to the distance)
+    ``"layer"``: its own-layer relevance map ``R_p(h, w)`` from the single LRP pass, in input
+    geometry (:mod:`conceptree.concepts.layer_maps`); no conditional propagation.
+    ``"input"``: its input-level conditional CRP map ``y_p`` (the paper; one backward pass
+    per neuron).
+``concept_map`` (the map shown, saved and scored for a concept)
+    ``"layer-group"``: the sum of the members' own-layer maps in input geometry.
+    ``"group"``: the input-level conditional map of the whole group (sum of the members'
+    ``y_p``, :meth:`CRPEngine.group_maps`).
+    ``"representative"``: ``y_p`` of the most relevant member (the paper's eq. 6).
+
+The default was chosen by the rule written before the sweep in
+``docs/results/concept_ablation.md``; ``PRESETS["paper"]`` keeps the paper's method exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import InputError
+from .distance import LINKAGES, DistanceConfig
+
+FEATURES: tuple[str, ...] = ("layer", "input")
+CONCEPT_MAPS: tuple[str, ...] = ("layer-group", "group", "representative")
+
+
+@dataclass(frozen=True)
+class ConceptOptions:
+    """How concepts are found and shown.
+
+    Parameters
+    ----------
+    features : {"layer", "input"}
+        What is clustered (module docstring).
+    concept_map : {"layer-group", "group", "representative"}
+        Each concept's map (module docstring).
+    max_neurons : int or None
+        Cluster the neurons with the largest ``|r_p|`` only (None: every neuron).
+    distance : DistanceConfig
+        λ and the terms' normalisation.
+    method : str
+        Linkage.
+    k_range : (int, int)
+        k searched by silhouette.
+    """
+
+    features: str = "layer"
+    concept_map: str = "layer-group"
+    max_neurons: int | None = 2000
+    distance: DistanceConfig = field(default_factory=DistanceConfig)
+    method: str = "ward"
+    k_range: tuple[int, int] = (15, 30)
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURES:
+            raise InputError(f"unknown features {self.features!r}; use one of {', '.join(FEATURES)}")
+        if self.concept_map not in CONCEPT_MAPS:
+            raise InputError(f"unknown concept map {self.concept_map!r}; use one of {', '.join(CONCEPT_MAPS)}")
+        if self.method not in LINKAGES:
+            raise InputError(f"unknown linkage {self.method!r}; use one of {', '.join(LINKAGES)}")
+        if self.max_neurons is not None and self.max_neurons < 1:
+            raise InputError(f"max_neurons must be >= 1 or None, got {self.max_neurons}")
+
+    def replace(self, **changes) -> ConceptOptions:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {
+            "features": self.features, "concept_map": self.concept_map, "max_neurons": self.max_neurons,
+            "distance": self.distance.to_dict(), "method": self.method, "k_range": list(self.k_range),
+        }
+
+
+#: Named option sets: ``default`` (this library's choice) and ``paper`` (input-level maps of
+#: every conv neuron, representative maps, the paper's distance).
+PRESETS: dict[str, ConceptOptions] = {
+    "default": ConceptOptions(),
+    "paper": ConceptOptions(features="input", concept_map="representative", max_neurons=None),
+}
+
+
+def preset(name: str) -> ConceptOptions:
+    """The named :class:`ConceptOptions` (one-line error for an unknown name)."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    return PRESETS[name]
