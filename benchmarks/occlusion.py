@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from conceptree.attribution import CRPEngine
 from conceptree.compare import compare
-from conceptree.evaluation.cub_parts import load_cub_parts
 from conceptree.concepts.options import PRESETS
+from conceptree.evaluation.cub_parts import load_cub_parts
 from conceptree.evaluation.occlusion import (
     HEAD_KEYPOINTS,
     HEAD_RADIUS,

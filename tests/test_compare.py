@@ -101,17 +101,25 @@ def test_cli_round_trip_and_errors(tmp_path):
 
 def test_explain_reuses_precomputed_neurons(setup):
     from conceptree.attribution import CRPEngine
-    from conceptree.explain import strongest_neurons
+    from conceptree.explain import neuron_features, strongest_neurons
 
     model, x, ref = setup
     engine = CRPEngine(model)
     attribution = engine.attribute(x, 3)
     wanted = strongest_neurons(engine, attribution, 300)
     assert sum(len(v) for v in wanted.values()) == 300
-    neurons = engine.neuron_maps(attribution, channels=wanted, map_size=(56, 56))
+    assert ref.meta["features"] == "layer" and ref.meta["max_neurons"] == 300
+    neurons = neuron_features(engine, attribution, "layer", 300)  # what explain computes itself
     again = explain(model, x, target=3, k_range=(3, 6), neurons=neurons, progress=False)
     assert again.concepts.k == ref.concepts.k
     assert [c.representative for c in again.concepts.concepts] == [c.representative for c in ref.concepts.concepts]
     np.testing.assert_allclose(again.concept_maps, ref.concept_maps, rtol=1e-5, atol=1e-8)
+    # the paper's route: precomputed input-level maps give the same concepts as recomputing them
+    paper = explain(model, x, target=3, k_range=(3, 6), max_neurons=300, progress=False,
+                    features="input", concept_map="representative")
+    inputs = engine.neuron_maps(attribution, channels=wanted, map_size=(56, 56))
+    again = explain(model, x, target=3, k_range=(3, 6), neurons=inputs, progress=False, concept_map="representative")
+    assert [c.representative for c in again.concepts.concepts] == [c.representative for c in paper.concepts.concepts]
+    np.testing.assert_allclose(again.concept_maps, paper.concept_maps, rtol=1e-5, atol=1e-8)
     with pytest.raises(InputError, match="max_neurons must be >= 1"):
         strongest_neurons(engine, attribution, 0)

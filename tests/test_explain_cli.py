@@ -36,9 +36,11 @@ def test_save_load_round_trip(tmp_path, cifar_image):
     assert np.array_equal(again.concepts.linkage, result.concepts.linkage)
     assert again.neuron_maps.dtype == np.float16 and np.array_equal(again.neuron_maps, result.neuron_maps)
     assert again.neuron_names == result.neuron_names and len(again.neuron_names) == 688
-    # the concept map is its representative's conditional map: it sums to its relevance
+    # the default concept map is its members' own-layer maps in input geometry: it sums to the
+    # concept's relevance
+    assert again.meta["concept_map"] == "layer-group"
     for concept, cmap in zip(again.concepts.concepts, again.concept_maps):
-        assert float(cmap.sum()) == pytest.approx(concept.representative.relevance, rel=1e-3, abs=1e-6)
+        assert float(cmap.sum()) == pytest.approx(concept.relevance, rel=1e-3, abs=1e-6)
 
 
 def test_cli_help_lists_commands():
