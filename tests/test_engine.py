@@ -133,45 +133,64 @@ def test_training_mode_is_switched_to_eval_with_a_warning():
     assert not engine.graph_module.training
 
 
-class _Gelu(nn.Module):
+class _Exp(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.fc(F.gelu(self.conv(x)).mean((2, 3)))
+        return self.fc(torch.exp(self.conv(x)).mean((2, 3)))
 
 
-class _Mul(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.fc = nn.Linear(4, 2)
+class _ExpMethod(_Exp):
+    def forward(self, x):
+        return self.fc(self.conv(x).exp().mean((2, 3)))
 
+
+class _Product(_Exp):
     def forward(self, x):
         y = self.conv(x)
-        return self.fc((y * torch.sigmoid(y)).mean((2, 3)))
+        return self.fc((y * y).mean((2, 3)))
 
 
-class _LoneBN(nn.Module):
+class _Upsample(nn.Module):
     def __init__(self):
         super().__init__()
-        self.bn = nn.BatchNorm2d(3)
         self.conv = nn.Conv2d(3, 4, 3)
+        self.up = nn.Upsample(scale_factor=2)
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.fc(self.conv(self.bn(x)).mean((2, 3)))
+        return self.fc(self.up(self.conv(x)).mean((2, 3)))
 
 
 @pytest.mark.parametrize(
     "model,message",
-    [(_Gelu(), "unsupported function gelu"), (_Mul(), "unsupported function sigmoid"), (_LoneBN(), "BatchNorm 'bn'")],
+    [(_Exp(), "unsupported function exp"), (_ExpMethod(), r"unsupported method \.exp\(\)"),
+     (_Product(), "product of two activations"), (_Upsample(), "unsupported module Upsample 'up'")],
 )
-def test_unsupported_ops_are_named(model, message):
-    with pytest.raises(UnsupportedModelError, match=message):
+def test_unsupported_ops_are_named_with_the_registration_hint(model, message):
+    with pytest.raises(UnsupportedModelError, match=message) as info:
         CRPEngine(model.eval()).attribute(torch.randn(1, 3, 8, 8))
+    assert "with_rule" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_registered_rule_explains_a_custom_module():
+    """Nearest upsampling registered as index bookkeeping: relevance follows the copied pixels."""
+    from conceptree.attribution import rule_table
+
+    torch.manual_seed(0)
+    model = _Upsample().eval()
+    composite = Composite().with_rule(
+        nn.Upsample, lambda ctx: rule_table.index_rule(ctx, ctx.arg0, ctx.x, ctx.module))
+    assert Composite() == composite  # added rules do not change the composite's identity
+    engine = CRPEngine(model, composite)
+    attribution = engine.attribute(torch.randn(1, 3, 8, 8))
+    r = attribution.channel_relevance("conv")
+    assert float(attribution.heatmap.sum()) == pytest.approx(float(r.sum()), rel=1e-4)
+    with pytest.raises(InputError, match="callable factory"):
+        Composite().with_rule(nn.Upsample, "pass")
 
 
 def test_composite_name_is_checked():

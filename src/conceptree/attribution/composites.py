@@ -15,7 +15,8 @@ The rules follow zennit's definitions exactly (see ``tests/test_zennit_agreement
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..errors import InputError
@@ -50,6 +51,9 @@ class Composite:
         ``"flat"`` (default) divides by ``z+`` exactly where ``z+ > 0`` (safe: z+ is a sum of
         non-negative terms, each share <= 1) and spreads a dead unit's relevance uniformly over
         its receptive field, so conservation holds on every model.
+    extra_rules : tuple of (key, factory)
+        Rules added with :meth:`with_rule` (they take precedence over the built-in table,
+        :mod:`conceptree.attribution.rule_table`).
     """
 
     name: CompositeName = "epsilon-plus-flat"
@@ -57,6 +61,7 @@ class Composite:
     stabilizer: float = 1e-6
     zero_bias: bool = True
     dead_units: Literal["flat", "drop"] = "flat"
+    extra_rules: tuple[tuple[object, Callable], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.dead_units not in ("flat", "drop"):
@@ -71,6 +76,28 @@ class Composite:
         """Whether layers that read the model input use the flat rule."""
         return self.name == "epsilon-plus-flat"
 
+    def with_rule(self, key: object, factory: Callable) -> Composite:
+        """A copy with ``key`` (a module class, a function, or a method name) mapped to ``factory``.
+
+        ``factory(ctx)`` receives a :class:`~conceptree.attribution.rule_table.RuleContext` and
+        returns a :class:`~conceptree.attribution.rules.Rule`. Example: a custom activation
+        that passes relevance::
+
+            composite = Composite().with_rule(MyAct, lambda ctx: rules.PassRule(ctx.arg0))
+        """
+        if not callable(factory):
+            raise InputError(f"the rule for {key!r} must be a callable factory(ctx) -> Rule, got {type(factory).__name__}")
+        return replace(self, extra_rules=(*self.extra_rules, (key, factory)))
+
+    def rule_table(self) -> dict:
+        """The built-in rule table with this composite's added rules on top."""
+        from .rule_table import default_rules
+
+        table = default_rules()
+        table.update(dict(self.extra_rules))
+        return table
+
     def to_dict(self) -> dict[str, object]:
-        """Plain-dict form for JSON metadata."""
-        return asdict(self)
+        """Plain-dict form for JSON metadata (constructor arguments; added rules by name)."""
+        return {"name": self.name, "epsilon": self.epsilon, "stabilizer": self.stabilizer,
+                "zero_bias": self.zero_bias, "dead_units": self.dead_units}

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from ..errors import InputError, UnsupportedModelError
 from . import rules as R
 from .composites import Composite
-from .graph import LayerInfo, ZennitMergedBatchNorm, canonize, list_layers, select_layers
+from .graph import LayerInfo, canonize, list_layers, select_layers
+from .rule_table import RuleContext, lookup
 
 InitRelevance = Literal["logit", "one"]
 
@@ -174,6 +175,7 @@ class CRPEngine:
                 stacklevel=2,
             )
         self.composite = composite or Composite()
+        self._rules = self.composite.rule_table()
         self.graph_module = canonize(model, zennit_compat)
         for module in self.graph_module.modules():
             if getattr(module, "inplace", False):
@@ -295,10 +297,11 @@ class CRPEngine:
             args, kwargs = load(node.args), load(node.kwargs)
             out = self._execute(node, args, kwargs)
             env[node] = out
-            if isinstance(out, Tensor) and any(inp in depends for inp in node.all_input_nodes):
+            if any(inp in depends for inp in node.all_input_nodes):
                 depends.add(node)
-                shapes[node] = out.shape
-                rules[node] = self._make_rule(node, args, kwargs, out)
+                if isinstance(out, Tensor):  # tuples (chunk/split) are read through their items' rules
+                    shapes[node] = out.shape
+                    rules[node] = self._make_rule(node, args, kwargs, out, depends, env)
         assert logits is not None
         return ForwardPass(input=x, logits=logits[0], rules=rules, shapes=shapes)
 
@@ -317,130 +320,19 @@ class CRPEngine:
             method = method[:-1]
         return getattr(args[0], method)(*args[1:], **kwargs)
 
-    def _unsupported(self, node: fx.Node, what: str) -> UnsupportedModelError:
-        return UnsupportedModelError(
-            f"unsupported {what} at node '{node.name}' ({node.format_node()[:80]}); "
-            "express it with supported modules (conv, linear, BN, ReLU, pooling, add, cat, pad, slicing)"
-        )
-
-    def _make_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor) -> R.Rule:
-        first = node in self._first_layers and self.composite.flat_first_layer
-        arg0 = node.args[0] if node.args else None
-        x = args[0] if args else None
-        if node.op == "call_module":
-            module = self.graph_module.get_submodule(node.target)
-            if isinstance(module, nn.Conv2d):
-                return R.ConvRule(arg0, module, x, out, "flat" if first else "zplus", self.composite, node.target)
-            if isinstance(module, nn.Linear):
-                return R.LinearRule(arg0, module, x, out, "flat" if first else "epsilon", self.composite)
-            if isinstance(module, ZennitMergedBatchNorm) and module.scales_relevance:
-                return R.ScaleRule(arg0, module.scale)
-            if isinstance(module, (*R.PASS_MODULES, ZennitMergedBatchNorm)):
-                return R.PassRule(arg0)
-            if isinstance(module, nn.Flatten):
-                return R.ReshapeRule(arg0, x.shape, out.shape, f"flatten '{node.target}'")
-            if isinstance(module, nn.MaxPool2d):
-                _, idx = F.max_pool2d(
-                    x, module.kernel_size, module.stride, module.padding, module.dilation,
-                    module.ceil_mode, return_indices=True,
-                )
-                return R.MaxPoolRule(arg0, x, idx)
-            if isinstance(module, nn.AdaptiveMaxPool2d):
-                _, idx = F.adaptive_max_pool2d(x, module.output_size, return_indices=True)
-                return R.MaxPoolRule(arg0, x, idx)
-            if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-                global_mean = isinstance(module, nn.AdaptiveAvgPool2d) and tuple(out.shape[-2:]) == (1, 1)
-                return R.NormPoolRule(arg0, module, x, out, global_mean)
-            if type(module).__name__ == "Sum" and hasattr(module, "dim"):
-                return R.ReduceRule(arg0, x, out, (module.dim % x.ndim,), False, False)
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                raise UnsupportedModelError(
-                    f"BatchNorm '{node.target}' could not be merged into a preceding layer; "
-                    "place it directly after a convolution"
-                )
-            raise UnsupportedModelError(
-                f"unsupported module {type(module).__name__} at '{node.target}'; supported: Conv2d, "
-                "Linear, BatchNorm (after conv), ReLU/ReLU6/LeakyReLU, pooling, Flatten, Dropout, Identity"
-            )
-        target = node.target
-        name = getattr(target, "__name__", str(target))
-        if node.op == "call_function":
-            if target in R.ADD_FUNCTIONS:
-                return self._add_rule(node, args, kwargs, out)
-            if target in R.PASS_FUNCTIONS:
-                return R.PassRule(arg0)
-            if target in R.RESHAPE_FUNCTIONS:
-                return R.ReshapeRule(arg0, x.shape, out.shape, name)
-            if target is operator.getitem and isinstance(x, Tensor):
-                index = args[1]
-                return self._index_rule(node, arg0, x, out, lambda t: t[index])
-            if target is F.pad:
-                mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
-                value = kwargs.get("value", args[3] if len(args) > 3 else None)
-                if mode != "constant" or value not in (None, 0, 0.0):
-                    raise self._unsupported(node, f"F.pad(mode={mode!r}, value={value!r})")
-                pad = kwargs.get("pad", args[1] if len(args) > 1 else None)
-                return self._index_rule(node, arg0, x, out, lambda t: F.pad(t, pad))
-            if target is torch.cat:
-                return self._cat_rule(node, args, kwargs, out, stack=False)
-            if target is torch.stack:
-                return self._cat_rule(node, args, kwargs, out, stack=True)
-            if target in (torch.sum, torch.mean):
-                return self._reduce_rule(node, arg0, x, out, args[1:], kwargs, mean=target is torch.mean)
-            if target in (F.adaptive_avg_pool2d, F.avg_pool2d):
-                rest, kw = args[1:], kwargs
-                fn = lambda t: target(t, *rest, **kw)  # noqa: E731
-                global_mean = target is F.adaptive_avg_pool2d and tuple(out.shape[-2:]) == (1, 1)
-                return R.NormPoolRule(arg0, fn, x, out, global_mean)
-            if target in (F.max_pool2d, F.adaptive_max_pool2d):
-                _, idx = target(*args, **{**kwargs, "return_indices": True})
-                return R.MaxPoolRule(arg0, x, idx)
-            raise self._unsupported(node, f"function {name}")
-        method = str(target).rstrip("_")
-        if method in R.PASS_METHODS:
-            return R.PassRule(arg0)
-        if method in R.RESHAPE_METHODS:
-            return R.ReshapeRule(arg0, x.shape, out.shape, f".{method}()")
-        if method in ("sum", "mean"):
-            return self._reduce_rule(node, arg0, x, out, args[1:], kwargs, mean=method == "mean")
-        if method == "add":
-            return self._add_rule(node, args, kwargs, out)
-        raise self._unsupported(node, f"method .{method}()")
-
-    def _add_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor) -> R.Rule:
-        if kwargs.get("alpha", 1) != 1 or len(args) != 2:
-            raise self._unsupported(node, "addition with alpha")
-        nodes = node.args[:2]
-        if not all(isinstance(n, fx.Node) and isinstance(v, Tensor) for n, v in zip(nodes, args)):
-            raise self._unsupported(node, "addition of a constant to an activation")
-        return R.SumRule(nodes, args, out)
-
-    def _index_rule(self, node: fx.Node, inp: fx.Node, x: Tensor, out: Tensor, fn) -> R.Rule:
-        probe = fn(torch.zeros((2, *x.shape[1:]), dtype=x.dtype, device=x.device))
-        if tuple(probe.shape) != (2, *out.shape[1:]):
-            raise self._unsupported(node, "indexing over the batch dimension")
-        return R.IndexRule(inp, fn, x.shape)
-
-    def _cat_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor, stack: bool) -> R.Rule:
-        tensors = args[0]
-        nodes = node.args[0]
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-        dim = dim % out.ndim
-        if dim == 0:
-            raise self._unsupported(node, "concatenation over the batch dimension")
-        if not all(isinstance(n, fx.Node) for n in nodes):
-            raise self._unsupported(node, "concatenation with a constant tensor")
-        if stack:
-            return R.StackRule(nodes, dim)
-        return R.CatRule(nodes, [t.shape[dim] for t in tensors], dim)
-
-    def _reduce_rule(self, node: fx.Node, inp: fx.Node, x: Tensor, out: Tensor, rest: tuple, kwargs: dict, mean: bool) -> R.Rule:
-        dim = kwargs.get("dim", rest[0] if rest else None)
-        keepdim = bool(kwargs.get("keepdim", rest[1] if len(rest) > 1 else False))
-        if dim is None:
-            raise self._unsupported(node, "sum/mean over all dimensions (includes the batch)")
-        dims = tuple(d % x.ndim for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
-        return R.ReduceRule(inp, x, out, dims, keepdim, mean)
+    def _make_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor, depends: set, env: dict) -> R.Rule:
+        """The node's rule from the composite's table (:mod:`conceptree.attribution.rule_table`)."""
+        module = self.graph_module.get_submodule(node.target) if node.op == "call_module" else None
+        ctx = RuleContext(node, module, args, kwargs, out, node in self._first_layers and self.composite.flat_first_layer,
+                          self.composite, depends, env, self.graph_module)
+        factory = lookup(self._rules, node, module)
+        if factory is None:
+            if module is not None:
+                raise ctx.unsupported(f"module {type(module).__name__} '{node.target}'")
+            what = "function" if node.op == "call_function" else "method"
+            name = getattr(node.target, "__name__", str(node.target))
+            raise ctx.unsupported(f"{what} {name if what == 'function' else '.' + name + '()'}")
+        return factory(ctx)
 
     # ------------------------------------------------------------------ backward
     def propagate(

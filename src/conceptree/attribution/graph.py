@@ -117,13 +117,15 @@ def canonize(model: nn.Module, zennit_compat: ZennitCompat | None = None) -> fx.
     Returns
     -------
     torch.fx.GraphModule
-        Eval-mode traced copy in which every BatchNorm is merged.
+        Eval-mode traced copy in which every BatchNorm that directly follows a conv/dense
+        layer (its only consumer) is merged into it. Other BatchNorms (pre-activation, as in
+        DenseNet) stay: an elementwise affine map, explained by the pass rule
+        (:mod:`conceptree.attribution.rule_table`).
 
     Raises
     ------
     UnsupportedModelError
-        If the model cannot be traced or a BatchNorm does not directly follow a
-        convolution/dense layer whose only consumer it is.
+        If the model cannot be traced.
     """
     model = copy.deepcopy(model).eval()
     for param in model.parameters():
@@ -148,11 +150,7 @@ def canonize(model: nn.Module, zennit_compat: ZennitCompat | None = None) -> fx.
             or len(parent.users) != 1
             or not bn.track_running_stats
         ):
-            raise UnsupportedModelError(
-                f"BatchNorm '{node.target}' does not directly follow a conv/linear layer with "
-                "running statistics, so it cannot be merged for LRP; place it right after a "
-                "convolution or fold it into the weights before explaining"
-            )
+            continue  # pre-activation BatchNorm (e.g. DenseNet): kept, explained by the pass rule
         _merge_batchnorm(layer, bn)
         _set_submodule(model, node.target, _bn_replacement(bn, zennit_compat))
         merged = True

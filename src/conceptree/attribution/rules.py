@@ -10,7 +10,6 @@ lets one forward pass serve any number of conditional maps.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Sequence
 
 import torch
@@ -438,12 +437,3 @@ class LinearRule(Rule):
             total = part if total is None else total + part
         assert total is not None
         return [(self.inputs[0], total)]
-
-
-#: elementwise activations that pass relevance through unchanged (zennit's ``Pass``).
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout2d)
-PASS_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.leaky_relu, F.hardtanh, F.dropout, torch.nn.functional.dropout2d}
-PASS_METHODS = {"relu", "contiguous", "clone", "detach"}
-RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
-RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}

@@ -1,0 +1,398 @@
+"""Which LRP rule a graph node gets: a table from module types, functions and method names to
+rule factories, as zennit's composites map layer types to rules.
+
+A factory receives a :class:`RuleContext` (the node, its evaluated inputs and output, the
+module for ``call_module`` nodes, and whether the layer reads the model input) and returns a
+:class:`~conceptree.attribution.rules.Rule`. The table is data: :data:`DEFAULT_RULES` holds
+the built-in entries, and :meth:`Composite.with_rule` adds a user's own, which take
+precedence::
+
+    from conceptree.attribution import Composite, rules
+    composite = Composite().with_rule(MyActivation, lambda ctx: rules.PassRule(ctx.arg0))
+
+Module keys match by ``isinstance`` (the most specific class in the module's MRO wins), or
+by class name as ``"module:ClassName"`` (for third-party classes that need not be
+importable, e.g. zennit's stack-and-sum ``Sum``); function keys match by identity, method keys
+(``str``) by the method name with any trailing ``_`` removed.
+
+Rules of the CNN families beyond ResNet/VGG (each with its reasoning and reference)
+-------------------------------------------------------------------------------
+* **Elementwise activations** (ReLU family, SiLU/Swish, GELU, Hardswish, Mish, ELU, SELU,
+  Sigmoid/Hardsigmoid/Tanh used as activations, Softplus): *pass* — relevance goes to the
+  input unchanged. This is zennit's ``Pass`` rule for activations; the LRP literature treats
+  a monotone elementwise activation as part of the neuron whose relevance it passes on
+  (Montavon et al. 2019, "Layer-wise relevance propagation: an overview"; LXT/AttnLRP,
+  Achtibat et al. 2024, uses the identity for SiLU/GELU).
+* **Multiplicative gates** ``y = x * g`` (squeeze-excitation ``x * sigmoid(fc(pool(x)))``,
+  ConvNeXt's layer scale ``gamma * x``): the gate is held constant, so ``y`` is linear in
+  ``x`` and the z-rule gives ``R_x = (x g / y) R = R``; *all* relevance goes to the gated
+  features and none to the gate branch (AttnLRP's treatment of gating; Ali et al. 2022,
+  "XAI for Transformers", hold the gating factor constant as well). The gate is the operand
+  that is constant, broadcast (fewer elements), or produced by a sigmoid-type activation.
+  Conservation holds exactly at the product.
+* **LayerNorm / LayerNorm2d / GroupNorm**: the statistics are held constant (AttnLRP's
+  identity rule for the normalisation, Ali et al. 2022): ``y = (x - mu) / sigma * gamma +
+  beta`` is then affine in ``x`` and, with biases kept out of the denominators as in every
+  other rule here (``zero_bias=True``), relevance passes unchanged. Conserving.
+* **BatchNorm that cannot be merged** (pre-activation, e.g. DenseNet's ``norm1`` after a
+  concatenation) and timm's fused ``BatchNormAct2d``: an elementwise affine map (plus its
+  activation), so the same *pass* rule; conserving.
+* **permute, transpose, channel shuffle, view, chunk/split + indexing**: index bookkeeping —
+  relevance follows the elements (the vector-Jacobian product of the linear index map).
+* **Stochastic depth / DropPath / Dropout**: identity in eval mode (they trace to it).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from . import rules as R
+
+RuleKey = type | Callable | str
+RuleFactory = Callable[["RuleContext"], R.Rule]
+
+
+@dataclass
+class RuleContext:
+    """What a rule factory sees of one graph node.
+
+    Attributes
+    ----------
+    node : fx.Node
+    module : nn.Module or None
+        The called module (``call_module`` nodes).
+    args, kwargs : tuple, dict
+        The node's evaluated arguments (batch-1 tensors for activations).
+    out : Tensor
+        The node's output.
+    first : bool
+        The node is a conv/linear layer that reads the model input and the composite uses
+        the flat rule there.
+    composite : Composite
+    depends : set of fx.Node
+        Nodes whose value depends on the model input (others are constants).
+    values : dict
+        Value of every node evaluated so far (batch-1 forward pass).
+    owner : fx.GraphModule
+        The traced model (to look up the modules of other nodes).
+    """
+
+    node: fx.Node
+    module: nn.Module | None
+    args: tuple
+    kwargs: dict
+    out: Tensor
+    first: bool
+    composite: object
+    depends: set
+    values: dict
+    owner: fx.GraphModule
+
+    @property
+    def arg0(self) -> fx.Node | None:
+        return self.node.args[0] if self.node.args else None
+
+    @property
+    def x(self):
+        return self.args[0] if self.args else None
+
+    def unsupported(self, what: str) -> UnsupportedModelError:
+        """The one-line error for an op this table cannot explain, with the registration hint."""
+        return UnsupportedModelError(
+            f"unsupported {what} at node '{self.node.name}' ({self.node.format_node()[:80]}); "
+            "register a rule for it: Composite().with_rule(KEY, lambda ctx: conceptree.attribution.rules.PassRule(ctx.arg0)) "
+            "(see conceptree.attribution.rule_table)"
+        )
+
+
+# --------------------------------------------------------------------------- factories
+def conv_rule(ctx: RuleContext) -> R.Rule:
+    return R.ConvRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "zplus", ctx.composite, ctx.node.target)
+
+
+def linear_rule(ctx: RuleContext) -> R.Rule:
+    return R.LinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "epsilon", ctx.composite)
+
+
+def pass_rule(ctx: RuleContext) -> R.Rule:
+    return R.PassRule(ctx.arg0)
+
+
+def merged_batchnorm_rule(ctx: RuleContext) -> R.Rule:
+    if getattr(ctx.module, "scales_relevance", False):
+        return R.ScaleRule(ctx.arg0, ctx.module.scale)
+    return R.PassRule(ctx.arg0)
+
+
+def reshape_rule(ctx: RuleContext) -> R.Rule:
+    what = f"'{ctx.node.target}'" if ctx.module is not None else getattr(ctx.node.target, "__name__", str(ctx.node.target))
+    return R.ReshapeRule(ctx.arg0, ctx.x.shape, ctx.out.shape, what)
+
+
+def _max_pool_module(ctx: RuleContext) -> R.Rule:
+    m = ctx.module
+    _, idx = F.max_pool2d(ctx.x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+    return R.MaxPoolRule(ctx.arg0, ctx.x, idx)
+
+
+def _adaptive_max_pool_module(ctx: RuleContext) -> R.Rule:
+    _, idx = F.adaptive_max_pool2d(ctx.x, ctx.module.output_size, return_indices=True)
+    return R.MaxPoolRule(ctx.arg0, ctx.x, idx)
+
+
+def _avg_pool_module(ctx: RuleContext) -> R.Rule:
+    global_mean = isinstance(ctx.module, nn.AdaptiveAvgPool2d) and tuple(ctx.out.shape[-2:]) == (1, 1)
+    return R.NormPoolRule(ctx.arg0, ctx.module, ctx.x, ctx.out, global_mean)
+
+
+def _sum_module(ctx: RuleContext) -> R.Rule:
+    if not hasattr(ctx.module, "dim"):
+        raise ctx.unsupported(f"module {type(ctx.module).__name__} without a 'dim' attribute")
+    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, (ctx.module.dim % ctx.x.ndim,), False, False)
+
+
+def add_rule(ctx: RuleContext) -> R.Rule:
+    if ctx.kwargs.get("alpha", 1) != 1 or len(ctx.args) != 2:
+        raise ctx.unsupported("addition with alpha")
+    nodes = ctx.node.args[:2]
+    if not all(isinstance(n, fx.Node) and n in ctx.depends and isinstance(v, Tensor) for n, v in zip(nodes, ctx.args)):
+        raise ctx.unsupported("addition of a constant to an activation")
+    return R.SumRule(nodes, ctx.args, ctx.out)
+
+
+def index_rule(ctx: RuleContext, inp: fx.Node, x: Tensor, fn: Callable[[Tensor], Tensor]) -> R.Rule:
+    """Relevance follows the elements of a linear index map ``fn`` (checked to keep the batch)."""
+    probe = fn(torch.zeros((2, *x.shape[1:]), dtype=x.dtype, device=x.device))
+    if tuple(probe.shape) != (2, *ctx.out.shape[1:]):
+        raise ctx.unsupported("indexing over the batch dimension")
+    return R.IndexRule(inp, fn, x.shape)
+
+
+_SPLITTERS = {torch.chunk, torch.split, torch.unbind, "chunk", "split", "unbind", "tensor_split", torch.tensor_split}
+
+
+def getitem_rule(ctx: RuleContext) -> R.Rule:
+    index = ctx.args[1]
+    if isinstance(ctx.x, Tensor):
+        return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t[index])
+    source = ctx.arg0
+    split = source.target if source.op == "call_function" else str(source.target) if source.op == "call_method" else None
+    if split in _SPLITTERS and isinstance(source.args[0], fx.Node):
+        # an item of chunk/split/unbind: one index map from the split tensor
+        inp = source.args[0]
+        rest, kw = source.args[1:], dict(source.kwargs)
+        fn_split = getattr(torch, split) if isinstance(split, str) else split
+        x = ctx.values[inp]
+        return index_rule(ctx, inp, x, lambda t: fn_split(t, *rest, **kw)[index])
+    raise ctx.unsupported(f"indexing of a {type(ctx.x).__name__}")
+
+
+def pad_rule(ctx: RuleContext) -> R.Rule:
+    args, kwargs = ctx.args, ctx.kwargs
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+    value = kwargs.get("value", args[3] if len(args) > 3 else None)
+    if mode != "constant" or value not in (None, 0, 0.0):
+        raise ctx.unsupported(f"F.pad(mode={mode!r}, value={value!r})")
+    pad = kwargs.get("pad", args[1] if len(args) > 1 else None)
+    return index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.pad(t, pad))
+
+
+def permute_rule(ctx: RuleContext) -> R.Rule:
+    """``permute``/``transpose`` (function or method): relevance follows the elements."""
+    rest, kw = ctx.args[1:], ctx.kwargs
+    target = ctx.node.target
+    name = target if isinstance(target, str) else target.__name__
+    dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    if name == "permute":
+        dims = tuple(kw.get("dims", dims))
+        if dims[0] % ctx.x.ndim != 0:
+            raise ctx.unsupported("a permutation that moves the batch dimension")
+        return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t.permute(*dims))
+    d0, d1 = kw.get("dim0", rest[0] if rest else None), kw.get("dim1", rest[1] if len(rest) > 1 else None)
+    return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t.transpose(d0, d1))
+
+
+def cat_rule(ctx: RuleContext, stack: bool = False) -> R.Rule:
+    tensors, nodes = ctx.args[0], ctx.node.args[0]
+    dim = ctx.kwargs.get("dim", ctx.args[1] if len(ctx.args) > 1 else 0) % ctx.out.ndim
+    if dim == 0:
+        raise ctx.unsupported("concatenation over the batch dimension")
+    if not all(isinstance(n, fx.Node) and n in ctx.depends for n in nodes):
+        raise ctx.unsupported("concatenation with a constant tensor")
+    if stack:
+        return R.StackRule(nodes, dim)
+    return R.CatRule(nodes, [t.shape[dim] for t in tensors], dim)
+
+
+def reduce_rule(ctx: RuleContext) -> R.Rule:
+    target = ctx.node.target
+    mean = target is torch.mean or target == "mean"
+    rest, kwargs = ctx.args[1:], ctx.kwargs
+    dim = kwargs.get("dim", rest[0] if rest else None)
+    keepdim = bool(kwargs.get("keepdim", rest[1] if len(rest) > 1 else False))
+    if dim is None:
+        raise ctx.unsupported("sum/mean over all dimensions (includes the batch)")
+    dims = tuple(d % ctx.x.ndim for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
+    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, dims, keepdim, mean)
+
+
+def avg_pool_function_rule(ctx: RuleContext) -> R.Rule:
+    target, rest, kw = ctx.node.target, ctx.args[1:], ctx.kwargs
+    global_mean = target is F.adaptive_avg_pool2d and tuple(ctx.out.shape[-2:]) == (1, 1)
+    return R.NormPoolRule(ctx.arg0, lambda t: target(t, *rest, **kw), ctx.x, ctx.out, global_mean)
+
+
+def max_pool_function_rule(ctx: RuleContext) -> R.Rule:
+    _, idx = ctx.node.target(*ctx.args, **{**ctx.kwargs, "return_indices": True})
+    return R.MaxPoolRule(ctx.arg0, ctx.x, idx)
+
+
+#: producers whose output is a gate when multiplied with features
+_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+_GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", "hardsigmoid"}
+
+
+def _is_gate(ctx: RuleContext, node) -> bool:
+    if not isinstance(node, fx.Node):
+        return True
+    if node not in ctx.depends:
+        return True  # constant (a parameter such as a layer scale)
+    if node.op == "call_module":
+        module = ctx.owner.get_submodule(node.target)
+        return isinstance(module, _GATE_MODULES) or type(module).__name__ in ("HardSigmoid", "Sigmoid", "GateSigmoid")
+    key = node.target if node.op == "call_function" else str(node.target)
+    return key in _GATE_FUNCTIONS
+
+
+def gate_rule(ctx: RuleContext) -> R.Rule:
+    """``y = x * g`` with ``g`` a gate or a constant: all relevance to ``x`` (module docstring)."""
+    nodes = list(ctx.node.args[:2])
+    values = list(ctx.args[:2])
+    if len(nodes) != 2:
+        raise ctx.unsupported("multiplication")
+    shapes = [tuple(v.shape) if isinstance(v, Tensor) else () for v in values]
+    gates = [_is_gate(ctx, n) for n in nodes]
+    if gates[0] != gates[1]:
+        feature = gates.index(False)
+    elif shapes[0] != shapes[1]:  # the broadcast operand (e.g. (1, C, 1, 1)) is the gate
+        feature = 0 if shapes[0] == tuple(ctx.out.shape) else 1
+    else:
+        raise ctx.unsupported("product of two activations (neither is a gate or a constant)")
+    if not isinstance(values[feature], Tensor) or tuple(values[feature].shape) != tuple(ctx.out.shape):
+        raise ctx.unsupported("multiplication that broadcasts the features")
+    return R.PassRule(nodes[feature])
+
+
+#: elementwise activations, normalisations held constant, dropout-type identities (module docstring)
+PASS_MODULE_TYPES: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.Dropout3d, nn.AlphaDropout, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.CELU,
+    nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Softplus, nn.PReLU,
+    nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
+)
+PASS_FUNCTION_KEYS = (
+    F.relu, F.relu6, torch.relu, F.leaky_relu, F.hardtanh, F.dropout, F.dropout2d, F.silu, F.gelu, F.hardswish,
+    F.mish, F.elu, F.selu, torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.tanh, F.tanh, F.softplus,
+    F.layer_norm, F.group_norm, F.batch_norm,
+)
+PASS_METHOD_KEYS = ("relu", "contiguous", "clone", "detach", "sigmoid", "tanh", "float", "to", "type_as")
+RESHAPE_METHOD_KEYS = ("view", "reshape", "flatten", "squeeze", "unsqueeze")
+RESHAPE_FUNCTION_KEYS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze)
+
+
+def _timm_pass_types() -> tuple[type, ...]:
+    """timm's own activation and norm classes (when timm is installed)."""
+    try:
+        from timm.layers import activations, norm, norm_act
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return ()
+    names = ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "GELU", "GELUTanh", "QuickGELU",
+             "PReLU")
+    found = [getattr(activations, n) for n in names if isinstance(getattr(activations, n, None), type)]
+    found += [getattr(norm, n) for n in ("LayerNorm", "LayerNorm2d", "GroupNorm", "GroupNorm1", "RmsNorm", "RmsNorm2d")
+              if isinstance(getattr(norm, n, None), type)]
+    found += [getattr(norm_act, n) for n in ("BatchNormAct2d", "GroupNormAct", "LayerNormAct", "LayerNormAct2d")
+              if isinstance(getattr(norm_act, n, None), type)]
+    return tuple(found)
+
+
+def _torchvision_pass_keys() -> tuple:
+    """torchvision's stochastic depth (traced as a function; the identity in eval mode)."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return (stochastic_depth,)
+
+
+def default_rules() -> dict[RuleKey, RuleFactory]:
+    """The built-in table (a fresh dict; :data:`DEFAULT_RULES` is the shared one)."""
+    from .graph import ZennitMergedBatchNorm
+
+    table: dict[RuleKey, RuleFactory] = {
+        nn.Conv2d: conv_rule,
+        nn.Linear: linear_rule,
+        ZennitMergedBatchNorm: merged_batchnorm_rule,
+        nn.Flatten: reshape_rule,
+        nn.MaxPool2d: _max_pool_module,
+        nn.AdaptiveMaxPool2d: _adaptive_max_pool_module,
+        nn.AvgPool2d: _avg_pool_module,
+        nn.AdaptiveAvgPool2d: _avg_pool_module,
+        "module:Sum": _sum_module,
+        operator.getitem: getitem_rule,
+        F.pad: pad_rule,
+        torch.cat: cat_rule,
+        torch.concat: cat_rule,
+        torch.stack: lambda ctx: cat_rule(ctx, stack=True),
+        torch.sum: reduce_rule,
+        torch.mean: reduce_rule,
+        "sum": reduce_rule,
+        "mean": reduce_rule,
+        F.adaptive_avg_pool2d: avg_pool_function_rule,
+        F.avg_pool2d: avg_pool_function_rule,
+        F.max_pool2d: max_pool_function_rule,
+        F.adaptive_max_pool2d: max_pool_function_rule,
+        operator.add: add_rule,
+        operator.iadd: add_rule,
+        torch.add: add_rule,
+        "add": add_rule,
+        operator.mul: gate_rule,
+        operator.imul: gate_rule,
+        torch.mul: gate_rule,
+        "mul": gate_rule,
+        torch.permute: permute_rule,
+        torch.transpose: permute_rule,
+        "permute": permute_rule,
+        "transpose": permute_rule,
+    }
+    for key in (*PASS_MODULE_TYPES, *_timm_pass_types(), *_torchvision_pass_keys(), *PASS_FUNCTION_KEYS, *PASS_METHOD_KEYS):
+        table.setdefault(key, pass_rule)
+    for key in (*RESHAPE_METHOD_KEYS, *RESHAPE_FUNCTION_KEYS):
+        table[key] = reshape_rule
+    return table
+
+
+def lookup(table: Mapping[RuleKey, RuleFactory], node: fx.Node, module: nn.Module | None) -> RuleFactory | None:
+    """The factory for ``node``: by the module's MRO, the function, or the method name."""
+    if node.op == "call_module":
+        for cls in type(module).__mro__:
+            if cls in table:
+                return table[cls]
+        return table.get(f"module:{type(module).__name__}")
+    if node.op == "call_function":
+        try:
+            return table.get(node.target)
+        except TypeError:  # unhashable target
+            return None
+    name = str(node.target)
+    if name.endswith("_") and not name.endswith("__"):
+        name = name[:-1]
+    return table.get(name)
