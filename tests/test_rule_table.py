@@ -1,0 +1,197 @@
+"""The rule table: every CNN family conserves relevance, each new rule equals its formula, and
+zennit agrees where it has the same rules."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from conceptree import Composite, CRPEngine
+from conceptree.attribution import rule_table
+
+from . import helpers
+from .test_conservation import assert_conserved
+
+FAMILIES = [
+    ("torchvision", "efficientnet_b0"), ("torchvision", "mobilenet_v3_large"), ("torchvision", "regnet_y_400mf"),
+    ("torchvision", "convnext_tiny"), ("torchvision", "shufflenet_v2_x1_0"), ("torchvision", "densenet121"),
+    ("timm", "efficientnet_b0"), ("timm", "mobilenetv3_small_100"), ("timm", "regnety_002"),
+    ("timm", "convnext_atto"), ("timm", "densenet121"), ("timm", "resnet18"),
+]
+
+
+def family_model(source: str, name: str) -> nn.Module:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = getattr(torchvision.models, name)() if source == "torchvision" else timm.create_model(name, pretrained=False)
+        return helpers.randomize_batchnorm(model)
+
+
+@pytest.mark.parametrize("source,name", FAMILIES)
+def test_every_family_conserves_relevance(source, name):
+    """Sampled channels of every layer: sum(y_p) = r_p; the class heatmap sums to the logit."""
+    model = family_model(source, name)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    attribution = assert_conserved(CRPEngine(model), x)
+    logit = float(attribution.logits[attribution.target])
+    assert float(attribution.heatmap.sum()) == pytest.approx(logit, rel=1e-3, abs=1e-6)
+
+
+def rule_of(engine: CRPEngine, x: torch.Tensor, name: str):
+    forward = engine.forward(x)
+    (node,) = [n for n in forward.rules if n.name == name]
+    return node, forward.rules[node], forward
+
+
+class Gated(nn.Module):
+    """Squeeze-excitation gate and a layer scale: ``x * sigmoid(fc(mean(x)))``, ``gamma * x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Conv2d(6, 6, 1)
+        self.gamma = nn.Parameter(torch.rand(6, 1, 1) + 0.5)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        gated = y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+        scaled = self.gamma * gated
+        return self.head(scaled.mean((2, 3)))
+
+
+def test_gate_rule_gives_the_gated_features_all_relevance():
+    """Slow formula: with the gate g held constant, the z-rule gives R_x = x g / (x g) R = R."""
+    model = Gated().eval()
+    engine = CRPEngine(model)
+    x = torch.randn(1, 3, 8, 8)
+    relevance = torch.randn(4, 6, 8, 8)
+    for name in ("mul", "mul_1"):
+        node, rule, _ = rule_of(engine, x, name)
+        (target, got), = rule.backward(relevance)
+        feature = node.args[0] if name == "mul" else node.args[1]
+        assert target is feature
+        torch.testing.assert_close(got, relevance)
+    attribution = engine.attribute(x)
+    assert float(attribution.heatmap.sum()) == pytest.approx(float(attribution.logits[attribution.target]), rel=1e-4)
+    assert float(attribution.channel_relevance("fc").abs().sum()) == 0.0  # the gate branch gets none
+
+
+class Shuffle(nn.Module):
+    """Channel shuffle (view, transpose, view), chunk and a permuted LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        b, c, h, w = y.shape
+        y = torch.transpose(y.view(b, 2, c // 2, h, w), 1, 2).contiguous().view(b, c, h, w)
+        y = self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        left, right = y.chunk(2, dim=1)
+        return self.head((left + right).mean((2, 3)))
+
+
+def test_bookkeeping_and_layernorm_rules_equal_their_formulas():
+    model = Shuffle().eval()
+    engine = CRPEngine(model)
+    x = torch.randn(1, 3, 6, 6)
+    forward = engine.forward(x)
+    by_name = {n.name: (n, r) for n, r in forward.rules.items()}
+    rel = torch.randn(3, 4, 2, 6, 6)  # at the transpose's output (b, c//2, 2, h, w)
+    (_, got), = by_name["transpose"][1].backward(rel)
+    torch.testing.assert_close(got, rel.transpose(1, 2))  # relevance follows the elements back
+    rel = torch.randn(3, 6, 6, 8)
+    (_, got), = by_name["permute"][1].backward(rel)
+    torch.testing.assert_close(got, rel.permute(0, 3, 1, 2))
+    (_, got), = by_name["norm"][1].backward(rel)  # statistics held constant: relevance passes
+    torch.testing.assert_close(got, rel)
+    rel = torch.randn(3, 4, 6, 6)
+    items = [name for name in by_name if name.startswith("getitem")]
+    assert len(items) == 2
+    full = torch.zeros(3, 8, 6, 6)
+    for i, name in enumerate(items):
+        (source, got), = by_name[name][1].backward(rel)
+        assert source.name == "permute_1"  # read through chunk from the chunked tensor
+        full += got
+        torch.testing.assert_close(got[:, 4 * i : 4 * i + 4], rel)
+    torch.testing.assert_close(full, torch.cat([rel, rel], 1))
+    attribution = engine.attribute(x)
+    assert float(attribution.heatmap.sum()) == pytest.approx(float(attribution.logits[attribution.target]), rel=1e-4)
+
+
+def test_unmerged_batchnorm_passes_relevance():
+    """DenseNet-style pre-activation BatchNorm (after a concatenation) is kept, pass rule."""
+
+    class PreAct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.b = nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = nn.BatchNorm2d(8)
+            self.conv = nn.Conv2d(8, 4, 1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.norm(torch.cat([self.a(x), self.b(x)], 1))
+            return self.head(self.conv(F.relu(y)).mean((2, 3)))
+
+    model = helpers.randomize_batchnorm(PreAct())
+    engine = CRPEngine(model)
+    assert isinstance(engine.graph_module.get_submodule("norm"), nn.BatchNorm2d)  # not merged
+    x = torch.randn(1, 3, 6, 6)
+    node, rule, _ = rule_of(engine, x, "norm")
+    rel = torch.randn(2, 8, 6, 6)
+    (_, got), = rule.backward(rel)
+    torch.testing.assert_close(got, rel)
+    assert_conserved(engine, x)
+
+
+def test_stochastic_depth_and_drop_path_are_the_identity_in_eval_mode():
+    model = family_model("torchvision", "efficientnet_b0")
+    engine = CRPEngine(model)
+    forward = engine.forward(torch.randn(1, 3, 32, 32))
+    names = [n.name for n in forward.rules if "stochastic_depth" in n.name]
+    assert names and all(type(forward.rules[n]).__name__ == "PassRule" for n in forward.rules if n.name in names)
+
+
+def test_silu_model_equals_zennit_with_its_pass_rule():
+    """zennit's EpsilonPlusFlat with SiLU mapped to its Pass rule (zennit has no SiLU entry)."""
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+    from zennit.rules import Pass
+
+    torch.manual_seed(0)
+    model = helpers.randomize_batchnorm(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    ))
+    x = torch.randn(1, 3, 16, 16)
+    engine = CRPEngine(model, Composite(dead_units="drop"), zennit_compat="zennit")
+    attribution = engine.attribute(x, init="one")
+    composite = EpsilonPlusFlat(layer_map=[(nn.SiLU, Pass())], zero_params=["bias"], canonizers=[SequentialMergeBatchNorm()])
+    with Gradient(model, composite) as attributor:
+        _, ref = attributor(x.clone(), torch.eye(5)[[attribution.target]])
+    err = float((attribution.input_relevance - ref[0]).abs().max() / ref[0].abs().max())
+    assert err <= 1e-5
+
+
+def test_table_lookup_prefers_added_rules_and_the_most_specific_class():
+    table = Composite().with_rule(nn.Conv2d, rule_table.pass_rule).rule_table()
+    assert table[nn.Conv2d] is rule_table.pass_rule
+    default = Composite().rule_table()
+    assert default[nn.Conv2d] is rule_table.conv_rule and default[nn.SiLU] is rule_table.pass_rule
+    from conceptree.attribution.graph import canonize
+
+    graph = canonize(nn.Sequential(timm.layers.Conv2dSame(3, 4, 3)))  # a Conv2d subclass, traced as a leaf
+    node = next(n for n in graph.graph.nodes if n.op == "call_module")
+    assert rule_table.lookup(default, node, graph.get_submodule(node.target)) is rule_table.conv_rule
