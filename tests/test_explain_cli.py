@@ -62,6 +62,9 @@ def test_cli_help_lists_commands():
         (lambda p: None, ["explain", "x.jpg", "--model", "torchvision:resnet18", "--target", "1000"], "outside the model's 1000 classes"),
         (lambda p: None, ["explain", "x.jpg", "--model", "torchvision:resnet18", "--target", "no such bird"], "matches 0 classes"),
         (lambda p: None, ["explain", "x.jpg", "--out", "x.jpg/sub"], "cannot write to"),
+        (lambda p: None, ["explain", "x.jpg", "--preset", "fast"], "unknown preset 'fast'"),
+        (lambda p: None, ["explain", "x.jpg", "--features", "pixels"], "unknown features 'pixels'"),
+        (lambda p: None, ["explain", "x.jpg", "--concept-map", "mean"], "unknown concept map 'mean'"),
     ],
 )
 def test_cli_bad_input_one_line_error(tmp_path, setup, args, message):

@@ -1,0 +1,149 @@
+"""Which CNN families the CRP engine explains: status, size, conservation error, speed.
+
+For every torchvision classification CNN family and timm's efficientnet, mobilenetv3,
+convnext, regnety, densenet and resnet families (random weights, BatchNorm statistics and
+gammas randomised with a fixed seed):
+
+* status: ``ok`` or the one-line error;
+* conv layers and neurons (channels) the engine exposes;
+* conservation error ``max |sum(y_p) - r_p| / max|r|`` over the most relevant and one random
+  channel of every layer (``max|r|`` of that layer), at ``--conservation-size`` (96x96: one
+  propagation per layer, so the largest families take minutes at 224);
+* class heatmap sum vs the target logit (same input);
+* conditional maps per second at batch 32 and ``--size`` (224x224): the 32 most relevant
+  channels of the deepest, a middle and the first layer, averaged.
+
+    python benchmarks/architectures.py --out benchmarks/results/architectures.json --table docs/architectures.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torchvision
+
+from conceptree import CRPEngine
+
+TORCHVISION = [
+    "alexnet", "vgg16_bn", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "densenet121",
+    "inception_v3", "googlenet", "shufflenet_v2_x1_0", "mobilenet_v2", "mobilenet_v3_large", "mnasnet1_0",
+    "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf", "convnext_tiny",
+]
+TIMM = ["efficientnet_b0", "mobilenetv3_small_100", "convnext_atto", "regnety_002", "densenet121", "resnet18"]
+
+
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                n = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                if module.weight is not None:
+                    module.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                    module.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    return model.eval()
+
+
+def build(source: str, name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+    model = getattr(torchvision.models, name)(**kwargs) if source == "torchvision" else timm.create_model(name, pretrained=False)
+    return randomise_batchnorm(model)
+
+
+def measure(source: str, name: str, size: int, conservation_size: int) -> dict:
+    row: dict = {"family": f"{source}:{name}"}
+    try:
+        model = build(source, name)
+        x = torch.randn(1, 3, conservation_size, conservation_size, generator=torch.Generator().manual_seed(1))
+        engine = CRPEngine(model)
+        attribution = engine.attribute(x)
+    except Exception as exc:  # noqa: BLE001 - the benchmark reports every failure as a row
+        row.update(status=f"error: {str(exc).splitlines()[0][:160]}")
+        return row
+    rng = np.random.default_rng(0)
+    channels, scale = {}, {}
+    for layer in engine.layers:
+        r = attribution.channel_relevance(layer.name)
+        scale[layer.name] = float(attribution.layer_relevance[layer.name].abs().max()) or 1.0
+        channels[layer.name] = sorted({int(r.abs().argmax()), int(rng.integers(layer.channels))})
+    neurons = engine.neuron_maps(attribution, batch_size=8, channels=channels)
+    errors = [abs(s - r) / scale[n.rsplit(":", 1)[0]] for s, r, n in zip(neurons.map_sums, neurons.relevance, neurons.names())]
+    logit = float(attribution.logits[attribution.target])
+    heatmap_sum = float(attribution.heatmap.sum())
+    attribution = engine.attribute(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2)))
+    speed = []
+    for layer in (engine.layers[-1], engine.layers[len(engine.layers) // 2], engine.layers[0]):
+        r = attribution.channel_relevance(layer.name).abs()
+        top = torch.topk(r, min(32, r.numel())).indices.tolist()
+        t0 = time.perf_counter()
+        engine.neuron_maps(attribution, batch_size=32, channels={layer.name: top})
+        speed.append(len(top) / (time.perf_counter() - t0))
+    row.update(
+        status="ok", layers=len(engine.layers), neurons=int(sum(layer.channels for layer in engine.layers)),
+        conservation_error=float(max(errors)), heatmap_sum=heatmap_sum, logit=logit,
+        heatmap_error=abs(heatmap_sum - logit) / max(abs(logit), 1e-12),
+        maps_per_s=float(np.mean(speed)),
+    )
+    return row
+
+
+def table(rows: list[dict], size: int, conservation_size: int) -> str:
+    lines = [
+        "# CNN families the CRP engine explains",
+        "",
+        "Generated by `python benchmarks/architectures.py` (random weights with randomised BatchNorm statistics and",
+        f"gammas, torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
+        f"{platform.machine()} CPU, 2 cores).",
+        "Conservation error: `max |sum(y_p) - r_p| / max|R_layer|` over the most relevant and one random channel of every",
+        f"layer, and heatmap error `|sum(heatmap) - logit| / |logit|`, both at {conservation_size}x{conservation_size}.",
+        f"Maps/s: conditional maps of 32 channels at batch 32 and {size}x{size}, mean of the deepest, a middle and the first",
+        "conv layer. Neurons are the conv channels (ConvNeXt: its depthwise 7x7 and stem/downsampling convs; its",
+        "pointwise `nn.Linear` layers on channels-last tensors are explained but not yet exposed as neuron layers).",
+        "",
+        "| family | status | conv layers | neurons | conservation error | heatmap error | maps/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append(f"| {row['family']} | {row['status']} | | | | | |")
+            continue
+        lines.append(f"| {row['family']} | ok | {row['layers']} | {row['neurons']:,} | {row['conservation_error']:.1e} | "
+                     f"{row['heatmap_error']:.1e} | {row['maps_per_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/architectures.json")
+    parser.add_argument("--table", default="docs/architectures.md")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--conservation-size", type=int, default=96)
+    parser.add_argument("--only", nargs="*", default=None, help="family names to run (default: all)")
+    args = parser.parse_args()
+    rows = []
+    for source, names in (("torchvision", TORCHVISION), ("timm", TIMM)):
+        for name in names:
+            if args.only and name not in args.only:
+                continue
+            t0 = time.perf_counter()
+            row = measure(source, name, args.size, args.conservation_size)
+            row["wall_s"] = time.perf_counter() - t0
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    Path(args.out).write_text(json.dumps({"size": args.size, "conservation_size": args.conservation_size,
+                                          "torch": torch.__version__, "rows": rows}, indent=1))
+    Path(args.table).write_text(table(rows, args.size, args.conservation_size))
+
+
+if __name__ == "__main__":
+    main()
