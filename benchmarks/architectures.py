@@ -60,7 +60,21 @@ def build(source: str, name: str) -> torch.nn.Module:
     return randomise_batchnorm(model)
 
 
-def measure(source: str, name: str, size: int, conservation_size: int) -> dict:
+def measure_speed(source: str, name: str, size: int) -> float:
+    """Conditional maps per second at batch 32 (mean of the deepest, a middle and the first layer)."""
+    engine = CRPEngine(build(source, name))
+    attribution = engine.attribute(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2)))
+    speed = []
+    for layer in (engine.layers[-1], engine.layers[len(engine.layers) // 2], engine.layers[0]):
+        r = attribution.channel_relevance(layer.name).abs()
+        top = torch.topk(r, min(32, r.numel())).indices.tolist()
+        t0 = time.perf_counter()
+        engine.neuron_maps(attribution, batch_size=32, channels={layer.name: top})
+        speed.append(len(top) / (time.perf_counter() - t0))
+    return float(np.mean(speed))
+
+
+def measure(source: str, name: str, conservation_size: int) -> dict:
     row: dict = {"family": f"{source}:{name}"}
     try:
         model = build(source, name)
@@ -80,19 +94,10 @@ def measure(source: str, name: str, size: int, conservation_size: int) -> dict:
     errors = [abs(s - r) / scale[n.rsplit(":", 1)[0]] for s, r, n in zip(neurons.map_sums, neurons.relevance, neurons.names())]
     logit = float(attribution.logits[attribution.target])
     heatmap_sum = float(attribution.heatmap.sum())
-    attribution = engine.attribute(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2)))
-    speed = []
-    for layer in (engine.layers[-1], engine.layers[len(engine.layers) // 2], engine.layers[0]):
-        r = attribution.channel_relevance(layer.name).abs()
-        top = torch.topk(r, min(32, r.numel())).indices.tolist()
-        t0 = time.perf_counter()
-        engine.neuron_maps(attribution, batch_size=32, channels={layer.name: top})
-        speed.append(len(top) / (time.perf_counter() - t0))
     row.update(
         status="ok", layers=len(engine.layers), neurons=int(sum(layer.channels for layer in engine.layers)),
         conservation_error=float(max(errors)), heatmap_sum=heatmap_sum, logit=logit,
         heatmap_error=abs(heatmap_sum - logit) / max(abs(logit), 1e-12),
-        maps_per_s=float(np.mean(speed)),
     )
     return row
 
@@ -117,8 +122,9 @@ def table(rows: list[dict], size: int, conservation_size: int) -> str:
         if row["status"] != "ok":
             lines.append(f"| {row['family']} | {row['status']} | | | | | |")
             continue
+        speed = f"{row['maps_per_s']:.1f}" if row.get("maps_per_s") is not None else "–"
         lines.append(f"| {row['family']} | ok | {row['layers']} | {row['neurons']:,} | {row['conservation_error']:.1e} | "
-                     f"{row['heatmap_error']:.1e} | {row['maps_per_s']:.1f} |")
+                     f"{row['heatmap_error']:.1e} | {speed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -129,17 +135,28 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--conservation-size", type=int, default=96)
     parser.add_argument("--only", nargs="*", default=None, help="family names to run (default: all)")
+    parser.add_argument("--part", choices=("all", "conservation", "speed"), default="all",
+                        help="speed: add maps/s to the rows of an existing --out (run it alone on the machine)")
     args = parser.parse_args()
-    rows = []
-    for source, names in (("torchvision", TORCHVISION), ("timm", TIMM)):
-        for name in names:
-            if args.only and name not in args.only:
-                continue
-            t0 = time.perf_counter()
-            row = measure(source, name, args.size, args.conservation_size)
-            row["wall_s"] = time.perf_counter() - t0
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    if args.part == "speed":
+        rows = json.loads(Path(args.out).read_text())["rows"]
+    else:
+        rows = []
+        for source, names in (("torchvision", TORCHVISION), ("timm", TIMM)):
+            for name in names:
+                if args.only and name not in args.only:
+                    continue
+                t0 = time.perf_counter()
+                row = measure(source, name, args.conservation_size)
+                row["wall_s"] = time.perf_counter() - t0
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    if args.part in ("all", "speed"):
+        for row in rows:
+            if row["status"] == "ok":
+                source, name = row["family"].split(":", 1)
+                row["maps_per_s"] = measure_speed(source, name, args.size)
+                print(row["family"], f"{row['maps_per_s']:.1f} maps/s", flush=True)
     Path(args.out).write_text(json.dumps({"size": args.size, "conservation_size": args.conservation_size,
                                           "torch": torch.__version__, "rows": rows}, indent=1))
     Path(args.table).write_text(table(rows, args.size, args.conservation_size))
