@@ -328,7 +328,7 @@ def compare_cmd(
     missing_fraction: float = typer.Option(0.5, help="Flag a concept missing below this ratio to the reference."),
     new_overlap: float = typer.Option(0.5, help="Flag an image's own concept new when its overlap with every group is below this."),
     explain_new: bool = typer.Option(True, help="Explain each image to find new concepts (costs one explanation each)."),
-    max_neurons: int | None = typer.Option(2000, help="Neurons clustered when explaining the images (largest |r_p|)."),
+    max_neurons: int | None = typer.Option(None, help="Neurons clustered when explaining the images (default: the reference's)."),
     out: str = typer.Option("conceptree-compare", help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),

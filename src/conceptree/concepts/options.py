@@ -11,7 +11,8 @@
     ``y_p``, :meth:`CRPEngine.group_maps`).
     ``"representative"``: ``y_p`` of the most relevant member (the paper's eq. 6).
 
-The default was chosen by the rule written before the sweep in
+The default (own-layer features, layer-group maps, the 4,000 neurons with the largest
+``|r_p|``) was chosen on the 67 dev photos by the rule written before the sweep in
 ``docs/results/concept_ablation.md``; ``PRESETS["paper"]`` keeps the paper's method exactly.
 """
 
@@ -48,7 +49,7 @@ class ConceptOptions:
 
     features: str = "layer"
     concept_map: str = "layer-group"
-    max_neurons: int | None = 2000
+    max_neurons: int | None = 4000
     distance: DistanceConfig = field(default_factory=DistanceConfig)
     method: str = "ward"
     k_range: tuple[int, int] = (15, 30)

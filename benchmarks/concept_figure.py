@@ -1,0 +1,80 @@
+"""Concept maps to look at: the default route next to the paper's, on a few dev photos.
+
+For each photo: the photo with its part keypoints, then the 8 largest concepts of
+``explain`` with the default options and with the paper's (input-level maps of the same 2,000
+neurons, read from the evaluation cache written by ``conceptree evaluate --paper``).
+
+    python benchmarks/concept_figure.py --cache /work/evalcache2 --data ../shared/data/cub_parts \
+        --ids 236 1092 2027 --out docs/results/concept_maps_examples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from conceptree.attribution.engine import NeuronMaps
+from conceptree.concepts.options import PRESETS
+from conceptree.evaluation.cub_parts import load_cub_parts
+from conceptree.evaluation.runner import ModelArgs
+from conceptree.explain import explain
+from conceptree.models.loading import Preprocessing, load_image, preprocess
+
+SHOWN = 8
+
+
+def overlay(ax, image: np.ndarray, values: np.ndarray | None, title: str) -> None:
+    ax.axis("off")
+    ax.set_title(title, fontsize=6)
+    if values is None:
+        ax.imshow(image)
+        return
+    lim = float(np.abs(values).max()) or 1.0
+    ax.imshow(image.mean(axis=2), cmap="gray", alpha=0.5)
+    ax.imshow(values, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.7)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--ids", nargs="+", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    cache = Path(args.cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["preprocessing"].items()})
+    spec = ModelArgs(manifest["model"], manifest["weights"], manifest["kwargs"], None, prep).load()
+    images = {im.image_id: im for im in load_cub_parts(args.data)[0]}
+    fig = Figure(figsize=(1.25 * (SHOWN + 1), 2.7 * len(args.ids)), dpi=150)
+    axes = fig.subplots(2 * len(args.ids), SHOWN + 1, squeeze=False)
+    paper = PRESETS["paper"]
+    for row, image_id in enumerate(args.ids):
+        image = images[image_id]
+        picture, _ = load_image(str(image.path))
+        x, shown = preprocess(picture, prep)
+        default = explain(spec.model, x, image.target, image=shown, progress=False)
+        with np.load(cache / f"{image_id}.input2000.npz") as npz:
+            neurons = NeuronMaps([str(s) for s in npz["layers"]], npz["layer_index"], npz["channel"], npz["relevance"],
+                                 npz["maps"].astype(np.float32), npz["map_sums"])
+        original = explain(spec.model, x, image.target, image=shown, progress=False, neurons=neurons,
+                           concept_map=paper.concept_map, distance=paper.distance, k_range=paper.k_range)
+        for offset, (name, result) in enumerate((("default", default), ("paper (2,000 neurons)", original))):
+            r = 2 * row + offset
+            overlay(axes[r, 0], shown, None, f"{image.species.split('.', 1)[1][:22]}\n{name}, k={result.concepts.k}")
+            for c, (concept, cmap) in enumerate(zip(result.concepts.concepts[:SHOWN], result.concept_maps)):
+                rep = concept.representative
+                overlay(axes[r, c + 1], shown, cmap,
+                        f"#{concept.rank} {100 * concept.share:.0f}% n={concept.size}\n{rep.layer}")
+            for c in range(len(result.concepts.concepts[:SHOWN]) + 1, SHOWN + 1):
+                axes[r, c].axis("off")
+    fig.tight_layout()
+    fig.savefig(args.out)
+
+
+if __name__ == "__main__":
+    main()
