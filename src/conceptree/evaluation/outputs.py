@@ -40,7 +40,7 @@ def at_k_markdown(summary: dict) -> str:
     """Equal-complexity table: mean IoU / pointing and their lifts over random disks at each K,
     then faithfulness and redundancy at the faithfulness K."""
     at_k = summary["at_k"]
-    ks = sorted({k for by_k in at_k.values() for k in by_k})
+    ks = sorted({k for by_k in at_k.values() for k in by_k}, key=int)
     head = ["method", *[f"K={k} mIoU (lift)" for k in ks], *[f"K={k} pointing (lift)" for k in ks]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, by_k in at_k.items():
@@ -81,6 +81,10 @@ def write_per_species(summary: dict, path: Path) -> None:
                                  f"{m['per_species'][species]:.4f}"])
 
 
+_VARIANT_COLOURS = ("darkred", "darkorange", "goldenrod", "saddlebrown", "magenta", "indigo", "teal")
+_VARIANT_MARKERS = ("^", "v", "s", "D", "P", "X", "h")
+
+
 def plot_complexity_iou(summary: dict, path: Path) -> None:
     """Mean IoU against maps per photo (log x): each method's curve over its first K maps, the
     chance curve (best of K random disks) and each method's full set as a point."""
@@ -93,13 +97,19 @@ def plot_complexity_iou(summary: dict, path: Path) -> None:
     for method, by_k in summary["at_k"].items():
         if "-randomised-" in method:
             continue
-        ks = sorted(by_k)
+        ks = sorted(by_k, key=int)  # int keys in memory, strings after a JSON round trip
         values = [by_k[k]["mean_iou"] for k in ks]
+        ks = [int(k) for k in ks]
         if method == "random-disks":
             style = {"color": "black", "linestyle": "--", "marker": "x", "linewidth": 2.0, "label": "chance: best of K random disks"}
+        elif method == "ours":
+            colours[method] = "crimson"
+            style = {"color": "crimson", "marker": "*", "markersize": 11, "linewidth": 2.6, "label": method}
         elif method.startswith("ours"):
-            style = {"color": "crimson" if method == "ours" else "darkred", "marker": "*", "markersize": 9, "linewidth": 2.2,
-                     "label": method}
+            i = sum(name.startswith("ours") for name in colours)
+            colours[method] = _VARIANT_COLOURS[i % len(_VARIANT_COLOURS)]
+            style = {"color": colours[method], "marker": _VARIANT_MARKERS[i % len(_VARIANT_MARKERS)], "markersize": 6,
+                     "linewidth": 1.4, "linestyle": "-.", "label": method}
         else:
             colours[method] = palette[len(colours) % len(palette)]
             style = {"color": colours[method], "marker": "o", "markersize": 4, "linewidth": 1.0, "label": method}
@@ -111,7 +121,7 @@ def plot_complexity_iou(summary: dict, path: Path) -> None:
     for name, m in summary["methods"].items():
         if name.startswith("random-disks-"):
             continue
-        colour = "crimson" if name.startswith("ours") else colours.get(name, colours.get(name.split("-")[0], "tab:blue"))
+        colour = colours.get(name, colours.get(name.split("-")[0], "tab:blue"))
         ax.scatter(m["complexity"], m["mean_iou"], s=22, color=colour, edgecolors="black", linewidths=0.5, zorder=3)
     ax.set_xscale("log")
     ax.set_xlabel("maps per photo (complexity, log scale); points: each method's full set")
