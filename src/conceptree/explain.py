@@ -182,6 +182,10 @@ def explain(
         The map each concept shows.
     """
     distance = distance or DistanceConfig()
+    if features not in FEATURES:
+        raise InputError(f"unknown features {features!r}; use one of {', '.join(FEATURES)}")
+    if concept_map not in CONCEPT_MAPS:
+        raise InputError(f"unknown concept map {concept_map!r}; use one of {', '.join(CONCEPT_MAPS)}")
     if isinstance(model, str) or not isinstance(x, torch.Tensor) or isinstance(target, str):
         from .models.loading import IMAGENET_PREPROCESSING, ModelSpec, load_image, load_model, preprocess
 
@@ -203,8 +207,6 @@ def explain(
     engine = CRPEngine(model, composite, layers, exclude_layers)
     attribution = engine.attribute(x, target)
     t1 = time.perf_counter()
-    if features not in FEATURES:
-        raise InputError(f"unknown features {features!r}; use one of {', '.join(FEATURES)}")
     if neurons is None:
         neurons = neuron_features(engine, attribution, features, max_neurons, distance.map_size, batch_size, progress)
     elif not set(neurons.layers) <= {layer.name for layer in engine.layers}:
