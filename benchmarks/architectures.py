@@ -117,6 +117,11 @@ def table(rows: list[dict], size: int, conservation_size: int) -> str:
         "AlexNet's 5 % heatmap error appears only at 96x96, where its adaptive pooling upsamples a 2x2 map to 6x6",
         "(not traced further); at 224x224 it is 4e-4.",
         "",
+        "The committed maps/s were measured while a test run shared the 2-core CPU for part of the time: read them as",
+        "a rough order, not a benchmark. They are the mean of three per-layer rates, and the first layer is cheap (little",
+        "lies below it), so they overstate an all-channel rate (ResNet-34, all 8,512 channels: 26 maps/s,",
+        "`benchmarks/results/crp_throughput.json`).",
+        "",
         "| family | status | conv layers | neurons | conservation error | heatmap error | maps/s |",
         "|---|---|---|---|---|---|---|",
     ]

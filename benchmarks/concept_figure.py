@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from conceptree.attribution.engine import NeuronMaps
 from conceptree.concepts.options import PRESETS
 from conceptree.evaluation.cub_parts import load_cub_parts
-from conceptree.evaluation.runner import ModelArgs
+from conceptree.evaluation.runner import ModelArgs, input_neurons_path, load_input_neurons
 from conceptree.explain import explain
 from conceptree.models.loading import Preprocessing, load_image, preprocess
 
@@ -58,9 +57,7 @@ def main() -> None:
         picture, _ = load_image(str(image.path))
         x, shown = preprocess(picture, prep)
         default = explain(spec.model, x, image.target, image=shown, progress=False)
-        with np.load(cache / f"{image_id}.input2000.npz") as npz:
-            neurons = NeuronMaps([str(s) for s in npz["layers"]], npz["layer_index"], npz["channel"], npz["relevance"],
-                                 npz["maps"].astype(np.float32), npz["map_sums"])
+        neurons = load_input_neurons(input_neurons_path(cache, image_id, 2000))
         original = explain(spec.model, x, image.target, image=shown, progress=False, neurons=neurons,
                            concept_map=paper.concept_map, distance=paper.distance, k_range=paper.k_range)
         for offset, (name, result) in enumerate((("default", default), ("paper (2,000 neurons)", original))):

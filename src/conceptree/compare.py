@@ -114,16 +114,6 @@ class Comparison:
         return out
 
 
-def _groups(reference: Explanation) -> list[dict[str, list[int]]]:
-    groups = []
-    for concept in reference.concepts.concepts:
-        group: dict[str, list[int]] = {}
-        for neuron in concept.neurons:
-            group.setdefault(neuron.layer, []).append(neuron.channel)
-        groups.append(group)
-    return groups
-
-
 def compare(
     reference: Explanation | str | Path,
     model: nn.Module,
@@ -179,7 +169,7 @@ def compare(
     layers = reference.meta.get("layers")
     engine = CRPEngine(model, composite, layers)
     target = reference.target if target is None else int(target)
-    groups = _groups(reference)
+    groups = [concept.groups() for concept in reference.concepts.concepts]
     ref_concepts = reference.concepts.concepts
     results = []
     for i, item in enumerate(images):

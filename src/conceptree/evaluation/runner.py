@@ -204,16 +204,25 @@ def build_cache(
     return seconds
 
 
+def input_neurons_path(cache_dir: Path, image_id: str, max_neurons: int | None) -> Path:
+    """Cache file of a photo's input-level neuron maps for a pool size (None: every neuron)."""
+    return Path(cache_dir) / f"{image_id}.input{'all' if max_neurons is None else max_neurons}.npz"
+
+
+def load_input_neurons(path: str | Path) -> NeuronMaps:
+    """Reload what :func:`cached_input_neurons` stored (maps as float32)."""
+    with np.load(path) as npz:
+        return NeuronMaps([str(x) for x in npz["layers"]], npz["layer_index"], npz["channel"], npz["relevance"],
+                          npz["maps"].astype(np.float32), npz["map_sums"])
+
+
 def cached_input_neurons(
     engine: CRPEngine, attribution, cache_dir: Path, image: AnnotatedImage, options: ConceptOptions
 ) -> NeuronMaps:
     """Input-level neuron maps (``features="input"``), cached per photo and pool size."""
-    tag = "all" if options.max_neurons is None else str(options.max_neurons)
-    path = cache_dir / f"{image.image_id}.input{tag}.npz"
+    path = input_neurons_path(cache_dir, image.image_id, options.max_neurons)
     if path.exists():
-        with np.load(path) as npz:
-            return NeuronMaps([str(x) for x in npz["layers"]], npz["layer_index"], npz["channel"], npz["relevance"],
-                              npz["maps"].astype(np.float32), npz["map_sums"])
+        return load_input_neurons(path)
     neurons = neuron_features(engine, attribution, "input", options.max_neurons, options.distance.map_size)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, layers=np.array(neurons.layers), layer_index=neurons.layer_index, channel=neurons.channel,
