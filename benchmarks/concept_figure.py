@@ -11,7 +11,6 @@ neurons, read from the evaluation cache written by ``conceptree evaluate --paper
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,15 @@ from conceptree.concepts.options import PRESETS
 from conceptree.evaluation.cub_parts import load_cub_parts
 from conceptree.evaluation.runner import ModelArgs, input_neurons_path, load_input_neurons
 from conceptree.explain import explain
-from conceptree.models.loading import Preprocessing, load_image, preprocess
+from conceptree.models.loading import load_image, preprocess
+from conceptree.report import _draw_overlay
 
 SHOWN = 8
 
 
 def overlay(ax, image: np.ndarray, values: np.ndarray | None, title: str) -> None:
-    ax.axis("off")
+    _draw_overlay(ax, image, values)
     ax.set_title(title, fontsize=6)
-    if values is None:
-        ax.imshow(image)
-        return
-    lim = float(np.abs(values).max()) or 1.0
-    ax.imshow(image.mean(axis=2), cmap="gray", alpha=0.5)
-    ax.imshow(values, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.7)
 
 
 def main() -> None:
@@ -45,9 +39,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     cache = Path(args.cache)
-    manifest = json.loads((cache / "manifest.json").read_text())
-    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["preprocessing"].items()})
-    spec = ModelArgs(manifest["model"], manifest["weights"], manifest["kwargs"], None, prep).load()
+    model_args = ModelArgs.from_cache(cache)
+    prep = model_args.preprocessing
+    spec = model_args.load()
     images = {im.image_id: im for im in load_cub_parts(args.data)[0]}
     fig = Figure(figsize=(1.25 * (SHOWN + 1), 2.7 * len(args.ids)), dpi=150)
     axes = fig.subplots(2 * len(args.ids), SHOWN + 1, squeeze=False)

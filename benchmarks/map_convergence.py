@@ -26,7 +26,6 @@ from conceptree.attribution import CRPEngine
 from conceptree.concepts.layer_maps import layer_neuron_maps
 from conceptree.evaluation.cub_parts import load_cub_parts
 from conceptree.evaluation.runner import ModelArgs, _input
-from conceptree.models.loading import Preprocessing
 
 
 def correlations(maps: np.ndarray, rng: np.random.Generator, n_pairs: int = 20000) -> tuple[float, float]:
@@ -54,9 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     cache = Path(args.cache)
-    manifest = json.loads((cache / "manifest.json").read_text())
-    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["preprocessing"].items()})
-    spec = ModelArgs(manifest["model"], manifest["weights"], manifest["kwargs"], None, prep).load()
+    model_args = ModelArgs.from_cache(cache)
+    spec = model_args.load()
     engine = CRPEngine(spec.model)
     names = [layer.name for layer in engine.layers]
     thirds = np.array_split(np.arange(len(names)), 3)

@@ -35,7 +35,7 @@ from conceptree.evaluation.occlusion import (
 )
 from conceptree.evaluation.runner import ModelArgs, cache_path
 from conceptree.explain import explain
-from conceptree.models.loading import Preprocessing, load_image, preprocess
+from conceptree.models.loading import load_image, preprocess
 
 
 def main() -> None:
@@ -48,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     cache = Path(args.cache)
-    manifest = json.loads((cache / "manifest.json").read_text())
-    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["preprocessing"].items()})
-    spec = ModelArgs(manifest["model"], manifest["weights"], manifest["kwargs"], None, prep).load()
+    model_args = ModelArgs.from_cache(cache)
+    prep = model_args.preprocessing
+    spec = model_args.load()
     engine = CRPEngine(spec.model)
     images, _ = load_cub_parts(args.data)
     images = [im for im in images if cache_path(cache, im).exists()][: args.limit]

@@ -48,6 +48,17 @@ class ModelArgs:
     labels: str | None = None
     preprocessing: Preprocessing | None = None
 
+    @classmethod
+    def from_cache(cls, cache_dir: str | Path) -> ModelArgs:
+        """The model an evaluation cache was built with (its ``manifest.json``)."""
+        path = Path(cache_dir) / "manifest.json"
+        if not path.is_file():
+            raise InputError(f"{path} not found; point at a cache written by conceptree evaluate")
+        manifest = json.loads(path.read_text())
+        prep = manifest["preprocessing"]
+        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}) if prep else None
+        return cls(manifest["model"], manifest["weights"], manifest["kwargs"], None, prep)
+
     def load(self) -> ModelSpec:
         spec = load_model(self.spec, self.weights, self.kwargs, self.labels)
         if self.preprocessing is not None:
