@@ -195,3 +195,42 @@ def test_table_lookup_prefers_added_rules_and_the_most_specific_class():
     graph = canonize(nn.Sequential(timm.layers.Conv2dSame(3, 4, 3)))  # a Conv2d subclass, traced as a leaf
     node = next(n for n in graph.graph.nodes if n.op == "call_module")
     assert rule_table.lookup(default, node, graph.get_submodule(node.target)) is rule_table.conv_rule
+
+
+def test_convnext_pointwise_linear_layers_are_neurons_equal_to_their_conv_form():
+    """ConvNeXt's ``nn.Linear`` on channels-last maps are 1x1 convolutions: exposed as neuron
+    layers, and explained exactly like timm's ``conv_mlp`` variant with the same weights."""
+    torch.manual_seed(0)
+    linear = helpers.randomize_batchnorm(timm.create_model("convnext_atto", conv_mlp=False, pretrained=False)).eval()
+    conv = timm.create_model("convnext_atto", conv_mlp=True, pretrained=False).eval()
+    state = {k: v.reshape(conv.state_dict()[k].shape) for k, v in linear.state_dict().items()}
+    conv.load_state_dict(state)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(conv(x), linear(x), rtol=1e-4, atol=1e-5)
+
+    eng_linear, eng_conv = CRPEngine(linear), CRPEngine(conv)
+    kinds = {layer.name: layer.kind for layer in eng_linear.layers}
+    assert kinds["stages.0.blocks.0.mlp.fc1"] == "pointwise" and kinds["stages.3.blocks.1.mlp.fc2"] == "pointwise"
+    assert [(i.name, i.channels) for i in eng_linear.layers] == [(i.name, i.channels) for i in eng_conv.layers]
+    assert "head.fc" not in kinds  # the classifier stays a dense layer
+
+    a_lin, a_conv = eng_linear.attribute(x), eng_conv.attribute(x)
+    torch.testing.assert_close(a_lin.heatmap, a_conv.heatmap, rtol=1e-3, atol=1e-6 * float(a_conv.heatmap.abs().max()))
+    layer = "stages.1.blocks.0.mlp.fc1"
+    assert a_lin.layer_relevance[layer].shape == a_conv.layer_relevance[layer].shape  # (C, h, w)
+    top = a_conv.channel_relevance(layer).abs().argsort(descending=True)[:6].tolist()
+    maps_lin = eng_linear.neuron_maps(a_lin, channels={layer: top})
+    maps_conv = eng_conv.neuron_maps(a_conv, channels={layer: top})
+    scale = float(abs(maps_conv.maps).max())
+    assert abs(maps_lin.maps - maps_conv.maps).max() <= 1e-3 * scale
+    assert abs(maps_lin.map_sums - maps_lin.relevance).max() <= 1e-4 * abs(maps_lin.relevance).max()
+
+    # conditions on a pointwise layer mask its channels as on the conv form
+    cond_lin, rec_lin = eng_linear.conditional_heatmaps(x, [{layer: top[:2]}, {layer: []}], record_layers=[layer])
+    cond_conv, rec_conv = eng_conv.conditional_heatmaps(x, [{layer: top[:2]}, {layer: []}], record_layers=[layer])
+    torch.testing.assert_close(cond_lin, cond_conv, rtol=1e-3, atol=1e-6 * float(cond_conv.abs().max()))
+    torch.testing.assert_close(rec_lin[layer], rec_conv[layer].permute(0, 2, 3, 1), rtol=1e-3, atol=1e-7)
+    assert int((rec_lin[layer][0].abs().sum((0, 1)) > 0).sum()) <= 2  # only the kept channels carry relevance
+    kept = float(a_lin.channel_relevance(layer)[top[:2]].sum())
+    group = eng_linear.group_maps(a_lin, [{layer: top[:2]}])
+    assert float(group.sum()) == pytest.approx(kept, rel=1e-3, abs=1e-6 * abs(kept))

@@ -189,6 +189,7 @@ class CRPEngine:
         self.layers: list[LayerInfo] = select_layers(
             self.all_layers, list(layers) if layers else None, list(exclude_layers or [])
         )
+        self._pointwise = {layer.name for layer in self.all_layers if layer.kind == "pointwise"}
         self._first_layers = self._find_first_layers()
         self._input_channels = self._find_input_channels()
         params = list(self.graph_module.parameters())
@@ -332,7 +333,19 @@ class CRPEngine:
             what = "function" if node.op == "call_function" else "method"
             name = getattr(node.target, "__name__", str(node.target))
             raise ctx.unsupported(f"{what} {name if what == 'function' else '.' + name + '()'}")
-        return factory(ctx)
+        rule = factory(ctx)
+        if node.target in self._pointwise and not getattr(rule, "channels_last", False):
+            raise UnsupportedModelError(
+                f"layer '{node.target}' was read as a pointwise layer on channels-last maps but its input has "
+                f"shape {tuple(ctx.x.shape)}; exclude it with exclude_layers=[{node.target!r}]"
+            )
+        return rule
+
+    def _node_layout(self, forward: ForwardPass, node: fx.Node, rel: Tensor) -> Tensor:
+        """Relevance given channels-first ``(B, C, h, w)`` in the node's own layout."""
+        if getattr(forward.rules.get(node), "channels_last", False):
+            return rel.permute(0, 2, 3, 1)
+        return rel
 
     # ------------------------------------------------------------------ backward
     def propagate(
@@ -439,6 +452,8 @@ class CRPEngine:
             rel = recorded.get(node)
             if rel is None:  # layer not on any path to the logit
                 rel = torch.zeros((1, layer.channels, 1, 1), dtype=self.dtype, device=self.device)
+            elif getattr(forward.rules.get(node), "channels_last", False):
+                rel = rel.permute(0, 3, 1, 2)  # pointwise layer: stored channels-first like a conv
             layer_rel[layer.name] = rel[0]
         return Attribution(target, forward.logits, input_rel[0], layer_rel, forward)
 
@@ -501,13 +516,13 @@ class CRPEngine:
             rel = attribution.layer_relevance[layer].unsqueeze(0)
             chunk_dev = chunk.to(self.device)
             rule = forward.rules[node]
-            if isinstance(rule, R.ConvRule):
+            if hasattr(rule, "backward_channels"):
                 start = dict(rule.backward_channels(rel, chunk_dev))
             else:
                 masked = rel.new_zeros((chunk.numel(), *rel.shape[1:]))
                 rows = torch.arange(chunk.numel(), device=self.device)
                 masked[rows, chunk_dev] = rel[0, chunk_dev]
-                start = {node: masked}
+                start = {node: self._node_layout(forward, node, masked)}
             input_rel, _ = self.propagate(forward, start)
             yield MapBatch(layer, chunk, input_rel.sum(1))
 
@@ -588,6 +603,7 @@ class CRPEngine:
                         start[node] = rel.new_zeros((len(chunk), *rel.shape))
                     start[node][row, idx] = rel[idx]
             if start:
+                start = {node: self._node_layout(attribution.forward, node, rel) for node, rel in start.items()}
                 input_rel, _ = self.propagate(attribution.forward, start)
                 out[first : first + len(chunk)] = input_rel.sum(1)
         return out
@@ -634,7 +650,10 @@ class CRPEngine:
         shaped = {}
         for node, mask in masks.items():
             extra = len(forward.shapes[node]) - 2
-            shaped[node] = mask.reshape(*mask.shape, *([1] * extra))
+            if getattr(forward.rules.get(node), "channels_last", False):
+                shaped[node] = mask.reshape(mask.shape[0], *([1] * extra), mask.shape[1])
+            else:
+                shaped[node] = mask.reshape(*mask.shape, *([1] * extra))
         out_node = self._output_node()
         start = {out_node: self._init_relevance(forward.logits, [target] * n, init)}
         record_nodes = [self.layer_node(name) for name in record_layers]

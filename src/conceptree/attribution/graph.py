@@ -174,7 +174,8 @@ class LayerInfo:
     name : str
         Qualified module name in the original model (e.g. ``"layer1.0.conv1"``).
     kind : str
-        ``"conv"`` or ``"linear"``.
+        ``"conv"``, ``"pointwise"`` (an ``nn.Linear`` on channels-last maps, i.e. a 1x1
+        convolution, as in ConvNeXt) or ``"linear"``.
     channels : int
         Number of output channels (features).
     """
@@ -184,17 +185,60 @@ class LayerInfo:
     channels: int
 
 
+_PERMUTES = {"permute", "transpose", torch.permute, torch.transpose}
+
+
+def _reads_channels_last(graph_module: fx.GraphModule, node: fx.Node, pointwise: set[fx.Node]) -> bool:
+    """Whether the ``nn.Linear`` at ``node`` reads a channels-last map (ConvNeXt's pointwise layers).
+
+    Walks back from its input through single-input elementwise nodes (norms, activations,
+    dropout, scaling by constants) to the op that made the layout: a permute/transpose or
+    another pointwise layer means channels-last; a flatten, reshape, pooling, convolution or
+    a merge of several inputs means an ordinary dense layer. The engine checks the answer
+    against the actual input rank on every forward pass.
+    """
+    current = node.args[0] if node.args else None
+    while isinstance(current, fx.Node):
+        if current in pointwise or current.target in _PERMUTES:
+            return True
+        if current.op == "call_module":
+            module = graph_module.get_submodule(current.target)
+            if type(module).__name__ == "Permute":
+                return True
+            if isinstance(module, (nn.Conv2d, nn.Linear, nn.Flatten)) or "Pool" in type(module).__name__:
+                return False
+        elif current.op != "call_function" and current.op != "call_method":
+            return False
+        elif current.target in ("view", "reshape", "flatten", "mean", "sum", torch.flatten, torch.mean, torch.sum):
+            return False
+        inputs = [n for n in current.all_input_nodes if n.op != "get_attr"]
+        if len(inputs) != 1:
+            return False
+        current = inputs[0]
+    return False
+
+
 def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)) -> list[LayerInfo]:
-    """Conv (and optionally linear) layers in execution order."""
+    """Conv (and optionally linear) layers in execution order.
+
+    ``"conv"`` includes the pointwise ``nn.Linear`` layers on channels-last maps (kind
+    ``"pointwise"``): they are 1x1 convolutions, and their outputs are channels like any
+    convolution's.
+    """
     layers: list[LayerInfo] = []
     seen: set[str] = set()
+    pointwise: set[fx.Node] = set()
     for node in graph_module.graph.nodes:
         if node.op != "call_module":
             continue
         module = graph_module.get_submodule(node.target)
+        if isinstance(module, nn.Linear) and _reads_channels_last(graph_module, node, pointwise):
+            pointwise.add(node)
         if isinstance(module, nn.Conv2d) and "conv" in kinds:
             kind, channels = "conv", module.out_channels
-        elif isinstance(module, nn.Linear) and "linear" in kinds:
+        elif node in pointwise and "conv" in kinds:
+            kind, channels = "pointwise", module.out_features
+        elif isinstance(module, nn.Linear) and node not in pointwise and "linear" in kinds:
             kind, channels = "linear", module.out_features
         else:
             continue

@@ -119,6 +119,11 @@ def conv_rule(ctx: RuleContext) -> R.Rule:
 
 
 def linear_rule(ctx: RuleContext) -> R.Rule:
+    """Epsilon for a dense layer; on a channels-last map ``(1, H, W, C)`` it is a 1x1
+    convolution (ConvNeXt's pointwise layers) and gets the convolution's rule."""
+    if isinstance(ctx.x, Tensor) and ctx.x.ndim == 4:
+        return R.PointwiseLinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "zplus",
+                                     ctx.composite, ctx.node.target)
     return R.LinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "epsilon", ctx.composite)
 
 

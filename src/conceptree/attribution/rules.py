@@ -402,6 +402,39 @@ class ConvRule(Rule):
         return [(self.inputs[0], self._crop(total))]
 
 
+class PointwiseLinearRule(Rule):
+    """A dense layer applied at every position of a channels-last map: a 1x1 convolution.
+
+    ConvNeXt (torchvision, and timm without ``conv_mlp``) implements its pointwise layers as
+    ``nn.Linear`` on ``(1, H, W, C)`` tensors. Mathematically each is a 1x1 convolution, so it
+    gets the convolution's rule (z+, or flat if it reads the input) through a
+    :class:`ConvRule` on the channels-first view: the same relevance as timm's ``conv_mlp``
+    variant with ``nn.Conv2d`` layers, including the dead-unit handling and the batched
+    per-channel backward. Relevance arrives and leaves channels-last (the node's layout);
+    :meth:`backward_channels` takes it channels-first, like the engine's layer relevance.
+    """
+
+    channels_last = True
+
+    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str) -> None:
+        self.inputs = (inp,)
+        conv = nn.Conv2d(module.in_features, module.out_features, 1, bias=module.bias is not None).to(module.weight)
+        with torch.no_grad():
+            conv.weight.copy_(module.weight[:, :, None, None])
+            if module.bias is not None:
+                conv.bias.copy_(module.bias)
+        self.conv = ConvRule(inp, conv, x.permute(0, 3, 1, 2), out.permute(0, 3, 1, 2), mode, composite, name)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        ((inp, rel),) = self.conv.backward(relevance.permute(0, 3, 1, 2))
+        return [(inp, rel.permute(0, 2, 3, 1))]
+
+    def backward_channels(self, relevance: Tensor, channels: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        """:meth:`ConvRule.backward_channels` with ``relevance`` channels-first ``(1, C, H, W)``."""
+        ((inp, rel),) = self.conv.backward_channels(relevance, channels)
+        return [(inp, rel.permute(0, 2, 3, 1))]
+
+
 class LinearRule(Rule):
     """Epsilon, z+ or flat rule of a dense layer."""
 
