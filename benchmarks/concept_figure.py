@@ -19,15 +19,16 @@ from matplotlib.figure import Figure
 from conceptree.concepts.options import PRESETS
 from conceptree.evaluation.cub_parts import load_cub_parts
 from conceptree.evaluation.runner import ModelArgs, input_neurons_path, load_input_neurons
-from conceptree.explain import explain
-from conceptree.models.loading import load_image, preprocess
-from conceptree.report import _draw_overlay
+from conceptree.explainer import ConceptExplainer
+from conceptree.models.loading import load_image
+from conceptree.report import signed_overlay
 
 SHOWN = 8
 
 
 def overlay(ax, image: np.ndarray, values: np.ndarray | None, title: str) -> None:
-    _draw_overlay(ax, image, values)
+    ax.imshow(image if values is None else signed_overlay(image, values))
+    ax.axis("off")
     ax.set_title(title, fontsize=6)
 
 
@@ -46,14 +47,15 @@ def main() -> None:
     fig = Figure(figsize=(1.25 * (SHOWN + 1), 2.7 * len(args.ids)), dpi=150)
     axes = fig.subplots(2 * len(args.ids), SHOWN + 1, squeeze=False)
     paper = PRESETS["paper"]
+    ours = ConceptExplainer.from_spec(spec, preprocessing=prep)
+    theirs = ConceptExplainer.from_spec(spec, preprocessing=prep, options=paper.replace(max_neurons=2000))
     for row, image_id in enumerate(args.ids):
         image = images[image_id]
         picture, _ = load_image(str(image.path))
-        x, shown = preprocess(picture, prep)
-        default = explain(spec.model, x, image.target, image=shown, progress=False)
+        default = ours.explain(picture, target=image.target)
+        shown = default.image
         neurons = load_input_neurons(input_neurons_path(cache, image_id, 2000))
-        original = explain(spec.model, x, image.target, image=shown, progress=False, neurons=neurons,
-                           concept_map=paper.concept_map, distance=paper.distance, k_range=paper.k_range)
+        original = theirs.explain(picture, target=image.target, neurons=neurons)
         for offset, (name, result) in enumerate((("default", default), ("paper (2,000 neurons)", original))):
             r = 2 * row + offset
             overlay(axes[r, 0], shown, None, f"{image.species.split('.', 1)[1][:22]}\n{name}, k={result.concepts.k}")

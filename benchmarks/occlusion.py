@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from conceptree.attribution import CRPEngine
-from conceptree.compare import compare
 from conceptree.concepts.options import PRESETS
 from conceptree.evaluation.cub_parts import load_cub_parts
 from conceptree.evaluation.occlusion import (
@@ -34,8 +32,8 @@ from conceptree.evaluation.occlusion import (
     summarise_occlusion,
 )
 from conceptree.evaluation.runner import ModelArgs, cache_path
-from conceptree.explain import explain
-from conceptree.models.loading import load_image, preprocess
+from conceptree.explainer import ConceptExplainer
+from conceptree.models.loading import load_image
 
 
 def main() -> None:
@@ -51,7 +49,8 @@ def main() -> None:
     model_args = ModelArgs.from_cache(cache)
     prep = model_args.preprocessing
     spec = model_args.load()
-    engine = CRPEngine(spec.model)
+    explainer = ConceptExplainer.from_spec(spec, preprocessing=prep)  # traced once for every photo
+    engine = explainer.engine
     images, _ = load_cub_parts(args.data)
     images = [im for im in images if cache_path(cache, im).exists()][: args.limit]
     out = Path(args.out)
@@ -64,11 +63,9 @@ def main() -> None:
             skipped += 1
             continue
         picture, _ = load_image(str(image.path))
-        x, shown = preprocess(picture, prep)
-        ref = explain(spec.model, x, image.target, image=shown, progress=False)
-        ref.meta["preprocessing"] = prep.to_dict()
-        x_occ, _ = preprocess(occlude(picture, mask), prep)
-        cmp = compare(ref, spec.model, [x_occ], names=["head greyed"])
+        x, _, _ = explainer.prepare(picture)
+        ref = explainer.explain(picture, target=image.target)
+        cmp = explainer.trace(ref, [occlude(picture, mask)], names=["head greyed"])
         grid_mask = mask_on_grid(mask, tuple(x.shape[-2:]))
         inside = inside_fraction(ref.concept_maps, grid_mask)
         (traced,) = cmp.images

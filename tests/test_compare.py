@@ -10,10 +10,14 @@ import torch
 import torchvision
 
 from conceptree.compare import OUTPUT_FILES, compare
+from conceptree.concepts.options import ConceptOptions
 from conceptree.errors import InputError
 from conceptree.explain import Explanation, explain
+from conceptree.explainer import ConceptExplainer
 
 from .helpers import randomize_batchnorm
+
+SMALL = ConceptOptions(k_range=(3, 6), max_neurons=300)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def setup():
     torch.manual_seed(0)
     model = randomize_batchnorm(torchvision.models.resnet18(weights=None)).eval()
     x = torch.randn(1, 3, 64, 64)
-    ref = explain(model, x, target=3, k_range=(3, 6), max_neurons=300, progress=False)
+    ref = explain(model, x, target=3, options=SMALL)
     return model, x, ref
 
 
@@ -108,17 +112,17 @@ def test_explain_reuses_precomputed_neurons(setup):
     attribution = engine.attribute(x, 3)
     wanted = strongest_neurons(engine, attribution, 300)
     assert sum(len(v) for v in wanted.values()) == 300
-    assert ref.meta["features"] == "layer" and ref.meta["max_neurons"] == 300
+    assert ref.options.features == "layer" and ref.options.max_neurons == 300
     neurons = neuron_features(engine, attribution, "layer", 300)  # what explain computes itself
-    again = explain(model, x, target=3, k_range=(3, 6), neurons=neurons, progress=False)
+    again = ConceptExplainer(model, options=SMALL).explain(x, target=3, neurons=neurons)
     assert again.concepts.k == ref.concepts.k
     assert [c.representative for c in again.concepts.concepts] == [c.representative for c in ref.concepts.concepts]
     np.testing.assert_allclose(again.concept_maps, ref.concept_maps, rtol=1e-5, atol=1e-8)
     # the paper's route: precomputed input-level maps give the same concepts as recomputing them
-    paper = explain(model, x, target=3, k_range=(3, 6), max_neurons=300, progress=False,
-                    features="input", concept_map="representative")
+    paper_options = SMALL.replace(features="input", concept_map="representative")
+    paper = explain(model, x, target=3, options=paper_options)
     inputs = engine.neuron_maps(attribution, channels=wanted, map_size=(56, 56))
-    again = explain(model, x, target=3, k_range=(3, 6), neurons=inputs, progress=False, concept_map="representative")
+    again = ConceptExplainer(model, options=paper_options).explain(x, target=3, neurons=inputs)
     assert [c.representative for c in again.concepts.concepts] == [c.representative for c in paper.concepts.concepts]
     np.testing.assert_allclose(again.concept_maps, paper.concept_maps, rtol=1e-5, atol=1e-8)
     with pytest.raises(InputError, match="max_neurons must be >= 1"):

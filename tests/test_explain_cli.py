@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from conceptree.concepts.options import ConceptOptions
 from conceptree.explain import Explanation, explain
+from conceptree.explainer import ConceptExplainer
 from conceptree.models.cifar_resnet import CIFAR10_CLASSES
 
 from . import helpers
@@ -21,10 +23,9 @@ def run_cli(*args, cwd=None):
 
 
 def test_save_load_round_trip(tmp_path, cifar_image):
-    result = explain(
-        helpers.cifar_model(), cifar_image, class_names=list(CIFAR10_CLASSES), k_range=(3, 12), progress=False,
-        keep_neuron_maps=True,
-    )
+    explainer = ConceptExplainer(helpers.cifar_model(), class_names=list(CIFAR10_CLASSES),
+                                 options=ConceptOptions(k_range=(3, 12)))
+    result = explainer.explain(cifar_image, keep_neuron_maps=True)
     assert result.target_name == "cat"
     assert 3 <= result.concepts.k <= 12 and len(result.concept_maps) == result.concepts.k
     result.save(tmp_path / "exp")
@@ -36,9 +37,12 @@ def test_save_load_round_trip(tmp_path, cifar_image):
     assert np.array_equal(again.concepts.linkage, result.concepts.linkage)
     assert again.neuron_maps.dtype == np.float16 and np.array_equal(again.neuron_maps, result.neuron_maps)
     assert again.neuron_names == result.neuron_names and len(again.neuron_names) == 688
+    assert again.options == result.options and again.composite == result.composite and again.model == result.model
+    assert again.member_maps.shape == (result.concepts.k, 4, 56, 56)  # the clustering grid
+    assert np.array_equal(again.member_maps, result.member_maps)
     # the default concept map is its members' own-layer maps in input geometry: it sums to the
     # concept's relevance
-    assert again.meta["concept_map"] == "layer-group"
+    assert again.options.concept_map == "layer-group"
     for concept, cmap in zip(again.concepts.concepts, again.concept_maps):
         assert float(cmap.sum()) == pytest.approx(concept.relevance, rel=1e-3, abs=1e-6)
 
@@ -110,6 +114,7 @@ def test_explain_accepts_a_spec_and_an_image_file(tmp_path):
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3),
     ).eval()
-    result = explain(model, tmp_path / "x.png", target="b", class_names=["a", "b", "c"], k_range=(2, 5), progress=False)
-    assert result.target == 1 and result.target_name == "b"
+    result = explain(model, tmp_path / "x.png", target="b", class_names=["a", "b", "c"],
+                     options=ConceptOptions(k_range=(2, 5)))
+    assert result.target.index == 1 and result.target_name == "b"
     assert result.image.shape == (224, 224, 3) and result.heatmap.shape == (224, 224)

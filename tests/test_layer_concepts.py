@@ -103,14 +103,15 @@ def test_options_and_presets():
 
 def test_explain_records_and_uses_the_route(setup):
     model, x, _, _ = setup
-    result = explain(model, x, k_range=(3, 5), max_neurons=150, progress=False)
-    assert result.meta["features"] == "layer" and result.meta["concept_map"] == "layer-group"
+    small = ConceptOptions(k_range=(3, 5), max_neurons=150)
+    result = explain(model, x, options=small)
+    assert result.options.features == "layer" and result.options.concept_map == "layer-group"
     assert result.concept_maps.shape == (result.concepts.k, 32, 32)
     np.testing.assert_allclose(result.concept_maps.sum((1, 2)), [c.relevance for c in result.concepts.concepts],
                                atol=1e-4 * max(abs(c.relevance) for c in result.concepts.concepts))
-    paper = explain(model, x, k_range=(3, 5), max_neurons=150, progress=False, features="input", concept_map="representative")
-    assert paper.meta["features"] == "input"
+    paper = explain(model, x, options=small.replace(features="input", concept_map="representative"))
+    assert paper.options.features == "input"
     np.testing.assert_allclose(paper.concept_maps.sum((1, 2)), [c.representative.relevance for c in paper.concepts.concepts],
                                atol=1e-4 * max(abs(c.representative.relevance) for c in paper.concepts.concepts))
-    with pytest.raises(InputError, match="unknown features"):
-        explain(model, x, progress=False, features="pixels")
+    with pytest.raises(InputError, match="unknown preset"):
+        explain(model, x, options="pixels")

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from conceptree.concepts.options import ConceptOptions
 from conceptree.explain import explain
 from conceptree.models.cifar_resnet import CIFAR10_CLASSES
 
@@ -25,7 +26,7 @@ def report(tmp_path_factory, cifar_image):
     out = tmp_path_factory.mktemp("report")
     names = list(CIFAR10_CLASSES)
     names[3] = "cat <script>alert(1)</script> & co"  # must be escaped, not executed
-    result = explain(helpers.cifar_model(), cifar_image, class_names=names, k_range=(3, 8), progress=False)
+    result = explain(helpers.cifar_model(), cifar_image, class_names=names, options=ConceptOptions(k_range=(3, 8)))
     result.save(out / "exp")
     return out / "exp" / "report.html", result
 

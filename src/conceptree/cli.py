@@ -1,4 +1,10 @@
-"""Command line: ``conceptree explain`` and ``conceptree demo`` (thin: parse, call the API, save)."""
+"""Command line (thin: parse the arguments, call the library, print).
+
+Errors: a usage mistake (missing argument, unknown option, bad value) prints click's usage
+message and exits 2; a :class:`ConceptreeError` (bad image, unknown layer, bad config file...)
+prints one ``error:`` line and exits 2; anything else is a bug: one line saying so and where
+to report it, exit 1, with the traceback only under ``--debug``.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +14,34 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import click
 import typer
 
+from .concepts.options import PAPER_POOL
 from .errors import ConceptreeError, InputError
+
+BUG_REPORT = "please report it with the command and this message to the conceptree maintainers (issue tracker)"
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     help=(
         "Explain a CNN's decision with a few neuron-traceable concepts.\n\n"
         "Examples:\n\n"
         "  conceptree demo --out demo\n\n"
-        "  conceptree explain parrot.jpg --model timm:mobilenetv2_100 --weights weights.pth "
-        "--model-arg num_classes=965 --model-arg pad_type=same --model-arg bn_eps=1e-3 "
-        "--resize 224 --crop 0 --mean 0.502 --std 0.502 --labels labels.txt --out parrot"
+        "  conceptree explain parrot.jpg --model-config docs/models/bird.json --out parrot"
     ),
 )
 
 
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error."),
+) -> None:
+    """Explain a CNN's decision with a few neuron-traceable concepts."""
+
+
+# ---------------------------------------------------------------------- parsing helpers
 def _parse_kv(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -43,11 +60,45 @@ def _parse_kv(pairs: list[str]) -> dict:
 
 
 def _k_range(text: str) -> tuple[int, int]:
-    low, sep, high = text.partition(":")
+    low, _, high = text.partition(":")
     try:
         return int(low), int(high)
     except ValueError:
-        raise InputError(f"--k-range {text!r} must be MIN:MAX, e.g. 10:40") from None
+        raise InputError(f"--k-range {text!r} must be MIN:MAX, e.g. 15:30") from None
+
+
+def _load_spec(model: str | None, model_config: str | None, weights, model_arg, labels, trust_checkpoint=False,
+               resize=None, crop=None, mean=None, std=None, interpolation=None):
+    """The model from ``--model-config`` or ``--model/--weights/--model-arg/--labels``, with
+    the preprocessing flags applied on top."""
+    from .models.loading import load_model
+
+    if model_config is not None:
+        if model is not None or weights is not None or model_arg or labels is not None:
+            raise InputError("--model-config holds the model; drop --model/--weights/--model-arg/--labels")
+        from .models.config import load_model_config
+
+        spec = load_model_config(model_config).load()
+    else:
+        spec = load_model(model or "default", weights, _parse_kv(model_arg), labels, trust_checkpoint)
+    spec.preprocessing = spec.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std,
+                                                     interpolation=interpolation)
+    return spec
+
+
+def _options(preset: str, features=None, concept_map=None, linkage=None, k_range=None, lam=None, max_neurons=None):
+    """The preset's :class:`ConceptOptions` with the given flags on top (``max_neurons`` 0 = all)."""
+    from .concepts.options import preset as get_preset
+
+    options = get_preset(preset)
+    overrides = {"features": features, "concept_map": concept_map, "method": linkage,
+                 "k_range": _k_range(k_range) if k_range else None}
+    options = options.replace(**{key: v for key, v in overrides.items() if v is not None})
+    if max_neurons is not None:
+        options = options.replace(max_neurons=None if max_neurons == 0 else max_neurons)
+    if lam is not None:
+        options = options.replace(distance=replace(options.distance, lam=lam))
+    return options
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -78,52 +129,44 @@ def _output_folder(out: Path, overwrite: bool, files: tuple[str, ...]):
         raise
 
 
-def _run(model_spec, weights, model_args, image_path, target, layers, exclude, lam, linkage, k_range, k, out, overwrite, quiet, resize, crop, mean, std, labels, trust_checkpoint=False, neuron_maps=False, interpolation=None, max_neurons=None, preset="default", features=None, concept_map=None):
-    from .concepts.options import preset as get_preset
-    from .explain import OUTPUT_FILES, explain
-    from .models.loading import load_image, load_model, preprocess
+# ---------------------------------------------------------------------- shared options
+MODEL_HELP = "default | timm:NAME | torchvision:NAME | dcne:PATH | pickle:PATH (or --model-config)."
+CONFIG_HELP = "Model configuration file (.json/.toml): spec, weights, kwargs, preprocessing, labels."
 
-    out = Path(out)
-    with _output_folder(out, overwrite, OUTPUT_FILES):
-        spec = load_model(model_spec, weights, _parse_kv(model_args), labels, trust_checkpoint)
-        picture, note = load_image(image_path)
+
+def _explain(image: str | None, spec, options, *, target, layers, exclude_layers, k, out, overwrite, quiet,
+             neuron_maps) -> None:
+    from .explainer import ConceptExplainer
+    from .explanation import OUTPUT_FILES
+    from .models.loading import load_image
+
+    out_dir = Path(out)
+    with _output_folder(out_dir, overwrite, OUTPUT_FILES):
+        picture, note = load_image(image)
         if note and not quiet:
             typer.echo(note, err=True)
-        prep = spec.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
-        x, shown = preprocess(picture, prep)
-        target_index = spec.resolve_target(target)
-        options = get_preset(preset)
-        overrides = {"features": features, "concept_map": concept_map, "method": linkage,
-                     "k_range": _k_range(k_range) if k_range else None}
-        options = options.replace(**{key: v for key, v in overrides.items() if v is not None})
-        if max_neurons is not None:
-            options = options.replace(max_neurons=None if max_neurons == 0 else max_neurons)
-        if lam is not None:
-            options = options.replace(distance=replace(options.distance, lam=lam))
-        result = explain(
-            spec.model, x, target_index, spec.class_names, shown, layers or None, exclude or None,
-            distance=options.distance, method=options.method, k_range=options.k_range, k=k,
-            progress=not quiet, model_spec=spec.spec, keep_neuron_maps=neuron_maps, max_neurons=options.max_neurons,
-            features=options.features, concept_map=options.concept_map,
-        )
-        result.meta["preset"] = preset
-        result.meta["preprocessing"] = prep.to_dict()
-        result.meta["image"]["file"] = Path(image_path).name if image_path else "chelsea (scikit-image)"
-        result.save(out)
+        explainer = ConceptExplainer.from_spec(spec, options=options, layers=layers or None,
+                                               exclude_layers=exclude_layers or None, progress=not quiet)
+        result = explainer.explain(picture, target=spec.resolve_target(target), k=k, keep_neuron_maps=neuron_maps)
+        result.image_info = replace(result.image_info, file=Path(image).name if image else "chelsea (scikit-image)")
+        result.save(out_dir)
     if not quiet:
-        typer.echo(f"{result.target_name} (p={result.probability:.2f}): {result.concepts.k} concepts -> {out}")
+        typer.echo(f"{result.target_name} (p={result.probability:.2f}): {result.concepts.k} concepts -> {out_dir}")
         for concept in result.concepts.concepts[:10]:
             rep = concept.representative
-            typer.echo(f"  #{concept.rank:<3} share {100 * concept.share:5.1f}%  {concept.size:5d} neurons  rep {rep.layer}:{rep.channel}")
+            typer.echo(f"  #{concept.rank:<3} share {100 * concept.share:5.1f}%  {concept.size:5d} neurons  "
+                       f"rep {rep.layer}:{rep.channel}")
 
 
 @app.command("explain")
 def explain_cmd(
     image: str = typer.Argument(..., help="Image file (JPEG/PNG/BMP...)."),
-    model: str = typer.Option("default", help="default | timm:NAME | torchvision:NAME | pickle:PATH"),
+    model_config: str | None = typer.Option(None, help=CONFIG_HELP),
+    model: str | None = typer.Option(None, help=MODEL_HELP + " Default: the built-in model."),
     trust_checkpoint: bool = typer.Option(False, help="Allow pickle:PATH (unpickling can execute code)."),
     weights: str | None = typer.Option(None, help="Local state dict (loaded with weights_only=True)."),
     model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
+    labels: str | None = typer.Option(None, help="Class names, one per line."),
     target: str = typer.Option("auto", help="auto | class index | class name."),
     layers: list[str] = typer.Option([], help="Conv layer names/globs (repeatable)."),
     exclude_layers: list[str] = typer.Option([], help="Globs to drop, e.g. '*downsample*'."),
@@ -131,24 +174,26 @@ def explain_cmd(
     features: str | None = typer.Option(None, help="What is clustered: layer | input (default: the preset's)."),
     concept_map: str | None = typer.Option(None, help="Each concept's map: layer-group | group | representative."),
     lam: float | None = typer.Option(None, help="Weight of the map distance, 1-lam: relevance (default: the preset's)."),
-    linkage: str | None = typer.Option(None, help="ward (exact) | average | complete | single (default: the preset's)."),
+    linkage: str | None = typer.Option(None, help="ward | average | complete | single (default: the preset's)."),
     k_range: str | None = typer.Option(None, help="MIN:MAX searched by silhouette (default: the preset's)."),
     k: int | None = typer.Option(None, help="Fixed number of concepts (skips the search)."),
-    resize: int | None = typer.Option(None, help="Resize the shorter side (default: model's)."),
+    max_neurons: int | None = typer.Option(None, help="Cluster the N neurons with the largest |r_p|; 0 = all (default: the preset's)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side (default: the model's)."),
     crop: int | None = typer.Option(None, help="Centre crop size; 0 = resize to a square instead."),
     mean: float | None = typer.Option(None, help="Normalisation mean (all channels)."),
     std: float | None = typer.Option(None, help="Normalisation std (all channels)."),
-    labels: str | None = typer.Option(None, help="Class names, one per line."),
+    interpolation: str | None = typer.Option(None, help="bilinear | bicubic resizing (default: the model's)."),
     out: str = typer.Option("conceptree-out", help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
-    neuron_maps: bool = typer.Option(False, help="Also save every neuron's pooled map (float16) in maps.npz."),
-    interpolation: str | None = typer.Option(None, help="bilinear | bicubic resizing (default: model's)."),
-    max_neurons: int | None = typer.Option(None, help="Cluster the N neurons with the largest |r_p|; 0 = all (default: the preset's)."),
+    neuron_maps: bool = typer.Option(False, help="Also save every clustered neuron's map (float16) in maps.npz."),
 ) -> None:
-    """Explain one image: concepts, maps and figures in --out."""
-    _run(model, weights, model_arg, image, target, layers, exclude_layers, lam, linkage, k_range, k, out, overwrite, quiet,
-         resize, crop, mean, std, labels, trust_checkpoint, neuron_maps, interpolation, max_neurons, preset, features, concept_map)
+    """Explain one image: concepts, maps and the report in --out."""
+    spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
+                      interpolation)
+    options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons)
+    _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
+             overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps)
 
 
 @app.command("demo")
@@ -158,7 +203,11 @@ def demo_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
-    _run("default", None, [], None, "auto", [], [], None, None, None, None, out, overwrite, quiet, None, None, None, None, None)
+    from .concepts.options import preset
+
+    spec = _load_spec("default", None, None, [], None)
+    _explain(None, spec, preset("default"), target="auto", layers=[], exclude_layers=[], k=None, out=out,
+             overwrite=overwrite, quiet=quiet, neuron_maps=False)
 
 
 @app.command("evaluate")
@@ -167,14 +216,15 @@ def evaluate_cmd(
     dataset: str = typer.Option("cub-parts", help="cub-parts | cub-expert"),
     images: str | None = typer.Option(None, help="cub-expert only: CUB's images folder."),
     annotator: str | None = typer.Option(None, help="cub-expert only: annotator folder (default: first)."),
-    model: str = typer.Option(..., help="timm:NAME | torchvision:NAME | dcne:PATH (see `explain`)."),
+    model_config: str | None = typer.Option(None, help=CONFIG_HELP),
+    model: str | None = typer.Option(None, help="timm:NAME | torchvision:NAME | dcne:PATH (or --model-config)."),
     weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
     model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
-    resize: int | None = typer.Option(None, help="Resize the shorter side (default: model's)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side (default: the model's)."),
     crop: int | None = typer.Option(None, help="Centre crop size; 0 = squash to a square."),
     mean: float | None = typer.Option(None, help="Normalisation mean (all channels)."),
     std: float | None = typer.Option(None, help="Normalisation std (all channels)."),
-    interpolation: str | None = typer.Option(None, help="bilinear | bicubic resizing (default: model's)."),
+    interpolation: str | None = typer.Option(None, help="bilinear | bicubic resizing (default: the model's)."),
     out: str = typer.Option("conceptree-eval", help="Output folder (results.json, table.md, per_species.csv, complexity_iou.png)."),
     cache: str | None = typer.Option(None, help="Per-image map cache (default: OUT/cache); reruns resume from it."),
     species: list[str] = typer.Option([], help="Only these species (name substrings, repeatable)."),
@@ -184,7 +234,7 @@ def evaluate_cmd(
     thresholds: str | None = typer.Option(None, help="thresholds.json of a dev run (default: choose here)."),
     preset: str = typer.Option("default", help="Our method's options: default | paper."),
     paper: bool = typer.Option(False, help="Also score the paper's method (input-level maps, representatives) as ours-paper."),
-    paper_neurons: int = typer.Option(2000, help="Neurons (largest |r_p|) clustered by ours-paper (all 17k cost ~8 min/photo)."),
+    paper_neurons: int = typer.Option(PAPER_POOL, help="Neurons (largest |r_p|) clustered by ours-paper (all 17k cost ~8 min/photo)."),
     max_neurons: int | None = typer.Option(None, help="Our method: neurons clustered (default: the preset's)."),
     lam: float | None = typer.Option(None, help="Our method: weight of the map distance (default: the preset's)."),
     linkage: str | None = typer.Option(None, help="Our method: ward | average | complete | single."),
@@ -199,95 +249,45 @@ def evaluate_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Score concept maps, every baseline and chance controls against human part regions."""
-    import json
-    import time
-
     from .concepts.options import preset as get_preset
-    from .evaluation.outputs import write_outputs
-    from .evaluation.runner import (
-        EvaluationConfig,
-        ModelArgs,
-        build_cache,
-        dataset_parts,
-        evaluate_images,
-        summarise_run,
-    )
+    from .evaluation.evaluate import check_trained, evaluate
+    from .evaluation.runner import EvaluationConfig, ModelArgs
 
-    t0 = time.perf_counter()
-    if weights is None and not model.startswith(("dcne:", "default")):
-        raise InputError(f"{model} without --weights has random weights; evaluate a trained model (--weights FILE)")
-    kwargs = _parse_kv(model_arg)
-    from .models.loading import load_model
+    if model_config is not None:
+        if model is not None or weights is not None or model_arg:
+            raise InputError("--model-config holds the model; drop --model/--weights/--model-arg")
+        from .models.config import load_model_config
 
-    probe = load_model(model, weights, kwargs)
-    prep = probe.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
-    model_args = ModelArgs(model, weights, kwargs, None, prep)
-    if dataset == "cub-parts":
-        from .evaluation.cub_parts import load_cub_parts, select
-
-        items, skipped = load_cub_parts(data)
-    elif dataset == "cub-expert":
-        from .evaluation.cub_expert import load_cub_expert
-        from .evaluation.cub_parts import select
-
-        if images is None:
-            raise InputError("--dataset cub-expert needs --images (CUB_200_2011/images)")
-        items, skipped = load_cub_expert(data, images, annotator), {}
+        cfg = load_model_config(model_config)
+        spec_text, weights, kwargs, labels = cfg.spec, cfg.weights, cfg.kwargs, cfg.labels
+    elif model is None:
+        raise InputError("evaluate needs the model: --model-config FILE or --model SPEC --weights FILE")
     else:
-        raise InputError(f"unknown --dataset {dataset!r}; use cub-parts or cub-expert")
-    if not items:
-        raise InputError(f"no evaluable images in {data} (none has a target class for this model)")
-    items = select(items, species or None, per_species)
-    if limit is not None:
-        if limit < 1:
-            raise InputError(f"--limit must be >= 1, got {limit}")
-        items = items[:limit]
-    fixed = None
-    if thresholds is not None:
-        try:
-            found = json.loads(Path(thresholds).read_text())
-            fixed = {rule: {k: int(v) for k, v in table.items()} for rule, table in found.items()}
-        except (OSError, ValueError, AttributeError) as exc:
-            raise InputError(f"cannot read --thresholds {thresholds} ({exc}); expected a dev run's thresholds.json") from None
-    options = get_preset(preset)
-    overrides = {"max_neurons": max_neurons, "method": linkage, "k_range": _k_range(k_range) if k_range else None}
-    options = options.replace(**{k: v for k, v in overrides.items() if v is not None})
-    if lam is not None:
-        options = options.replace(distance=replace(options.distance, lam=lam))
+        spec_text, kwargs, labels = model, _parse_kv(model_arg), None
+    check_trained(spec_text, weights)
+    spec = cfg.load() if model_config is not None else _load_spec(spec_text, None, weights, model_arg, None)
+    prep = spec.preprocessing.override(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
+    options = _options(preset, None, None, linkage, k_range, lam, max_neurons)
     ours = {"ours": options}
     if paper:
         ours["ours-paper"] = get_preset("paper").replace(max_neurons=paper_neurons)
-    for spec_text in variant:
-        name, options_variant = _parse_variant(spec_text, options)
+    for spec_variant in variant:
+        name, options_variant = _parse_variant(spec_variant, options)
         ours[name] = options_variant
     config = EvaluationConfig(ours=ours, region_rules=tuple(region_rule), randomise=tuple(randomise_from), seed=seed,
                               faithfulness_methods=tuple(faithfulness_method))
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(cache) if cache else out_dir / "cache"
-    build_cache(items, model_args, cache_dir, workers, progress=not quiet)
-    grid = (map_grid, map_grid) if map_grid else None
-    run = evaluate_images(items, model_args, cache_dir, config, progress=not quiet, map_grid=grid)
-    parts = dataset_parts(items)
-    summary = summarise_run(run, parts, config, fixed)
-    summary.update(dataset=dataset, n_images=len(items), n_species=len(summary["species"]))
-    meta = {
-        "command": "conceptree " + " ".join(sys.argv[1:]),
-        "model": {"spec": model, "weights": weights, "kwargs": kwargs, "preprocessing": prep.to_dict()},
-        "skipped": skipped,
-        "config": config.to_dict(),
-        "map_grid": list(grid) if grid else None,
-        "wall_s": time.perf_counter() - t0,
-    }
-    write_outputs(summary, run, out_dir, meta)
+    result = evaluate(data, ModelArgs(spec_text, weights, kwargs, labels, prep), out=out, dataset=dataset,
+                      images=images, annotator=annotator, config=config, cache=cache, species=species,
+                      per_species=per_species, limit=limit, workers=workers, thresholds=thresholds,
+                      map_grid=map_grid, progress=not quiet, command="conceptree " + " ".join(sys.argv[1:]))
     if not quiet:
         fk = config.faithfulness_k
-        for name, by_k in summary["at_k"].items():
+        for name, by_k in result.summary["at_k"].items():
             m = by_k.get(fk)
             if m:
                 typer.echo(f"{name:24s} @{fk}: mIoU {m['mean_iou']:.3f} (lift {m['lift_iou']:+.3f})  "
                            f"pointing {m['pointing']:.2f} (lift {m['lift_pointing']:+.2f})")
-        typer.echo(f"-> {out_dir}")
+        typer.echo(f"-> {result.out}")
 
 
 def _parse_variant(text: str, base):
@@ -298,19 +298,26 @@ def _parse_variant(text: str, base):
     options, distance = {}, {}
     for item in body.split(","):
         key, _, value = item.partition("=")
-        if key in ("features", "concept_map", "map_norm", "term_norm"):
-            (distance if key in ("map_norm", "term_norm") else options)[key] = value
-        elif key == "max_neurons":
-            options[key] = None if value == "all" else int(value)
-        elif key == "lam":
-            distance[key] = float(value)
-        elif key == "linkage":
-            options["method"] = value
-        elif key == "k_range":
-            options[key] = _k_range(value)
-        else:
-            raise InputError(f"--variant {text!r}: unknown key {key!r}; use features, concept_map, max_neurons, lam, "
-                             "linkage, k_range, map_norm or term_norm")
+        try:
+            if key in ("features", "concept_map"):
+                options[key] = value
+            elif key in ("map_norm", "term_norm"):
+                distance[key] = value
+            elif key == "max_neurons":
+                options[key] = None if value == "all" else int(value)
+            elif key == "lam":
+                distance[key] = float(value)
+            elif key == "linkage":
+                options["method"] = value
+            elif key == "k_range":
+                options[key] = _k_range(value)
+            else:
+                raise InputError(f"--variant {text!r}: unknown key {key!r}; use features, concept_map, max_neurons, "
+                                 "lam, linkage, k_range, map_norm or term_norm")
+        except ValueError as exc:
+            if isinstance(exc, ConceptreeError):
+                raise
+            raise InputError(f"--variant {text!r}: bad value {value!r} for {key}") from None
     result = base.replace(**options)
     if distance:
         result = result.replace(distance=replace(result.distance, **distance))
@@ -321,7 +328,8 @@ def _parse_variant(text: str, base):
 def compare_cmd(
     explanation: str = typer.Argument(..., help="Folder written by `conceptree explain`."),
     images: list[str] = typer.Argument(..., help="Images to trace the concepts on."),
-    model: str = typer.Option("default", help="The reference's model: default | timm:NAME | torchvision:NAME | dcne:PATH"),
+    model_config: str | None = typer.Option(None, help=CONFIG_HELP),
+    model: str | None = typer.Option(None, help="The reference's model (or --model-config). Default: the built-in model."),
     weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
     model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
     target: int | None = typer.Option(None, help="Class to follow (default: the reference's)."),
@@ -334,18 +342,25 @@ def compare_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Trace a reference explanation's concepts (neuron groups) on other images."""
-    from .compare import OUTPUT_FILES, compare
-    from .explain import Explanation
-    from .models.loading import load_image, load_model
+    from .compare import OUTPUT_FILES
+    from .explainer import ConceptExplainer
+    from .explanation import Explanation
+    from .models.loading import load_image
 
     ref = Explanation.load(explanation)
-    spec = load_model(model, weights, _parse_kv(model_arg))
+    spec = _load_spec(model, model_config, weights, model_arg, None)
     for path in images:
         load_image(path)  # unreadable images fail here, before any work
+    params = {"progress": not quiet}
+    if max_neurons is not None:
+        params["options"] = ref.options.replace(max_neurons=None if max_neurons == 0 else max_neurons)
+    if ref.preprocessing is None:
+        params["preprocessing"] = spec.preprocessing
+    explainer = ConceptExplainer.for_explanation(spec.model, ref, class_names=spec.class_names or None, **params)
     out_dir = Path(out)
     with _output_folder(out_dir, overwrite, OUTPUT_FILES):
-        result = compare(ref, spec.model, images, target, missing_fraction=missing_fraction, new_overlap=new_overlap,
-                         explain_new=explain_new, max_neurons=max_neurons, progress=not quiet)
+        result = explainer.trace(ref, images, target=target, missing_fraction=missing_fraction,
+                                 new_overlap=new_overlap, explain_new=explain_new)
         result.save(out_dir)
     if not quiet:
         for im in result.images:
@@ -355,9 +370,27 @@ def compare_cmd(
         typer.echo(f"-> {out_dir}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn every failure into a clear message and exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
     try:
-        app(standalone_mode=False)
+        app(args=args, prog_name="conceptree", standalone_mode=False)
+    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except (typer.exceptions.TyperException, click.ClickException) as exc:  # usage mistakes: usage + message, exit 2
+        if not hasattr(exc, "show"):  # pragma: no cover - typer's own non-click exceptions
+            raise
+        exc.show()  # typer >= 0.20 vendors click; its ClickException derives from TyperException
+        sys.exit(getattr(exc, "exit_code", 2))
     except ConceptreeError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except Exception as exc:  # a bug, not the user's mistake
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        typer.echo(f"internal error: {type(exc).__name__}: {first[:200]}; {BUG_REPORT}; rerun with --debug for the "
+                   "traceback", err=True)
+        sys.exit(1)

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attribution import Composite, CRPEngine
 from .concepts.layer_maps import layer_group_maps
 from .errors import InputError
-from .explain import Explanation, explain, model_hash
+from .explanation import Explanation
 
 OUTPUT_FILES = ("comparison.json", "comparison_maps.npz", "comparison.html")
 
@@ -89,9 +88,9 @@ class Comparison:
     def to_dict(self) -> dict:
         return {
             "reference": {
-                "target": self.reference.target, "target_name": self.reference.target_name,
-                "model_hash": self.reference.meta.get("model", {}).get("hash"),
-                "image": self.reference.meta.get("image", {}),
+                "target": self.reference.target.index, "target_name": self.reference.target_name,
+                "model_hash": self.reference.model.hash,
+                "image": {"hash": self.reference.image_info.hash, "file": self.reference.image_info.file},
                 "concepts": [{"rank": c.rank, "relevance": c.relevance, "share": c.share, "size": c.size,
                               "representative": asdict(c.representative)} for c in self.reference.concepts.concepts],
             },
@@ -127,61 +126,55 @@ def compare(
     max_neurons: int | None = None,
     progress: bool = False,
 ) -> Comparison:
-    """Trace the reference's concepts on other images.
+    """Trace the reference's concepts on other images (convenience wrapper).
 
-    Parameters
-    ----------
-    reference : Explanation or path
-        From :func:`conceptree.explain.explain` (or its saved folder).
-    model : nn.Module
-        The same model (checked against the reference's parameter hash).
-    images : list
-        Image files, PIL images, or preprocessed ``(1, C, H, W)`` tensors.
-    target : int, optional
-        Class to follow (default: the reference's target).
-    preprocessing : Preprocessing, optional
-        Applied to files and PIL images (default: the reference's, as saved by the CLI).
-    missing_fraction, new_overlap : float
-        Thresholds of the ``missing`` and ``new`` flags (see the module docstring).
-    explain_new : bool
-        Also explain each image (``max_neurons`` bounds its cost; default: the reference's)
-        to flag new concepts, with the reference's features and concept map.
+    Builds :meth:`ConceptExplainer.for_explanation` (the reference's preprocessing, options,
+    rules and layers; ``preprocessing`` and ``max_neurons`` override) and calls its
+    :meth:`~ConceptExplainer.trace`; to trace many times, keep an explainer instead.
+    """
+    from .explainer import ConceptExplainer
+
+    if not isinstance(reference, Explanation):
+        reference = Explanation.load(reference)
+    params = {"progress": progress}
+    if preprocessing is not None:
+        params["preprocessing"] = preprocessing
+    if max_neurons is not None:
+        params["options"] = reference.options.replace(max_neurons=max_neurons)
+    explainer = ConceptExplainer.for_explanation(model, reference, **params)
+    return explainer.trace(reference, images, target=target, names=names, missing_fraction=missing_fraction,
+                           new_overlap=new_overlap, explain_new=explain_new)
+
+
+def trace_concepts(
+    explainer,
+    reference: Explanation,
+    images: list,
+    *,
+    target: int | None = None,
+    names: list[str] | None = None,
+    missing_fraction: float = 0.5,
+    new_overlap: float = 0.5,
+    explain_new: bool = False,
+) -> Comparison:
+    """The work of :meth:`ConceptExplainer.trace` (see there and the module docstring).
 
     Each traced concept's map is the same kind as the reference's concept maps: the group's
     own-layer maps (``layer-group``) or its input-level conditional map (otherwise).
     """
-    from .models.loading import Preprocessing, load_image, preprocess
-
-    if not isinstance(reference, Explanation):
-        reference = Explanation.load(reference)
-    expected = reference.meta.get("model", {}).get("hash")
-    if expected is not None and model_hash(model) != expected:
-        raise InputError(
-            "the model differs from the one that made the reference explanation (parameter hash mismatch); "
-            "pass the same model and weights"
-        )
     if not 0 < missing_fraction <= 1 or not 0 < new_overlap <= 1:
         raise InputError("missing_fraction and new_overlap must be in (0, 1]")
-    prep = preprocessing
-    if prep is None and "preprocessing" in reference.meta:
-        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in reference.meta["preprocessing"].items()})
-    composite = Composite(**reference.meta["composite"]) if "composite" in reference.meta else None
-    layers = reference.meta.get("layers")
-    engine = CRPEngine(model, composite, layers)
-    target = reference.target if target is None else int(target)
-    groups = [concept.groups() for concept in reference.concepts.concepts]
+    if names is not None and len(names) != len(images):
+        raise InputError(f"names has {len(names)} entries for {len(images)} images")
+    engine = explainer.engine
+    target = reference.target.index if target is None else int(target)
     ref_concepts = reference.concepts.concepts
+    groups = [concept.groups() for concept in ref_concepts]
+    ref_sets = [{(n.layer, n.channel) for n in c.neurons} for c in ref_concepts]
     results = []
     for i, item in enumerate(images):
-        name = names[i] if names else (Path(item).name if isinstance(item, (str, Path)) else f"image {i}")
-        if isinstance(item, torch.Tensor):
-            x = item
-            shown = None
-        else:
-            if prep is None:
-                raise InputError("the reference has no saved preprocessing; pass preprocessing=... or a tensor")
-            picture = item if hasattr(item, "convert") else load_image(str(item))[0]
-            x, shown = preprocess(picture.convert("RGB"), prep)
+        x, shown, file_name = explainer.prepare(item)
+        name = names[i] if names else (file_name or f"image {i}")
         if tuple(x.shape[-2:]) != tuple(reference.image.shape[:2]):
             raise InputError(
                 f"{name}: input is {tuple(x.shape[-2:])} but the reference was explained at "
@@ -196,25 +189,14 @@ def compare(
             ratio = rel / concept.relevance if concept.relevance != 0 else float("nan")
             traces.append(ConceptTrace(concept.rank, concept.relevance, rel, rel / total if total else 0.0, ratio,
                                        bool(ratio < missing_fraction)))
-        if reference.meta.get("concept_map") == "layer-group":  # the same kind of map as the reference shows
+        if reference.options.concept_map == "layer-group":  # the same kind of map as the reference shows
             maps = layer_group_maps(attribution, groups, tuple(x.shape[-2:]))
         else:
             maps = engine.group_maps(attribution, groups).cpu().numpy()
-        if shown is None:
-            pic = x[0].detach().float()
-            shown = ((pic - pic.min()) / (pic.max() - pic.min() + 1e-12)).permute(1, 2, 0).numpy()
-            shown = (shown * 255).astype(np.uint8)
         probs = torch.softmax(attribution.logits.double(), 0)
         news: list[NewConcept] = []
         if explain_new:
-            own = explain(model, x, target, image=shown, layers=layers, composite=composite,
-                          progress=progress,
-                          max_neurons=max_neurons if max_neurons is not None else reference.meta.get("max_neurons"),
-                          features=reference.meta.get("features", "input"),
-                          concept_map=reference.meta.get("concept_map", "representative"),
-                          distance=reference.concepts.distance, method=reference.concepts.method,
-                          k_range=reference.concepts.k_range)
-            ref_sets = [{(n.layer, n.channel) for n in c.neurons} for c in ref_concepts]
+            own = explainer.explain(x, target=target)
             for concept in own.concepts.concepts:
                 members = {(n.layer, n.channel) for n in concept.neurons}
                 overlaps = [len(members & s) / len(members) for s in ref_sets]
@@ -230,7 +212,10 @@ def compare(
 
 def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
     """Self-contained page: per concept, the reference map and each image's group map side by side."""
-    from .report import _overlay_png
+    from .report import png_data_uri, signed_overlay
+
+    def _overlay_png(image, values):
+        return png_data_uri(image if values is None else signed_overlay(image, values))
 
     ref = comparison.reference
     head = "".join(f"<th>{html.escape(im.name)}<br><small>p={im.probability:.2f}</small></th>" for im in comparison.images)

@@ -1,4 +1,17 @@
-"""Figures and the self-contained HTML report of an explanation."""
+"""Figures and the self-contained HTML report of an explanation.
+
+No global state: pictures are composed with numpy and PIL, plots are drawn on
+``matplotlib.figure.Figure`` objects (no pyplot, no backend switch), so a user's notebook keeps
+its backend after :meth:`Explanation.save`.
+
+The page reads top-down: the prediction and top-5, the class heatmap and an overview of the
+photo coloured by which concept carries the most positive relevance at each place; then one
+card per concept, larger for larger shares, with its map (a diverging colormap symmetric
+around zero over the photo in full colour), the photo masked to the concept's most relevant
+region, its share and size, a depth bar (members per network stage), thumbnails of its most
+relevant members' maps, and the full neuron list behind a click; then the dendrogram with its
+cut and the silhouette curve.
+"""
 
 from __future__ import annotations
 
@@ -9,166 +22,327 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+#: colormap of signed maps (red = positive relevance, blue = negative), symmetric around zero.
+SIGNED_CMAP = "RdBu_r"
+#: fraction of a concept's positive relevance inside its "most relevant region".
+REGION_MASS = 0.5
 
 
-def _pyplot():
-    """matplotlib's pyplot on the non-interactive Agg backend (imported lazily)."""
-    import matplotlib
+# ---------------------------------------------------------------------- pictures (numpy + PIL)
+def _colormap(name: str):
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return colormaps[name]
 
 
-def _draw_overlay(ax, image: np.ndarray, values: np.ndarray | None) -> None:
-    """The image, or a signed map (red +, blue -, symmetric limits) over its grey version."""
-    ax.axis("off")
-    if values is None:
-        ax.imshow(image)
-        return
-    lim = float(np.abs(values).max()) or 1.0
-    ax.imshow(image.mean(axis=2), cmap="gray", alpha=0.5)
-    ax.imshow(values, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.7)
-
-
-def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
-    """Grid of concept overlays (each concept's map over the image) with rank and share."""
-    plt = _pyplot()
-    maps = explanation.concept_maps
-    k = len(maps)
-    rows = max(1, int(np.ceil((k + 1) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    _draw_overlay(axes.flat[0], explanation.image, None)
-    axes.flat[0].set_title(f"{explanation.target_name[:24]}\np={explanation.probability:.2f}", fontsize=8)
-    for i, concept in enumerate(explanation.concepts.concepts):
-        ax = axes.flat[i + 1]
-        _draw_overlay(ax, explanation.image, maps[i])
-        rep = concept.representative
-        ax.set_title(f"#{concept.rank} {100 * concept.share:.1f}% n={concept.size}\n{rep.layer}:{rep.channel}", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
-
-
-def _figure_png(fig) -> str:
-    """Render a matplotlib figure to a base64 PNG data URI (and close it)."""
-    plt = _pyplot()
+def png_data_uri(rgb: np.ndarray) -> str:
+    """``(H, W, 3)`` uint8 -> ``data:image/png;base64,...``."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _overlay_png(image: np.ndarray, cmap_values: np.ndarray | None, size: float = 2.4) -> str:
-    fig, ax = _pyplot().subplots(figsize=(size, size))
-    _draw_overlay(ax, image, cmap_values)
-    return _figure_png(fig)
+def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to ``(H, W)``."""
+    if values.shape == tuple(size):
+        return values.astype(np.float32)
+    img = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32))
+    return np.asarray(img.resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
 
 
-def _silhouette_png(silhouette_by_k: dict[int, float], k: int) -> str | None:
+def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(values.astype(np.float32), sigma) if sigma > 0 else values.astype(np.float32)
+
+
+def signed_overlay(image: np.ndarray, values: np.ndarray, limit: float | None = None) -> np.ndarray:
+    """A signed map over the photo in full colour, ``(H, W, 3)`` uint8.
+
+    Colour from :data:`SIGNED_CMAP` with limits ``±limit`` (default: the map's 99.5th
+    percentile of ``|values|``, so one hot pixel does not wash out the rest); opacity grows
+    with ``|values|``, so where the map is near zero the photo shows unchanged.
+    """
+    values = _resize(np.asarray(values, np.float32), image.shape[:2])
+    lim = limit or float(np.percentile(np.abs(values), 99.5)) or float(np.abs(values).max()) or 1.0
+    scaled = np.clip(values / lim, -1.0, 1.0)
+    colour = _colormap(SIGNED_CMAP)((scaled + 1.0) / 2.0)[..., :3]
+    alpha = np.clip(np.abs(scaled) * 1.4, 0.0, 0.9)[..., None]
+    out = image.astype(np.float32) / 255.0 * (1.0 - alpha) + colour * alpha
+    return (out * 255).round().astype(np.uint8)
+
+
+def region_mask(values: np.ndarray, mass: float = REGION_MASS, sigma: float = 3.0) -> np.ndarray:
+    """The smallest set of pixels holding ``mass`` of the (smoothed) positive relevance, ``(H, W)`` bool."""
+    positive = _smooth(np.clip(values, 0.0, None), sigma)
+    total = float(positive.sum())
+    if total <= 0:
+        return np.zeros(values.shape, bool)
+    flat = np.sort(positive.ravel())[::-1]
+    cutoff = flat[min(int(np.searchsorted(np.cumsum(flat), mass * total)), flat.size - 1)]
+    return positive >= cutoff
+
+
+def masked_photo(image: np.ndarray, values: np.ndarray, mass: float = REGION_MASS) -> np.ndarray:
+    """The photo with everything outside the concept's most relevant region dimmed, ``(H, W, 3)`` uint8."""
+    values = _resize(np.asarray(values, np.float32), image.shape[:2])
+    keep = _smooth(region_mask(values, mass).astype(np.float32), 1.5)[..., None]
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True)
+    dimmed = 0.25 * grey + 20.0
+    return (image * keep + dimmed * (1.0 - keep)).round().astype(np.uint8)
+
+
+def concept_colours(k: int) -> np.ndarray:
+    """A distinct colour per concept (tab20, then tab20b), ``(k, 3)`` floats in [0, 1]."""
+    palette = np.concatenate([_colormap("tab20").colors, _colormap("tab20b").colors])[:, :3]
+    order = np.r_[0:20:2, 1:20:2, 20:40]  # the strong tab20 colours first
+    return np.asarray(palette[order[np.arange(k) % len(order)]], np.float32)
+
+
+def concept_overview(image: np.ndarray, concept_maps: np.ndarray, sigma: float = 4.0) -> np.ndarray:
+    """The photo coloured by which concept carries the most positive relevance at each place.
+
+    Each concept map's positive part is smoothed (Gaussian, ``sigma`` px); each pixel takes the
+    colour of the largest one, with an opacity that grows with that relevance (so places where
+    no concept has positive relevance keep the photo). Returns ``(H, W, 3)`` uint8.
+    """
+    if len(concept_maps) == 0:
+        return image.copy()
+    size = image.shape[:2]
+    stack = np.stack([_smooth(np.clip(_resize(m, size), 0.0, None), sigma) for m in concept_maps])
+    winner = stack.argmax(axis=0)
+    strength = stack.max(axis=0)
+    top = float(np.percentile(strength, 99)) or float(strength.max()) or 1.0
+    alpha = np.clip(strength / top, 0.0, 1.0)[..., None] * 0.75
+    colour = concept_colours(len(concept_maps))[winner]
+    out = image.astype(np.float32) / 255.0 * (1.0 - alpha) + colour * alpha
+    return (out * 255).round().astype(np.uint8)
+
+
+def _thumb(image: np.ndarray, values: np.ndarray, size: int = 112) -> np.ndarray:
+    small = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return signed_overlay(small, _resize(np.asarray(values, np.float32), (size, size)))
+
+
+# ---------------------------------------------------------------------- plots (Figure API)
+def _figure_uri(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def silhouette_figure(silhouette_by_k: dict[int, float], k: int):
+    """Mean silhouette vs k with the chosen k marked (a ``matplotlib.figure.Figure``), or None."""
     if not silhouette_by_k:
         return None
-    plt = _pyplot()
+    from matplotlib.figure import Figure
 
     ks = sorted(silhouette_by_k)
-    fig, ax = plt.subplots(figsize=(5, 2.6))
+    fig = Figure(figsize=(5, 2.6))
+    ax = fig.subplots()
     ax.plot(ks, [silhouette_by_k[x] for x in ks], marker=".")
     ax.axvline(k, color="red", linestyle="--", label=f"chosen k = {k}")
     ax.set_xlabel("number of concepts k")
     ax.set_ylabel("mean silhouette")
     ax.legend()
-    return _figure_png(fig)
+    return fig
 
 
-def _dendrogram_png(linkage: np.ndarray, k: int) -> str | None:
+def dendrogram_figure(linkage: np.ndarray, k: int):
+    """The dendrogram's last merges with the cut at k (a ``matplotlib.figure.Figure``), or None."""
     if len(linkage) < 2 or k < 1:
         return None
-    plt = _pyplot()
+    from matplotlib.figure import Figure
     from scipy.cluster.hierarchy import dendrogram
 
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = Figure(figsize=(7, 3))
+    ax = fig.subplots()
     p = min(max(2 * k, 30), len(linkage) + 1)
     dendrogram(linkage, truncate_mode="lastp", p=p, ax=ax, no_labels=True, color_threshold=0, above_threshold_color="#555")
     heights = np.sort(linkage[:, 2])
     if 1 < k <= len(heights):
-        cut = (heights[-k] + heights[-k + 1]) / 2 if k > 1 else heights[-1]
+        cut = (heights[-k] + heights[-k + 1]) / 2
         ax.axhline(cut, color="red", linestyle="--", label=f"cut: k = {k}")
         ax.legend()
     ax.set_ylabel("merge distance")
     ax.set_title(f"dendrogram of {len(linkage) + 1} active neurons (last {p} merges)", fontsize=9)
-    return _figure_png(fig)
+    return fig
 
 
+def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
+    """``concepts.png``: the photo, then every concept's signed map over it with rank and share."""
+    from matplotlib.figure import Figure
+
+    maps = explanation.concept_maps
+    rows = max(1, int(np.ceil((len(maps) + 1) / columns)))
+    fig = Figure(figsize=(2.2 * columns, 2.4 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    axes[0].imshow(explanation.image)
+    axes[0].set_title(f"{explanation.target_name[:24]}\np={explanation.probability:.2f}", fontsize=8)
+    for i, concept in enumerate(explanation.concepts.concepts):
+        axes[i + 1].imshow(signed_overlay(explanation.image, maps[i]))
+        rep = concept.representative
+        axes[i + 1].set_title(f"#{concept.rank} {100 * concept.share:.1f}% n={concept.size}\n{rep.layer}:{rep.channel}",
+                              fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------- the page
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
-h1{font-size:20px}h2{font-size:16px;margin-top:28px}
-.cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:10px;width:250px}
-.card img{width:230px}.meta{font-size:12px;color:#444}
+body{font-family:system-ui,-apple-system,sans-serif;margin:24px auto;max-width:1500px;color:#222;background:#f6f6f4}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:30px 0 8px}
+.meta{font-size:12px;color:#555}.top{display:flex;gap:18px;flex-wrap:wrap;align-items:flex-start}
+.panel{background:#fff;border:1px solid #ddd;border-radius:8px;padding:10px}
+.panel img{width:336px;display:block}.panel figcaption{font-size:12px;color:#444;margin-top:4px;max-width:336px}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px;text-align:left}
-.bar{background:#4a7bd0;height:8px;display:inline-block}
+.legend{display:flex;flex-wrap:wrap;gap:4px;max-width:336px;margin-top:6px}
+.legend a{font-size:11px;color:#222;text-decoration:none;padding:1px 5px;border-radius:3px}
+.cards{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+.card{background:#fff;border:1px solid #ccc;border-radius:8px;padding:10px;box-sizing:border-box}
+.card h3{font-size:15px;margin:0 0 4px;display:flex;align-items:center;gap:6px}
+.chip{width:14px;height:14px;border-radius:3px;display:inline-block;border:1px solid #0003}
+.pair{display:flex;gap:6px}.pair figure{margin:0;flex:1}.pair img{width:100%;display:block}
+.pair figcaption{font-size:11px;color:#555}
+.depth{display:flex;height:12px;border-radius:3px;overflow:hidden;margin:6px 0 2px;background:#eee}
+.depth span{display:block;height:100%}
+.thumbs{display:flex;gap:4px;margin-top:6px}.thumbs figure{margin:0;flex:1}.thumbs img{width:100%;display:block}
+.thumbs figcaption{font-size:10px;color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+details{font-size:12px;margin-top:6px}summary{cursor:pointer;color:#245}
+.scale{font-size:11px;color:#555}.scale b{color:#b2182b}.scale i{color:#2166ac;font-style:normal;font-weight:bold}
 """
+
+_STAGE_COLOURS = ["#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b", "#041a3a"]
+
+
+def _hex(rgb: np.ndarray) -> str:
+    return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgb[:3])
+
+
+def _card_width(share: float, largest: float) -> int:
+    """Card width in px: 330 for the smallest shares up to 720 for the largest (by sqrt of share)."""
+    ratio = np.sqrt(max(share, 0.0) / largest) if largest > 0 else 0.0
+    return int(round(330 + 390 * ratio))
+
+
+def _depth_bar(concept, stages: list[list[str]], layer_sizes: dict) -> tuple[str, str]:
+    """The members-per-stage bar and its caption."""
+    stage_of = {layer: i for i, names in enumerate(stages) for layer in names}
+    counts = np.zeros(len(stages), int)
+    for layer, n in concept.layer_histogram.items():
+        if layer in stage_of:
+            counts[stage_of[layer]] += n
+    total = max(int(counts.sum()), 1)
+    segments = []
+    for i, n in enumerate(counts):
+        if n == 0:
+            continue
+        size = layer_sizes.get(stages[i][0])
+        res = f"{size[0]}×{size[1]}" if size else "?"
+        colour = _STAGE_COLOURS[min(i, len(_STAGE_COLOURS) - 1)]
+        segments.append(f"<span style='width:{100 * n / total:.2f}%;background:{colour}' "
+                        f"title='stage {i + 1} ({res}): {n} neurons'></span>")
+    mean_depth = float((counts * np.arange(1, len(stages) + 1)).sum() / total)
+    caption = (f"depth: {' · '.join(f'S{i + 1} {n}' for i, n in enumerate(counts) if n)} "
+               f"(mean stage {mean_depth:.1f} of {len(stages)})")
+    return "<div class='depth'>" + "".join(segments) + "</div>", caption
 
 
 def write_html(explanation, path: str | Path) -> Path:
     """Write the self-contained report (all images inlined, no network, text escaped)."""
     esc = html.escape
     concepts = explanation.concepts
-    photo = _overlay_png(explanation.image, None, 3.2)
-    heat = _overlay_png(explanation.image, explanation.heatmap, 3.2)
+    image = explanation.image
+    colours = concept_colours(concepts.k)
+    stages = explanation.stages()
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>conceptree: {esc(explanation.target_name)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>Why <em>{esc(explanation.target_name)}</em> (p = {explanation.probability:.3f})?</h1>",
-        f"<img alt='input image' src='{photo}'> <img alt='class heatmap' src='{heat}'>",
-        "<h2>Top-5 predictions</h2><table><tr><th>class</th><th>probability</th></tr>",
+        f"<h1>Why <em>{esc(explanation.target_name)}</em>? p = {explanation.probability:.3f}</h1>",
+        f"<p class='meta'>{concepts.k} concepts from {explanation.n_neurons:,} neurons of "
+        f"{len(explanation.layers)} conv layers ({len(stages)} stages) · model {esc(explanation.model.spec)} · "
+        f"image {esc(explanation.image_info.file or '(tensor)')}</p>",
+        "<div class='top'>",
+        f"<figure class='panel'><img alt='input image' src='{png_data_uri(image)}'><figcaption>input as the model "
+        "sees it</figcaption></figure>",
+        f"<figure class='panel'><img alt='class heatmap' src='{png_data_uri(signed_overlay(image, explanation.heatmap))}'>"
+        "<figcaption>class heatmap: <span class='scale'><b>red</b> supports, <i>blue</i> speaks against the "
+        "class</span></figcaption></figure>",
+        f"<figure class='panel'><img alt='concept overview' "
+        f"src='{png_data_uri(concept_overview(image, explanation.concept_maps))}'>"
+        "<figcaption>which concept carries the most positive relevance at each place (click a number to jump to "
+        "its card)</figcaption><div class='legend'>",
     ]
+    for concept, colour in zip(concepts.concepts, colours):
+        parts.append(f"<a href='#concept-{concept.rank}' style='background:{_hex(colour)}'>#{concept.rank} "
+                     f"{100 * concept.share:.0f}%</a>")
+    parts.append("</div></figure><div class='panel'><b>Top-5</b><table><tr><th>class</th><th>p</th></tr>")
     for row in explanation.top5:
-        parts.append(f"<tr><td>{esc(str(row['name']))}</td><td>{row['probability']:.3f}</td></tr>")
+        parts.append(f"<tr><td>{esc(str(row.name))}</td><td>{row.probability:.3f}</td></tr>")
+    parts.append("</table></div></div>")
+
     shown = {"layer-group": "where its neurons carry relevance at their own layers",
              "group": "input relevance through all its neurons",
-             "representative": "input relevance through its most relevant neuron"}.get(explanation.meta.get("concept_map"), "")
-    parts.append(f"</table><h2>{concepts.k} concepts</h2>")
-    if shown:
-        parts.append(f"<p class='meta'>Each concept's map shows {esc(shown)}.</p>")
-    parts.append("<div class='cards'>")
-    for concept, cmap in zip(concepts.concepts, explanation.concept_maps):
+             "representative": "input relevance through its most relevant neuron"}[explanation.options.concept_map]
+    parts.append(f"<h2>{concepts.k} concepts, largest share first</h2><p class='meta'>Each map shows {esc(shown)} "
+                 "(<span class='scale'><b>red</b> positive, <i>blue</i> negative</span>, symmetric around zero); "
+                 f"beside it the photo kept where the concept's top {int(100 * REGION_MASS)}% of positive relevance "
+                 "lies. Share = the concept's relevance / all neurons'. Depth = its members per network stage "
+                 "(S1 shallow … deep).</p><div class='cards'>")
+    largest = max((c.share for c in concepts.concepts), default=0.0)
+    members = explanation.member_maps
+    for i, (concept, cmap, colour) in enumerate(zip(concepts.concepts, explanation.concept_maps, colours)):
+        width = _card_width(concept.share, largest)
+        bar, depth_caption = _depth_bar(concept, stages, explanation.layer_sizes)
         rep = concept.representative
-        hist_max = max(concept.layer_histogram.values()) if concept.layer_histogram else 1
-        hist = "".join(
-            f"<tr><td>{esc(layer)}</td><td><span class='bar' style='width:{80 * n / hist_max:.0f}px'></span> {n}</td></tr>"
-            for layer, n in concept.layer_histogram.items()
-        )
-        neurons = "".join(
-            f"<tr><td>{esc(n.layer)}</td><td>{n.channel}</td><td>{n.relevance:.4g}</td></tr>" for n in concept.neurons
-        )
+        thumbs = []
+        top_members = sorted(concept.neurons, key=lambda n: -n.relevance)[: members.shape[1] if members.ndim == 4 else 0]
+        for j, neuron in enumerate(top_members):
+            thumbs.append(f"<figure><img alt='member {j + 1}' src='{png_data_uri(_thumb(image, members[i, j]))}'>"
+                          f"<figcaption title='{esc(neuron.layer)}:{neuron.channel}'>{esc(neuron.layer)}:{neuron.channel}"
+                          "</figcaption></figure>")
+        neurons = "".join(f"<tr><td>{esc(n.layer)}</td><td>{n.channel}</td><td>{n.relevance:.4g}</td></tr>"
+                          for n in concept.neurons)
+        hist = "".join(f"<tr><td>{esc(layer)}</td><td>{n}</td></tr>" for layer, n in concept.layer_histogram.items())
         parts.append(
-            f"<div class='card' id='concept-{concept.rank}'><b>#{concept.rank}</b> "
-            f"<span class='meta'>share {100 * concept.share:.1f}% · relevance {concept.relevance:.4g} · {concept.size} neurons</span>"
-            f"<img alt='concept {concept.rank}' src='{_overlay_png(explanation.image, cmap)}'>"
-            f"<div class='meta'>representative: {esc(rep.layer)}:{rep.channel} (r = {rep.relevance:.4g})</div>"
-            f"<details><summary>layers</summary><table>{hist}</table></details>"
+            f"<div class='card' id='concept-{concept.rank}' style='width:{width}px'>"
+            f"<h3><span class='chip' style='background:{_hex(colour)}'></span>#{concept.rank} "
+            f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · "
+            f"relevance {concept.relevance:.3g}</span></h3>"
+            f"<div class='pair'><figure><img alt='concept {concept.rank} map' "
+            f"src='{png_data_uri(signed_overlay(image, cmap))}'><figcaption>map</figcaption></figure>"
+            f"<figure><img alt='concept {concept.rank} region' src='{png_data_uri(masked_photo(image, cmap))}'>"
+            f"<figcaption>most relevant region</figcaption></figure></div>"
+            f"{bar}<div class='meta'>{esc(depth_caption)}</div>"
+            f"<div class='thumbs'>{''.join(thumbs)}</div>"
+            f"<div class='meta'>most relevant members (representative {esc(rep.layer)}:{rep.channel}, "
+            f"r = {rep.relevance:.3g})</div>"
+            f"<details><summary>layers ({len(concept.layer_histogram)})</summary><table>{hist}</table></details>"
             f"<details><summary>all {concept.size} neurons</summary><table><tr><th>layer</th><th>channel</th>"
             f"<th>relevance</th></tr>{neurons}</table></details></div>"
         )
     parts.append("</div>")
-    dendro = _dendrogram_png(concepts.linkage, concepts.k)
-    if dendro:
-        parts.append(f"<h2>Dendrogram</h2><img alt='dendrogram' src='{dendro}'>")
-    sil = _silhouette_png(concepts.silhouette_by_k, concepts.k)
-    if sil:
-        parts.append(f"<h2>Silhouette vs k</h2><img alt='silhouette' src='{sil}'>")
+    dendro = dendrogram_figure(concepts.linkage, concepts.k)
+    if dendro is not None:
+        parts.append(f"<h2>Dendrogram</h2><img alt='dendrogram' src='{_figure_uri(dendro)}'>")
+    sil = silhouette_figure(concepts.silhouette_by_k, concepts.k)
+    if sil is not None:
+        parts.append(f"<h2>Silhouette vs k</h2><img alt='silhouette' src='{_figure_uri(sil)}'>")
     params = {
-        "linkage": concepts.method,
-        "k_range": list(concepts.k_range),
-        "distance": concepts.distance.to_dict(),
+        "options": explanation.options.to_dict(),
+        "distance (resolved)": concepts.distance.to_dict(),
         "inactive neurons": len(concepts.inactive),
-        **{k: v for k, v in explanation.meta.items()
-           if k in ("features", "concept_map", "max_neurons", "model", "composite", "preprocessing", "image", "run_timings")},
+        "model": {"spec": explanation.model.spec, "hash": explanation.model.hash},
+        "preprocessing": explanation.preprocessing.to_dict() if explanation.preprocessing else None,
+        "composite": explanation.composite.to_dict(),
+        "image": {"file": explanation.image_info.file, "hash": explanation.image_info.hash},
+        "timings_s": explanation.timings,
+        "versions": explanation.versions,
     }
     parts.append(f"<h2>Parameters</h2><pre>{esc(json.dumps(params, indent=2, default=str))}</pre>")
     parts.append("</body></html>")

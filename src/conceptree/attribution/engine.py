@@ -33,6 +33,9 @@ from .rule_table import RuleContext, lookup
 
 InitRelevance = Literal["logit", "one"]
 
+#: Conditional maps propagated together (one place for the default).
+DEFAULT_BATCH_SIZE = 32
+
 
 @dataclass
 class ForwardPass:
@@ -487,7 +490,7 @@ class CRPEngine:
     def iter_conditional_maps(
         self,
         attribution: Attribution,
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         channels: Mapping[str, Sequence[int]] | None = None,
         progress: bool = False,
     ) -> Iterator[MapBatch]:
@@ -530,7 +533,7 @@ class CRPEngine:
     def neuron_maps(
         self,
         attribution: Attribution,
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         channels: Mapping[str, Sequence[int]] | None = None,
         map_size: tuple[int, int] | None = None,
         dtype: np.dtype | type = np.float32,

@@ -19,8 +19,14 @@ from .distance import LINKAGES, NeuronDistance
 
 Distances = np.ndarray | NeuronDistance
 
+#: The defaults of the clustering, in one place (:class:`~conceptree.concepts.options.ConceptOptions`
+#: and every function below use them): Ward linkage on the exact-Ward distance, k searched in
+#: 15..30 by silhouette (chosen on the CUB dev photos, docs/results/concept_ablation.md).
+DEFAULT_METHOD = "ward"
+DEFAULT_K_RANGE: tuple[int, int] = (15, 30)
 
-def linkage_matrix(dist: Distances, method: str = "average") -> np.ndarray:
+
+def linkage_matrix(dist: Distances, method: str = DEFAULT_METHOD) -> np.ndarray:
     """Agglomerative clustering of a square distance matrix or a :class:`NeuronDistance`
     (fastcluster; scipy fallback).
 
@@ -162,7 +168,7 @@ class ClusterResult:
 
 
 def cluster(
-    dist: Distances, method: str = "average", k_range: tuple[int, int] = (10, 40), k: int | None = None
+    dist: Distances, method: str = DEFAULT_METHOD, k_range: tuple[int, int] = DEFAULT_K_RANGE, k: int | None = None
 ) -> ClusterResult:
     """Cluster ``n`` neurons and pick k by the largest mean silhouette in ``k_range``.
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..attribution.engine import NeuronMaps
 from ..errors import InputError
-from .clustering import cluster, cut_labels
+from .clustering import DEFAULT_K_RANGE, DEFAULT_METHOD, cluster, cut_labels
 from .distance import LINKAGES, DistanceConfig, NeuronDistance
 
 
@@ -175,8 +175,8 @@ def canonical_order(neurons: NeuronMaps) -> np.ndarray:
 def find_concepts(
     neurons: NeuronMaps,
     distance: DistanceConfig | None = None,
-    method: str = "ward",
-    k_range: tuple[int, int] = (15, 30),
+    method: str = DEFAULT_METHOD,
+    k_range: tuple[int, int] = DEFAULT_K_RANGE,
     k: int | None = None,
 ) -> ConceptSet:
     """Cluster the neurons of one explanation into concepts.
@@ -191,7 +191,7 @@ def find_concepts(
         Linkage (default ``"ward"``, on the exact-Ward distance unless ``distance.exact_ward``
         is set to False).
     k_range : (int, int)
-        Inclusive range of k searched by silhouette (default 15..30, from the CUB dev sweep in docs/results/cub_sweep.md).
+        Inclusive range of k searched by silhouette (default :data:`~conceptree.concepts.clustering.DEFAULT_K_RANGE`).
     k : int, optional
         A fixed number of concepts instead of the search.
 

@@ -25,6 +25,9 @@ MapNorm = Literal["none", "l2", "maxabs"]
 TermNorm = Literal["max", "p99"]
 LINKAGES = ("single", "complete", "average", "ward")
 
+#: Maps are average-pooled to this size for the distance (and stored at it): one place for the default.
+DEFAULT_MAP_SIZE: tuple[int, int] = (56, 56)
+
 
 @dataclass(frozen=True)
 class DistanceConfig:
@@ -58,7 +61,7 @@ class DistanceConfig:
 
     lam: float = 0.5
     map_norm: MapNorm = "l2"
-    map_size: tuple[int, int] | None = (56, 56)
+    map_size: tuple[int, int] | None = DEFAULT_MAP_SIZE
     term_norm: TermNorm = "p99"
     exact_ward: bool | None = None
 

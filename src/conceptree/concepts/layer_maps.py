@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..attribution.engine import Attribution, NeuronMaps
 from ..errors import InputError
+from .distance import DEFAULT_MAP_SIZE
 
 
 def to_grid(maps_chw: Tensor, size: tuple[int, int]) -> Tensor:
@@ -46,7 +47,7 @@ def layer_neuron_maps(
     attribution: Attribution,
     layers: Sequence[str],
     channels: Mapping[str, Sequence[int]] | None = None,
-    map_size: tuple[int, int] = (56, 56),
+    map_size: tuple[int, int] = DEFAULT_MAP_SIZE,
 ) -> NeuronMaps:
     """Own-layer relevance maps of neurons as :class:`NeuronMaps` (clustering input).
 

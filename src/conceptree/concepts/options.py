@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..errors import InputError
+from .clustering import DEFAULT_K_RANGE, DEFAULT_METHOD
 from .distance import LINKAGES, DistanceConfig
 
 FEATURES: tuple[str, ...] = ("layer", "input")
@@ -51,8 +52,8 @@ class ConceptOptions:
     concept_map: str = "layer-group"
     max_neurons: int | None = 4000
     distance: DistanceConfig = field(default_factory=DistanceConfig)
-    method: str = "ward"
-    k_range: tuple[int, int] = (15, 30)
+    method: str = DEFAULT_METHOD
+    k_range: tuple[int, int] = DEFAULT_K_RANGE
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
@@ -73,6 +74,15 @@ class ConceptOptions:
             "distance": self.distance.to_dict(), "method": self.method, "k_range": list(self.k_range),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ConceptOptions:
+        """Inverse of :meth:`to_dict`."""
+        distance = dict(data.get("distance", {}))
+        if distance.get("map_size") is not None:
+            distance["map_size"] = tuple(distance["map_size"])
+        return cls(features=data["features"], concept_map=data["concept_map"], max_neurons=data["max_neurons"],
+                   distance=DistanceConfig(**distance), method=data["method"], k_range=tuple(data["k_range"]))
+
 
 #: Named option sets: ``default`` (this library's choice) and ``paper`` (input-level maps of
 #: every conv neuron, representative maps, the paper's distance).
@@ -80,6 +90,10 @@ PRESETS: dict[str, ConceptOptions] = {
     "default": ConceptOptions(),
     "paper": ConceptOptions(features="input", concept_map="representative", max_neurons=None),
 }
+
+
+#: neurons of the paper's route in the evaluation (input-level maps cost one backward pass each).
+PAPER_POOL = 2000
 
 
 def preset(name: str) -> ConceptOptions:

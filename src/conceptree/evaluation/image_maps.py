@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution.engine import CRPEngine
+from ..attribution.engine import DEFAULT_BATCH_SIZE, CRPEngine
 from .baselines import CAM_METHODS, cam_maps, dcne_maps, top_neurons
 
 CACHE_VERSION = 2
@@ -89,7 +89,7 @@ def compute_image_maps(
     x: torch.Tensor,
     target: int,
     n_crp: int = 300,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     cam_methods: tuple[str, ...] = tuple(CAM_METHODS),
     dcne_ranked: int = 30,
     dcne_grid: tuple[int, int] = (112, 112),

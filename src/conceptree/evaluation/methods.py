@@ -23,8 +23,9 @@ import numpy as np
 from ..attribution.engine import Attribution, CRPEngine, NeuronMaps
 from ..concepts import find_concepts
 from ..concepts.concepts import cut_concepts
+from ..concepts.distance import DEFAULT_MAP_SIZE
+from ..concepts.features import concept_maps, neuron_features
 from ..concepts.options import ConceptOptions
-from ..explain import concept_maps, neuron_features
 from .baselines import CAM_METHODS
 from .controls import DISK_COUNTS, random_disks
 from .image_maps import ImageMaps
@@ -112,7 +113,7 @@ def disk_maps(image: AnnotatedImage, seed: int = 0, ks: tuple[int, ...] = K_VALU
     return native, restricted
 
 
-def redundancy(maps: np.ndarray, grid: tuple[int, int] = (56, 56)) -> float:
+def redundancy(maps: np.ndarray, grid: tuple[int, int] = DEFAULT_MAP_SIZE) -> float:
     """Mean pairwise Pearson correlation of a method's maps (average-pooled to ``grid``).
 
     Constant maps are left out; NaN when fewer than two maps vary.

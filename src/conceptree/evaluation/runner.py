@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from ..attribution.engine import CRPEngine, NeuronMaps
 from ..attribution.graph import canonize
+from ..concepts.features import neuron_features
 from ..concepts.options import PRESETS, ConceptOptions
 from ..errors import InputError
-from ..explain import neuron_features
 from ..models.loading import ModelSpec, Preprocessing, load_image, load_model, preprocess
 from .controls import randomise_model
 from .cub_parts import REGION_RULES
@@ -56,7 +56,7 @@ class ModelArgs:
             raise InputError(f"{path} not found; point at a cache written by conceptree evaluate")
         manifest = json.loads(path.read_text())
         prep = manifest["preprocessing"]
-        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}) if prep else None
+        prep = Preprocessing.from_dict(prep) if prep else None
         return cls(manifest["model"], manifest["weights"], manifest["kwargs"], None, prep)
 
     def load(self) -> ModelSpec:
@@ -138,14 +138,26 @@ def _input(image: AnnotatedImage, spec: ModelSpec) -> torch.Tensor:
     return x
 
 
-def _cache_one(model_args: ModelArgs, image: AnnotatedImage, path: Path, threads: int) -> float:
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+def _cache_chunk(model_args: ModelArgs, images: list[AnnotatedImage], cache_dir: Path, threads: int | None = None,
+                 on_done=None) -> dict[str, float]:
+    """Compute and store the maps of ``images``, loading and canonizing the model once.
+
+    ``threads`` is set only in worker processes (the caller's process keeps its setting).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
     spec = model_args.load()
     engine = CRPEngine(spec.model)
-    maps = compute_image_maps(engine, spec.model, canonize(spec.model), _input(image, spec), image.target)
-    maps.save(path)
-    return time.perf_counter() - t0
+    canonized = canonize(spec.model)
+    seconds = {}
+    for image in images:
+        t0 = time.perf_counter()
+        maps = compute_image_maps(engine, spec.model, canonized, _input(image, spec), image.target)
+        maps.save(cache_path(cache_dir, image))
+        seconds[image.image_id] = time.perf_counter() - t0
+        if on_done is not None:
+            on_done()
+    return seconds
 
 
 def check_manifest(cache_dir: Path, model_args: ModelArgs) -> None:
@@ -196,20 +208,19 @@ def build_cache(
 
         bar = tqdm(total=len(todo), desc=f"CRP + baselines ({len(images) - len(todo)} cached)", unit="image")
     seconds: dict[str, float] = {}
-    if workers == 1:
-        for im in todo:
-            seconds[im.image_id] = _cache_one(model_args, im, cache_path(cache_dir, im), threads)
-            if bar:
-                bar.update()
+    if workers == 1 or len(todo) <= 1:
+        seconds = _cache_chunk(model_args, todo, cache_dir, on_done=bar.update if bar else None) if todo else {}
     else:
         import multiprocessing
 
+        size = max(1, -(-len(todo) // (4 * workers)))  # ~4 chunks per worker: one model load per chunk
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_cache_one, model_args, im, cache_path(cache_dir, im), threads): im for im in todo}
+            futures = {pool.submit(_cache_chunk, model_args, chunk, cache_dir, threads): chunk for chunk in chunks}
             for future in as_completed(futures):
-                seconds[futures[future].image_id] = future.result()
+                seconds.update(future.result())
                 if bar:
-                    bar.update()
+                    bar.update(len(futures[future]))
     if bar:
         bar.close()
     return seconds

@@ -42,6 +42,26 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        """Inverse of :meth:`to_dict` (one-line error on unknown keys or bad values)."""
+        unknown = set(data) - {"resize", "crop", "mean", "std", "interpolation"}
+        if unknown:
+            raise InputError(f"unknown preprocessing keys {sorted(unknown)}; use resize, crop, mean, std, interpolation")
+        values = dict(data)
+        for key in ("mean", "std"):
+            if key in values:
+                v = values[key]
+                values[key] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),) * 3
+                if len(values[key]) != 3:
+                    raise InputError(f"preprocessing {key} must be one number or three, got {v!r}")
+        prep = cls(**values)
+        if prep.interpolation not in ("bilinear", "bicubic"):
+            raise InputError(f"unknown interpolation {prep.interpolation!r}; use bilinear or bicubic")
+        if prep.resize < 1 or prep.crop < 0 or prep.crop > prep.resize:
+            raise InputError(f"preprocessing needs resize >= 1 and 0 <= crop <= resize, got {prep.resize}/{prep.crop}")
+        return prep
+
 
 #: torchvision-style ImageNet preprocessing, used when a model brings no config of its own.
 IMAGENET_PREPROCESSING = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")

@@ -1,0 +1,306 @@
+"""``ConceptExplainer``: one object per model that explains images with concepts and traces them.
+
+Parameters go to the constructor (keyword-only, validated there), work happens in methods,
+results come back as dataclasses, in scikit-learn's manner. The model is copied, traced and
+canonized once, in the constructor; every :meth:`ConceptExplainer.explain` and
+:meth:`ConceptExplainer.trace` reuses that engine.
+
+>>> explainer = ConceptExplainer(model, preprocessing=Preprocessing(), class_names=names)
+>>> explanation = explainer.explain("parrot.jpg")          # -> Explanation
+>>> explanation.save("parrot")                              # JSON + NPZ + PNG + HTML
+>>> comparison = explainer.trace(explanation, ["other.jpg"])  # -> Comparison
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .attribution import Attribution, Composite, CRPEngine
+from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
+from .concepts import find_concepts
+from .concepts.features import concept_maps, member_maps, neuron_features
+from .concepts.options import ConceptOptions, preset
+from .errors import InputError
+from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
+from .models.loading import IMAGENET_PREPROCESSING, ModelSpec, Preprocessing, load_image, preprocess
+
+#: thumbnails of the most relevant members kept per concept (the report shows them).
+MEMBER_THUMBNAILS = 4
+
+
+def model_hash(model: nn.Module) -> str:
+    """SHA-1 of the model's parameters and buffers (names, shapes, values)."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _options(options: ConceptOptions | str) -> ConceptOptions:
+    if isinstance(options, str):
+        return preset(options)
+    if not isinstance(options, ConceptOptions):
+        raise InputError(f"options must be a ConceptOptions or a preset name, got {type(options).__name__}")
+    return options
+
+
+class ConceptExplainer:
+    """Explain a CNN classifier's decisions with concepts (one engine, traced once).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier taking ``(1, C, H, W)`` and returning logits ``(1, num_classes)``; copied
+        (left untouched), put in eval mode and canonized once.
+    preprocessing : Preprocessing, optional
+        How image files and PIL images become the input (default: torchvision's ImageNet
+        256/224 with ImageNet statistics). Tensors are used as given.
+    class_names : list[str], optional
+        Names of the classes (default: their indices).
+    options : ConceptOptions or str
+        Features, concept map, neurons, distance, linkage and k range, or a preset name
+        (``"default"``, ``"paper"``; :mod:`conceptree.concepts.options`).
+    composite : Composite, optional
+        LRP rules (default :class:`Composite`).
+    layers, exclude_layers : list[str], optional
+        Conv layers (names or globs) whose channels are the neurons (default: all).
+    batch_size : int
+        Conditional maps propagated together (default 32).
+    progress : bool
+        Show progress bars for the conditional maps.
+    model_spec : str
+        How the model was specified, recorded in each explanation (default ``"custom"``).
+
+    Examples
+    --------
+    >>> explainer = ConceptExplainer(torchvision.models.resnet18(weights=...), options="default")
+    >>> explanation = explainer.explain("cat.jpg")
+    >>> [c.share for c in explanation.concepts.concepts][:3]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        preprocessing: Preprocessing | None = None,
+        class_names: Sequence[str] | None = None,
+        options: ConceptOptions | str = "default",
+        composite: Composite | None = None,
+        layers: Sequence[str] | None = None,
+        exclude_layers: Sequence[str] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: bool = False,
+        model_spec: str = "custom",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}; "
+                             "load a spec with ConceptExplainer.from_spec or from_config")
+        if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+            raise InputError(f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}")
+        if composite is not None and not isinstance(composite, Composite):
+            raise InputError(f"composite must be a Composite, got {type(composite).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.options = _options(options)
+        self.preprocessing = preprocessing or IMAGENET_PREPROCESSING
+        self.batch_size = batch_size
+        self.progress = progress
+        self.engine = CRPEngine(model, composite, layers, exclude_layers)
+        self.model = model
+        self.model_info = ModelInfo(model_spec, model_hash(model))
+        n_classes = self._count_classes()
+        names = list(class_names) if class_names else []
+        if names and n_classes is not None and len(names) != n_classes:
+            raise InputError(f"class_names has {len(names)} names but the model has {n_classes} classes")
+        self.class_names = names
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, **params) -> ConceptExplainer:
+        """From a loaded :class:`~conceptree.models.loading.ModelSpec` (its preprocessing and names)."""
+        params.setdefault("preprocessing", spec.preprocessing)
+        params.setdefault("class_names", spec.class_names or None)
+        params.setdefault("model_spec", spec.spec)
+        return cls(spec.model, **params)
+
+    @classmethod
+    def from_config(cls, config: str | Path, **params) -> ConceptExplainer:
+        """From a model configuration file (:mod:`conceptree.models.config`): spec, weights,
+        architecture arguments, preprocessing and labels in one JSON or TOML file."""
+        from .models.config import load_model_config
+
+        return cls.from_spec(load_model_config(config).load(), **params)
+
+    @classmethod
+    def for_explanation(cls, model: nn.Module, explanation: Explanation, **params) -> ConceptExplainer:
+        """An explainer with the reference explanation's preprocessing, options, rules and layers."""
+        params.setdefault("preprocessing", explanation.preprocessing)
+        params.setdefault("options", explanation.options)
+        params.setdefault("composite", explanation.composite)
+        params.setdefault("layers", explanation.layers)
+        params.setdefault("model_spec", explanation.model.spec)
+        return cls(model, **params)
+
+    def _count_classes(self) -> int | None:
+        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        return getattr(self.model, "num_classes", None) or (linears[-1].out_features if linears else None)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, image) -> tuple[torch.Tensor, np.ndarray, str | None]:
+        """An image file, PIL image or tensor -> ``(x (1, C, H, W), shown (H, W, 3) uint8, file name)``."""
+        if isinstance(image, torch.Tensor):
+            x = image if image.ndim == 4 else image.unsqueeze(0)
+            pic = x[0].detach().float().cpu()
+            pic = (pic - pic.min()) / (pic.max() - pic.min() + 1e-12)
+            return x, (pic.permute(1, 2, 0).numpy() * 255).astype(np.uint8), None
+        if isinstance(image, (str, Path)):
+            picture, _ = load_image(str(image))
+            name = Path(image).name
+        elif hasattr(image, "convert"):
+            picture, name = image, None
+        else:
+            raise InputError(f"image must be a file path, a PIL image or a tensor, got {type(image).__name__}")
+        x, shown = preprocess(picture.convert("RGB"), self.preprocessing)
+        return x, shown, name
+
+    def resolve_target(self, target: int | str | None) -> int | None:
+        """None (the predicted class), a class index, or a unique class name."""
+        if target is None or isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            return None if target is None else int(target)
+        if isinstance(target, str):
+            return ModelSpec("", self.model, self.preprocessing, self.class_names).resolve_target(target)
+        raise InputError(f"target must be a class index, a class name or None, got {target!r}")
+
+    def attribute(self, image, target: int | str | None = None) -> Attribution:
+        """One LRP pass: relevance of every neuron and the class heatmap (:meth:`CRPEngine.attribute`)."""
+        x, _, _ = self.prepare(image)
+        return self.engine.attribute(x, self.resolve_target(target))
+
+    # ------------------------------------------------------------------ work
+    def explain(
+        self,
+        image,
+        *,
+        target: int | str | None = None,
+        k: int | None = None,
+        keep_neuron_maps: bool = False,
+        neurons: NeuronMaps | None = None,
+    ) -> Explanation:
+        """Explain the decision on one image with concepts.
+
+        Parameters
+        ----------
+        image : path, PIL image or Tensor
+            A photo (preprocessed with ``preprocessing``) or a model input ``(1, C, H, W)``.
+        target : int or str, optional
+            Class to explain: index or unique class name (default: the predicted class).
+        k : int, optional
+            A fixed number of concepts instead of the silhouette search.
+        keep_neuron_maps : bool
+            Keep every clustered neuron's map (float16) in the result and in ``maps.npz``.
+        neurons : NeuronMaps, optional
+            Neuron features computed earlier for this model, image and target (e.g. an
+            evaluation cache), clustered as they are.
+
+        Returns
+        -------
+        Explanation
+        """
+        x, shown, file_name = self.prepare(image)
+        options = self.options
+        t0 = time.perf_counter()
+        attribution = self.engine.attribute(x, self.resolve_target(target))
+        t1 = time.perf_counter()
+        if neurons is None:
+            neurons = neuron_features(self.engine, attribution, options.features, options.max_neurons,
+                                      options.distance.map_size, self.batch_size, self.progress)
+        elif not set(neurons.layers) <= {layer.name for layer in self.engine.layers}:
+            raise InputError("the precomputed neurons come from other layers than the engine's; recompute them")
+        t2 = time.perf_counter()
+        concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k)
+        t3 = time.perf_counter()
+        maps = concept_maps(self.engine, attribution, concepts.concepts, options.concept_map, self.batch_size)
+        timings = {"attribution_s": t1 - t0, "neuron_maps_s": t2 - t1, "clustering_s": t3 - t2,
+                   "concept_maps_s": time.perf_counter() - t3, "total_s": time.perf_counter() - t0}
+        probs = torch.softmax(attribution.logits.double(), 0)
+        names = self.class_names or [str(i) for i in range(probs.numel())]
+        top = torch.topk(probs, min(5, probs.numel()))
+        predictions = [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+        image_info = ImageInfo(hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest(),
+                               tuple(shown.shape[:2]), file_name)
+        return Explanation(
+            target=Prediction(attribution.target, names[attribution.target], float(probs[attribution.target])),
+            top5=predictions,
+            concepts=concepts,
+            concept_maps=maps,
+            heatmap=attribution.heatmap.cpu().numpy(),
+            image=np.asarray(shown, dtype=np.uint8),
+            model=self.model_info,
+            image_info=image_info,
+            preprocessing=None if isinstance(image, torch.Tensor) else self.preprocessing,
+            options=options,
+            composite=self.engine.composite,
+            layers=[layer.name for layer in self.engine.layers],
+            layer_sizes={name: tuple(rel.shape[-2:]) for name, rel in attribution.layer_relevance.items()},
+            n_neurons=len(neurons),
+            member_maps=member_maps(neurons, concepts.concepts, MEMBER_THUMBNAILS),
+            timings=timings,
+            versions={"conceptree": __version__, "torch": torch.__version__},
+            neuron_maps=neurons.maps.astype(np.float16) if keep_neuron_maps else None,
+            neuron_names=neurons.names() if keep_neuron_maps else None,
+        )
+
+    def trace(
+        self,
+        explanation: Explanation | str | Path,
+        images: Sequence,
+        *,
+        target: int | None = None,
+        names: Sequence[str] | None = None,
+        missing_fraction: float = 0.5,
+        new_overlap: float = 0.5,
+        explain_new: bool = False,
+    ):
+        """Follow a reference explanation's concepts (neuron groups) to other images.
+
+        Parameters
+        ----------
+        explanation : Explanation or path
+            The reference (made by an explainer of the same model, rules and layers).
+        images : sequence
+            Image files, PIL images, or model inputs ``(1, C, H, W)``.
+        target : int, optional
+            Class to follow (default: the reference's).
+        names : sequence of str, optional
+            Display names of the images (default: file names).
+        missing_fraction, new_overlap : float
+            Thresholds of the ``missing`` and ``new`` flags (:mod:`conceptree.compare`).
+        explain_new : bool
+            Also explain each image with this explainer to flag its new concepts.
+
+        Returns
+        -------
+        Comparison
+        """
+        from .compare import trace_concepts
+
+        if not isinstance(explanation, Explanation):
+            explanation = Explanation.load(explanation)
+        if explanation.model.hash != self.model_info.hash:
+            raise InputError("the model differs from the one that made the reference explanation (parameter hash "
+                             "mismatch); pass the same model and weights")
+        mine = [layer.name for layer in self.engine.layers]
+        if explanation.layers != mine or explanation.composite != self.engine.composite:
+            raise InputError("the explainer uses other layers or LRP rules than the reference; build it with "
+                             "ConceptExplainer.for_explanation(model, reference)")
+        return trace_concepts(self, explanation, images, target=target, names=names,
+                              missing_fraction=missing_fraction, new_overlap=new_overlap, explain_new=explain_new)

@@ -1,0 +1,216 @@
+"""The result of explaining one image: :class:`Explanation`, saved and reloaded in open formats.
+
+Everything needed to reload, report and compare an explanation lives in typed fields: the
+model (spec and parameter hash), the preprocessing that turned the photo into the input, the
+concept options, the LRP composite and the layers. ``save`` writes ``explanation.json``
+(numbers and parameters), ``maps.npz`` (arrays), ``concepts.png`` and ``report.html``;
+``load`` reads them back with equal numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .attribution import Composite
+from .concepts import ConceptSet
+from .concepts.options import ConceptOptions
+from .errors import InputError
+from .models.loading import Preprocessing
+
+#: files written by :meth:`Explanation.save`.
+OUTPUT_FILES = ("explanation.json", "maps.npz", "concepts.png", "report.html")
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model made an explanation: its spec (``"timm:NAME"``, ``"custom"``...) and the
+    SHA-1 of its parameters and buffers (:func:`conceptree.explainer.model_hash`)."""
+
+    spec: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The explained picture: SHA-1 of the displayed pixels, size ``(H, W)``, file name if any."""
+
+    hash: str
+    size: tuple[int, int]
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class of the model's output: index, name, softmax probability."""
+
+    index: int
+    name: str
+    probability: float
+
+
+@dataclass
+class Explanation:
+    """Concepts of one image's decision, with everything needed to reload, report and compare them.
+
+    Attributes
+    ----------
+    target : Prediction
+        The explained class.
+    top5 : list[Prediction]
+        The five most probable classes.
+    concepts : ConceptSet
+    concept_maps : np.ndarray
+        Map of each concept at input resolution, ``(k, H, W)`` float32 (which map:
+        ``options.concept_map``, see :mod:`conceptree.concepts.options`).
+    heatmap : np.ndarray
+        Class heatmap (all channels), ``(H, W)``.
+    image : np.ndarray
+        The model input as displayed, ``(H, W, 3)`` uint8.
+    model : ModelInfo
+    image_info : ImageInfo
+    preprocessing : Preprocessing or None
+        How a photo becomes the input (None when the caller passed a tensor).
+    options : ConceptOptions
+        Features, concept map, neurons, distance, linkage, k range.
+    composite : Composite
+        The LRP rules.
+    layers : list[str]
+        The conv layers whose channels are the neurons, in model order.
+    layer_sizes : dict[str, tuple[int, int]]
+        Output resolution ``(h, w)`` of each layer (stages of the network: equal resolution).
+    n_neurons : int
+        Neurons clustered.
+    member_maps : np.ndarray
+        The clustered maps of each concept's most relevant members, ``(k, m, h, w)`` float16
+        (zero rows where a concept has fewer than ``m`` members).
+    timings : dict[str, float]
+        Seconds per step.
+    versions : dict[str, str]
+    neuron_maps, neuron_names : optional
+        Every clustered neuron's map as float16 ``(n, h, w)`` and its ``"layer:channel"``
+        name, when requested with ``keep_neuron_maps=True``.
+    """
+
+    target: Prediction
+    top5: list[Prediction]
+    concepts: ConceptSet
+    concept_maps: np.ndarray
+    heatmap: np.ndarray
+    image: np.ndarray
+    model: ModelInfo
+    image_info: ImageInfo
+    preprocessing: Preprocessing | None
+    options: ConceptOptions
+    composite: Composite
+    layers: list[str]
+    layer_sizes: dict[str, tuple[int, int]]
+    n_neurons: int
+    member_maps: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    neuron_maps: np.ndarray | None = None
+    neuron_names: list[str] | None = None
+
+    @property
+    def target_name(self) -> str:
+        return self.target.name
+
+    @property
+    def probability(self) -> float:
+        return self.target.probability
+
+    def stages(self) -> list[list[str]]:
+        """The layers grouped into network stages (equal output resolution), shallow first."""
+        stages: list[list[str]] = []
+        last = None
+        for layer in self.layers:
+            size = self.layer_sizes.get(layer)
+            if not stages or size != last:
+                stages.append([])
+            stages[-1].append(layer)
+            last = size
+        return stages
+
+    def to_dict(self) -> dict:
+        """The JSON form (everything except the arrays)."""
+        return {
+            "format": FORMAT_VERSION,
+            "target": asdict(self.target),
+            "top5": [asdict(p) for p in self.top5],
+            "model": asdict(self.model),
+            "image": {**asdict(self.image_info), "size": list(self.image_info.size)},
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
+            "options": self.options.to_dict(),
+            "composite": self.composite.to_dict(),
+            "layers": self.layers,
+            "layer_sizes": {k: list(v) for k, v in self.layer_sizes.items()},
+            "n_neurons": self.n_neurons,
+            "timings": self.timings,
+            "versions": self.versions,
+            "concept_set": self.concepts.to_dict(),
+        }
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``explanation.json``, ``maps.npz``, ``concepts.png`` and ``report.html`` into ``out``."""
+        from .report import concept_grid, write_html
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "explanation.json").write_text(json.dumps(self.to_dict(), indent=2))
+        extra = {}
+        if self.neuron_maps is not None:
+            extra = {"neuron_maps": self.neuron_maps.astype(np.float16), "neuron_names": np.array(self.neuron_names)}
+        np.savez_compressed(
+            out / "maps.npz",
+            concept_maps=self.concept_maps.astype(np.float32),
+            heatmap=self.heatmap.astype(np.float32),
+            image=self.image,
+            linkage=self.concepts.linkage,
+            active_index=self.concepts.active_index,
+            member_maps=self.member_maps.astype(np.float16),
+            **extra,
+        )
+        concept_grid(self, out / "concepts.png")
+        write_html(self, out / "report.html")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Explanation:
+        """Reload what :meth:`save` wrote (numbers equal after reload)."""
+        directory = Path(directory)
+        try:
+            data = json.loads((directory / "explanation.json").read_text())
+            arrays = np.load(directory / "maps.npz")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read an explanation from {directory} ({exc}); pass the --out folder of explain") from None
+        if data.get("format") != FORMAT_VERSION:
+            raise InputError(f"{directory} was written by an older conceptree (format {data.get('format', 1)}); "
+                             "explain the image again")
+        prep = data["preprocessing"]
+        image = data["image"]
+        return cls(
+            target=Prediction(**data["target"]),
+            top5=[Prediction(**p) for p in data["top5"]],
+            concepts=ConceptSet.from_dict(data["concept_set"], arrays["linkage"], arrays["active_index"]),
+            concept_maps=arrays["concept_maps"],
+            heatmap=arrays["heatmap"],
+            image=arrays["image"],
+            model=ModelInfo(**data["model"]),
+            image_info=ImageInfo(image["hash"], tuple(image["size"]), image.get("file")),
+            preprocessing=Preprocessing.from_dict(prep) if prep else None,
+            options=ConceptOptions.from_dict(data["options"]),
+            composite=Composite(**data["composite"]),
+            layers=list(data["layers"]),
+            layer_sizes={k: tuple(v) for k, v in data["layer_sizes"].items()},
+            n_neurons=int(data["n_neurons"]),
+            member_maps=arrays["member_maps"],
+            timings=data.get("timings", {}),
+            versions=data.get("versions", {}),
+            neuron_maps=arrays["neuron_maps"] if "neuron_maps" in arrays else None,
+            neuron_names=arrays["neuron_names"].tolist() if "neuron_names" in arrays else None,
+        )
