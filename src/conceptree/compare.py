@@ -212,10 +212,10 @@ def trace_concepts(
 
 def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
     """Self-contained page: per concept, the reference map and each image's group map side by side."""
-    from .report import png_data_uri, signed_overlay
+    from .report import image_data_uri, signed_overlay
 
     def _overlay_png(image, values):
-        return png_data_uri(image if values is None else signed_overlay(image, values))
+        return image_data_uri(image if values is None else signed_overlay(image, values))
 
     ref = comparison.reference
     head = "".join(f"<th>{html.escape(im.name)}<br><small>p={im.probability:.2f}</small></th>" for im in comparison.images)

@@ -37,11 +37,12 @@ def _colormap(name: str):
     return colormaps[name]
 
 
-def png_data_uri(rgb: np.ndarray) -> str:
-    """``(H, W, 3)`` uint8 -> ``data:image/png;base64,...``."""
+def image_data_uri(rgb: np.ndarray, quality: int = 90) -> str:
+    """``(H, W, 3)`` uint8 -> ``data:image/jpeg;base64,...`` (photo composites: JPEG is ~6x smaller
+    than PNG at no visible loss; plots stay PNG)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -69,7 +70,7 @@ def signed_overlay(image: np.ndarray, values: np.ndarray, limit: float | None = 
     lim = limit or float(np.percentile(np.abs(values), 99.5)) or float(np.abs(values).max()) or 1.0
     scaled = np.clip(values / lim, -1.0, 1.0)
     colour = _colormap(SIGNED_CMAP)((scaled + 1.0) / 2.0)[..., :3]
-    alpha = np.clip(np.abs(scaled) * 1.4, 0.0, 0.9)[..., None]
+    alpha = np.clip(np.abs(scaled) * 2.0, 0.0, 0.92)[..., None]
     out = image.astype(np.float32) / 255.0 * (1.0 - alpha) + colour * alpha
     return (out * 255).round().astype(np.uint8)
 
@@ -195,23 +196,24 @@ def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
 
 # ---------------------------------------------------------------------- the page
 _STYLE = """
-body{font-family:system-ui,-apple-system,sans-serif;margin:24px auto;max-width:1500px;color:#222;background:#f6f6f4}
+body{font-family:system-ui,-apple-system,sans-serif;margin:16px;color:#222;background:#f6f6f4}
+figure{margin:0}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:30px 0 8px}
 .meta{font-size:12px;color:#555}.top{display:flex;gap:18px;flex-wrap:wrap;align-items:flex-start}
 .panel{background:#fff;border:1px solid #ddd;border-radius:8px;padding:10px}
-.panel img{width:336px;display:block}.panel figcaption{font-size:12px;color:#444;margin-top:4px;max-width:336px}
-table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px;text-align:left}
-.legend{display:flex;flex-wrap:wrap;gap:4px;max-width:336px;margin-top:6px}
+.panel img{width:300px;display:block}.panel figcaption{font-size:12px;color:#444;margin-top:4px;max-width:300px}
+table{border-collapse:collapse;font-size:12px}.top5{margin-top:8px;width:300px}td,th{border:1px solid #ddd;padding:2px 6px;text-align:left}
+.legend{display:flex;flex-wrap:wrap;gap:4px;max-width:300px;margin-top:6px}
 .legend a{font-size:11px;color:#222;text-decoration:none;padding:1px 5px;border-radius:3px}
 .cards{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .card{background:#fff;border:1px solid #ccc;border-radius:8px;padding:10px;box-sizing:border-box}
 .card h3{font-size:15px;margin:0 0 4px;display:flex;align-items:center;gap:6px}
 .chip{width:14px;height:14px;border-radius:3px;display:inline-block;border:1px solid #0003}
-.pair{display:flex;gap:6px}.pair figure{margin:0;flex:1}.pair img{width:100%;display:block}
+.pair{display:flex;gap:6px}.pair figure{margin:0;flex:1 1 0;min-width:0}.pair img{width:100%;display:block}
 .pair figcaption{font-size:11px;color:#555}
 .depth{display:flex;height:12px;border-radius:3px;overflow:hidden;margin:6px 0 2px;background:#eee}
 .depth span{display:block;height:100%}
-.thumbs{display:flex;gap:4px;margin-top:6px}.thumbs figure{margin:0;flex:1}.thumbs img{width:100%;display:block}
+.thumbs{display:flex;gap:4px;margin-top:6px}.thumbs figure{margin:0;flex:1 1 0;min-width:0}.thumbs img{width:100%;display:block}
 .thumbs figcaption{font-size:10px;color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 details{font-size:12px;margin-top:6px}summary{cursor:pointer;color:#245}
 .scale{font-size:11px;color:#555}.scale b{color:#b2182b}.scale i{color:#2166ac;font-style:normal;font-weight:bold}
@@ -222,6 +224,15 @@ _STAGE_COLOURS = ["#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306
 
 def _hex(rgb: np.ndarray) -> str:
     return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgb[:3])
+
+
+def _text_on(rgb: np.ndarray) -> str:
+    """Black or white text, whichever reads better on ``rgb`` (relative luminance)."""
+    return "#000" if float(np.dot(rgb[:3], [0.2126, 0.7152, 0.0722])) > 0.45 else "#fff"
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.0f}%" if abs(share) >= 0.01 else f"{100 * share:.1f}%"
 
 
 def _card_width(share: float, largest: float) -> int:
@@ -268,23 +279,22 @@ def write_html(explanation, path: str | Path) -> Path:
         f"{len(explanation.layers)} conv layers ({len(stages)} stages) · model {esc(explanation.model.spec)} · "
         f"image {esc(explanation.image_info.file or '(tensor)')}</p>",
         "<div class='top'>",
-        f"<figure class='panel'><img alt='input image' src='{png_data_uri(image)}'><figcaption>input as the model "
-        "sees it</figcaption></figure>",
-        f"<figure class='panel'><img alt='class heatmap' src='{png_data_uri(signed_overlay(image, explanation.heatmap))}'>"
+        f"<figure class='panel'><img alt='input image' src='{image_data_uri(image)}'><figcaption>input as the model "
+        "sees it</figcaption><table class='top5'><tr><th>top-5 class</th><th>p</th></tr>"
+        + "".join(f"<tr><td>{esc(str(row.name))}</td><td>{row.probability:.3f}</td></tr>" for row in explanation.top5)
+        + "</table></figure>",
+        f"<figure class='panel'><img alt='class heatmap' src='{image_data_uri(signed_overlay(image, explanation.heatmap))}'>"
         "<figcaption>class heatmap: <span class='scale'><b>red</b> supports, <i>blue</i> speaks against the "
         "class</span></figcaption></figure>",
         f"<figure class='panel'><img alt='concept overview' "
-        f"src='{png_data_uri(concept_overview(image, explanation.concept_maps))}'>"
+        f"src='{image_data_uri(concept_overview(image, explanation.concept_maps))}'>"
         "<figcaption>which concept carries the most positive relevance at each place (click a number to jump to "
         "its card)</figcaption><div class='legend'>",
     ]
     for concept, colour in zip(concepts.concepts, colours):
-        parts.append(f"<a href='#concept-{concept.rank}' style='background:{_hex(colour)}'>#{concept.rank} "
-                     f"{100 * concept.share:.0f}%</a>")
-    parts.append("</div></figure><div class='panel'><b>Top-5</b><table><tr><th>class</th><th>p</th></tr>")
-    for row in explanation.top5:
-        parts.append(f"<tr><td>{esc(str(row.name))}</td><td>{row.probability:.3f}</td></tr>")
-    parts.append("</table></div></div>")
+        parts.append(f"<a href='#concept-{concept.rank}' style='background:{_hex(colour)};color:{_text_on(colour)}'>"
+                     f"#{concept.rank} {_pct(concept.share)}</a>")
+    parts.append("</div></figure></div>")
 
     shown = {"layer-group": "where its neurons carry relevance at their own layers",
              "group": "input relevance through all its neurons",
@@ -300,10 +310,11 @@ def write_html(explanation, path: str | Path) -> Path:
         width = _card_width(concept.share, largest)
         bar, depth_caption = _depth_bar(concept, stages, explanation.layer_sizes)
         rep = concept.representative
+        sign = 1.0 if concept.relevance >= 0 else -1.0  # a negative concept: where it speaks against the class
         thumbs = []
         top_members = sorted(concept.neurons, key=lambda n: -n.relevance)[: members.shape[1] if members.ndim == 4 else 0]
         for j, neuron in enumerate(top_members):
-            thumbs.append(f"<figure><img alt='member {j + 1}' src='{png_data_uri(_thumb(image, members[i, j]))}'>"
+            thumbs.append(f"<figure><img alt='member {j + 1}' src='{image_data_uri(_thumb(image, members[i, j]))}'>"
                           f"<figcaption title='{esc(neuron.layer)}:{neuron.channel}'>{esc(neuron.layer)}:{neuron.channel}"
                           "</figcaption></figure>")
         neurons = "".join(f"<tr><td>{esc(n.layer)}</td><td>{n.channel}</td><td>{n.relevance:.4g}</td></tr>"
@@ -315,9 +326,10 @@ def write_html(explanation, path: str | Path) -> Path:
             f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · "
             f"relevance {concept.relevance:.3g}</span></h3>"
             f"<div class='pair'><figure><img alt='concept {concept.rank} map' "
-            f"src='{png_data_uri(signed_overlay(image, cmap))}'><figcaption>map</figcaption></figure>"
-            f"<figure><img alt='concept {concept.rank} region' src='{png_data_uri(masked_photo(image, cmap))}'>"
-            f"<figcaption>most relevant region</figcaption></figure></div>"
+            f"src='{image_data_uri(signed_overlay(image, cmap))}'><figcaption>map</figcaption></figure>"
+            f"<figure><img alt='concept {concept.rank} region' src='{image_data_uri(masked_photo(image, sign * cmap))}'>"
+            f"<figcaption>most relevant region{'' if sign > 0 else ' (of its negative relevance)'}</figcaption></figure>"
+            "</div>"
             f"{bar}<div class='meta'>{esc(depth_caption)}</div>"
             f"<div class='thumbs'>{''.join(thumbs)}</div>"
             f"<div class='meta'>most relevant members (representative {esc(rep.layer)}:{rep.channel}, "
