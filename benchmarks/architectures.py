@@ -122,6 +122,20 @@ def measure(source: str, name: str, conservation_size: int) -> dict:
     return row
 
 
+def _speed_check(rows: list[dict]) -> list[str]:
+    """The estimator against ResNet-34's measured all-channel run, as a line of the table's text."""
+    measured = Path(__file__).parent / "results" / "crp_throughput.json"
+    row = next((r for r in rows if r["family"] == "torchvision:resnet34" and r.get("maps_per_s")), None)
+    if row is None or not measured.exists():
+        return []
+    data = json.loads(measured.read_text())
+    if "all_channels_s" not in data:
+        return []
+    rate = data["total_channels"] / data["all_channels_s"]
+    return [f"Speed check: ResNet-34 estimated {row['maps_per_s']:.1f} maps/s here; measured {rate:.1f} maps/s "
+            f"({data['total_channels']:,} channels in {data['all_channels_s']:.0f} s, `crp_throughput.json`)."]
+
+
 def table(rows: list[dict], size: int, conservation_size: int) -> str:
     lines = [
         "# CNN families the CRP engine explains",
@@ -139,6 +153,7 @@ def table(rows: list[dict], size: int, conservation_size: int) -> str:
         "convolutions and count as conv layers (kind `pointwise`, explained with the convolution's z+ rule).",
         "AlexNet's 5 % heatmap error appears only at 96x96, where its adaptive pooling upsamples a 2x2 map to 6x6",
         "(not traced further); at 224x224 it is 4e-4.",
+        *_speed_check(rows),
         "",
         "| family | status | conv layers | neurons | conservation error | heatmap error | maps/s |",
         "|---|---|---|---|---|---|---|",
@@ -160,10 +175,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--conservation-size", type=int, default=96)
     parser.add_argument("--only", nargs="*", default=None, help="family names to run (default: all)")
-    parser.add_argument("--part", choices=("all", "conservation", "speed"), default="all",
-                        help="speed: add maps/s to the rows of an existing --out (run it alone on the machine)")
+    parser.add_argument("--part", choices=("all", "conservation", "speed", "table"), default="all",
+                        help="speed: add maps/s to the rows of an existing --out (run it alone on the machine); "
+                             "table: rewrite --table from --out")
     args = parser.parse_args()
-    if args.part == "speed":
+    if args.part in ("speed", "table"):
         rows = json.loads(Path(args.out).read_text())["rows"]
     else:
         rows = []
