@@ -134,11 +134,25 @@ MODEL_HELP = "default | timm:NAME | torchvision:NAME | dcne:PATH | pickle:PATH (
 CONFIG_HELP = "Model configuration file (.json/.toml): spec, weights, kwargs, preprocessing, labels."
 
 
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return device
+
+
 def _explain(image: str | None, spec, options, *, target, layers, exclude_layers, k, out, overwrite, quiet,
-             neuron_maps) -> None:
+             neuron_maps, device="cpu") -> None:
     from .explainer import ConceptExplainer
     from .explanation import OUTPUT_FILES
     from .models.loading import load_image
+
+    spec.model.to(_device(device))
 
     out_dir = Path(out)
     with _output_folder(out_dir, overwrite, OUTPUT_FILES):
@@ -187,13 +201,14 @@ def explain_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     neuron_maps: bool = typer.Option(False, help="Also save every clustered neuron's map (float16) in maps.npz."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
 ) -> None:
     """Explain one image: concepts, maps and the report in --out."""
     spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
                       interpolation)
     options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons)
     _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
-             overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps)
+             overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device)
 
 
 @app.command("demo")
@@ -201,13 +216,13 @@ def demo_cmd(
     out: str = typer.Option("conceptree-demo", help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    preset: str = typer.Option("default", help="default | paper (input-level CRP maps of all 21,008 neurons)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
-    from .concepts.options import preset
-
     spec = _load_spec("default", None, None, [], None)
-    _explain(None, spec, preset("default"), target="auto", layers=[], exclude_layers=[], k=None, out=out,
-             overwrite=overwrite, quiet=quiet, neuron_maps=False)
+    _explain(None, spec, _options(preset), target="auto", layers=[], exclude_layers=[], k=None, out=out,
+             overwrite=overwrite, quiet=quiet, neuron_maps=False, device=device)
 
 
 @app.command("evaluate")
@@ -374,6 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every failure into a clear message and exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    from .runtime import tune_allocator
+
+    tune_allocator()  # explicit and process-wide: keep freed buffers (see conceptree.runtime)
     try:
         app(args=args, prog_name="conceptree", standalone_mode=False)
     except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):

@@ -84,7 +84,7 @@ def layer_neuron_maps(
         layer_index.append(np.full(chans.numel(), layers.index(name), np.int32))
         channel.append(chans.numpy().astype(np.int64))
         relevance.append(rel.double().flatten(1).sum(1).cpu().numpy())
-        maps.append(to_grid(rel, map_size).cpu().numpy().astype(np.float32))
+        maps.append(to_grid(rel, map_size).float().cpu().numpy().astype(np.float32))
     if not maps:
         raise InputError("no neurons selected; pass at least one channel")
     r = np.concatenate(relevance)
@@ -119,5 +119,5 @@ def layer_group_maps(
             rel = attribution.layer_relevance[layer][torch.as_tensor(list(chans), dtype=torch.long)].sum(0)
             h, w = rel.shape
             total += to_grid(rel[None], size)[0] * (h * w) / (size[0] * size[1])
-        out[g] = total.cpu().numpy()
+        out[g] = total.float().cpu().numpy()
     return out
