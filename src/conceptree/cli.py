@@ -225,6 +225,45 @@ def demo_cmd(
              overwrite=overwrite, quiet=quiet, neuron_maps=False, device=device)
 
 
+@app.command("explain-many")
+def explain_many_cmd(
+    images: str = typer.Argument(..., help="A folder of images, a glob ('photos/*.jpg') or a list file (.txt)."),
+    model_config: str | None = typer.Option(None, help=CONFIG_HELP),
+    model: str | None = typer.Option(None, help="timm:NAME | torchvision:NAME | default (or --model-config)."),
+    weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
+    model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
+    labels: str | None = typer.Option(None, help="Class names, one per line."),
+    preset: str = typer.Option("default", help="default | paper."),
+    max_neurons: int | None = typer.Option(None, help="Cluster the N strongest neurons; 0 = all (default: the preset's)."),
+    out: str = typer.Option("conceptree-many", help="Run folder: one explanation folder per image, index.json/html."),
+    executor: str = typer.Option("auto", help="auto (Ray if installed) | ray | local (sequential, in-process)."),
+    ray_address: str | None = typer.Option(None, help="An existing Ray cluster, e.g. ray://host:10001 or auto."),
+    workers: int | None = typer.Option(None, help="Concurrent tasks on a local Ray (default: the CPU count)."),
+    max_retries: int = typer.Option(2, help="Retries of a task that crashes (not of a bad image)."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Explain every image of a folder, glob or list file (resumable; Ray when installed)."""
+    from .runs import ModelSource, explain_many
+
+    if model_config is not None and (model is not None or weights is not None or model_arg or labels is not None):
+        raise InputError("--model-config holds the model; drop --model/--weights/--model-arg/--labels")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    source = ModelSource(config=str(Path(model_config).resolve()) if model_config else None, spec=model or "default",
+                         weights=str(Path(weights).resolve()) if weights else None, kwargs=_parse_kv(model_arg),
+                         labels=str(Path(labels).resolve()) if labels else None)
+    source.load()  # a bad model fails here, once, before any task
+    result = explain_many(images, source, out, options=_options(preset, max_neurons=max_neurons), executor=executor,
+                          ray_address=ray_address, workers=workers, max_retries=max_retries, progress=not quiet)
+    if not quiet:
+        ok = sum(r.status == "ok" for r in result.records)
+        skipped = sum(r.status == "skipped" for r in result.records)
+        typer.echo(f"{len(result.records)} images: {ok} explained, {skipped} done earlier, {len(result.failed)} failed "
+                   f"({result.executor}, {result.workers} worker(s), {result.wall_s:.0f} s) -> {result.out}/index.html")
+        for record in result.failed:
+            typer.echo(f"  failed: {record.image}: {record.error}")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     data: str = typer.Option(..., help="cub-parts: the cub_parts folder; cub-expert: the saliency_maps folder."),

@@ -1,0 +1,91 @@
+"""explain-many: Ray equals the sequential run bit for bit; retries; resume; bad images recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conceptree.concepts.options import ConceptOptions
+from conceptree.runs import ModelSource, explain_many
+
+ray = pytest.importorskip("ray")
+
+OPTIONS = ConceptOptions(max_neurons=600, k_range=(4, 8))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.png")
+    Image.fromarray(data.coffee()).save(folder / "coffee.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+def explanation_content(folder: Path) -> tuple[dict, dict]:
+    data = json.loads((folder / "explanation.json").read_text())
+    data.pop("timings")
+    data["concept_set"].pop("timings")
+    with np.load(folder / "maps.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return data, arrays
+
+
+def test_ray_equals_sequential_and_records_the_corrupt_image(photos, tmp_path):
+    local = explain_many(photos, ModelSource(), tmp_path / "local", options=OPTIONS, executor="local", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = explain_many(photos, ModelSource(), tmp_path / "ray", options=OPTIONS, executor="ray", workers=1,
+                              progress=False)
+    finally:
+        ray.shutdown()
+    for result in (local, remote):
+        statuses = {Path(r.image).name: r.status for r in result.records}
+        assert statuses == {"broken.jpg": "failed", "chelsea.png": "ok", "coffee.png": "ok"}
+        (bad,) = result.failed
+        assert "cannot read image" in bad.error and not (result.out / bad.folder).exists()
+        index = json.loads((result.out / "index.json").read_text())
+        assert index["summary"]["failed"] == 1 and index["summary"]["ok"] == 2
+        assert "cannot read image" in (result.out / "index.html").read_text()
+    for record in local.records:
+        if record.status != "ok":
+            continue
+        (json_a, arrays_a), (json_b, arrays_b) = (explanation_content(r.out / record.folder) for r in (local, remote))
+        assert json_a == json_b
+        assert arrays_a.keys() == arrays_b.keys()
+        assert all(np.array_equal(arrays_a[k], arrays_b[k]) for k in arrays_a)
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_task_that_fails_once_is_retried(photos, tmp_path, executor):
+    chelsea = [photos / "chelsea.png"]
+    log = tmp_path / "attempts"
+    result = explain_many(chelsea, ModelSource(), tmp_path / "run", options=OPTIONS, executor=executor, progress=False,
+                          attempt_log=str(log))
+    (record,) = result.records
+    assert (log / f"{record.folder}.attempted").exists()  # the first attempt raised
+    assert record.status == "ok" and (result.out / record.folder / "report.html").is_file()
+    if executor == "local":
+        assert record.attempts == 2
+    assert not list(result.out.glob(".tmp-*"))  # nothing half-written left behind
+
+
+def test_an_interrupted_run_resumes_and_skips_finished_images(photos, tmp_path):
+    out = tmp_path / "run"
+    first = explain_many([photos / "chelsea.png"], ModelSource(), out, options=OPTIONS, executor="local", progress=False)
+    finished = out / first.records[0].folder
+    mtime = (finished / "explanation.json").stat().st_mtime_ns
+    (out / ".tmp-0001-coffee-dead").mkdir()  # what a killed worker leaves
+    (out / ".tmp-0001-coffee-dead" / "maps.npz").write_bytes(b"partial")
+    again = explain_many([photos / "chelsea.png", photos / "coffee.png"], ModelSource(), out, options=OPTIONS,
+                         executor="local", progress=False)
+    assert [r.status for r in again.records] == ["skipped", "ok"]
+    assert again.records[0].k == first.records[0].k  # the index still describes the earlier result
+    assert (finished / "explanation.json").stat().st_mtime_ns == mtime
+    assert not list(out.glob(".tmp-*"))
