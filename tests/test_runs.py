@@ -89,3 +89,62 @@ def test_an_interrupted_run_resumes_and_skips_finished_images(photos, tmp_path):
     assert again.records[0].k == first.records[0].k  # the index still describes the earlier result
     assert (finished / "explanation.json").stat().st_mtime_ns == mtime
     assert not list(out.glob(".tmp-*"))
+
+
+def fake_explanations(groups_per_image):
+    from types import SimpleNamespace
+
+    from conceptree.concepts.concepts import Neuron
+
+    out = []
+    for groups in groups_per_image:
+        concepts = [SimpleNamespace(neurons=[Neuron("conv", c, 1.0) for c in chans], relevance=float(len(chans)), rank=r + 1)
+                    for r, chans in enumerate(groups)]
+        out.append(SimpleNamespace(concepts=SimpleNamespace(concepts=concepts)))
+    return out
+
+
+def test_weighted_overlap_and_matching():
+    from conceptree.runs.atlas import match_concepts, weighted_overlap
+
+    a, b = {("l", 0): 0.5, ("l", 1): 0.5}, {("l", 0): 0.5, ("l", 2): 0.5}
+    assert weighted_overlap(a, b) == pytest.approx(0.5)
+    assert weighted_overlap(a, a) == pytest.approx(1.0) and weighted_overlap(a, {("l", 9): 1.0}) == 0.0
+    shared = list(range(10))
+    images = fake_explanations([
+        [shared, [100, 101]],
+        [shared[:9] + [50], [200, 201], shared[1:] + [60]],  # two concepts like the shared one in one image
+        [shared, [300]],
+    ])
+    groups = match_concepts(images, link=0.25)
+    biggest = groups[0]
+    assert len(biggest) == 3 and sorted(i for i, _ in biggest) == [0, 1, 2]  # one occurrence per image
+    assert sum(len(g) for g in groups) <= 8 and all(len(g) == 1 for g in groups[1:] if g[0][1] == 1)
+
+
+def test_atlas_of_two_photos_of_one_class(tmp_path):
+    from skimage import data
+
+    from conceptree.explainer import ConceptExplainer
+    from conceptree.models.loading import load_model
+    from conceptree.runs import build_atlas, write_atlas
+
+    Image.fromarray(data.chelsea()).save(tmp_path / "chelsea.png")
+    Image.fromarray(data.chelsea()[:, ::-1]).save(tmp_path / "mirrored.png")
+    explainer = ConceptExplainer.from_spec(load_model("default"), options=OPTIONS)
+    explanations = [explainer.explain(tmp_path / name, target=282) for name in ("chelsea.png", "mirrored.png")]
+    keypoints = {"chelsea.png": {"eye": (80.0, 95.0)}, "mirrored.png": {"eye": (144.0, 95.0)}}
+    atlas, maps = build_atlas(explanations, ["a", "b"], explainer, keypoints=keypoints, min_fraction=1.0)
+    recurring = [c for c in atlas.concepts if c.recurring]
+    assert recurring, "a photo and its mirror image share concepts"
+    for concept in recurring:
+        assert concept.n_images == 2 and concept.core and concept.consistency is not None
+        assert maps[concept.id].shape == (2, 224, 224)
+        for occ in concept.occurrences:  # the traced core's map sums to its relevance there
+            assert occ.core_relevance == pytest.approx(float(maps[concept.id][["a", "b"].index(occ.folder)].sum()))
+            assert occ.box is None or (occ.box[0] < occ.box[2] and occ.box[1] < occ.box[3])
+        assert concept.occurrences[0].core_relevance >= concept.occurrences[-1].core_relevance  # ranked
+    write_atlas(atlas, explanations, ["a", "b"], tmp_path / "atlas")
+    saved = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
+    assert len(saved["recurring"]) == len(recurring) and "consistency" in saved["recurring"][0]
+    assert (tmp_path / "atlas" / "atlas.html").read_text().count("<section>") == len(recurring)
