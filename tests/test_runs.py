@@ -148,3 +148,31 @@ def test_atlas_of_two_photos_of_one_class(tmp_path):
     saved = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
     assert len(saved["recurring"]) == len(recurring) and "consistency" in saved["recurring"][0]
     assert (tmp_path / "atlas" / "atlas.html").read_text().count("<section>") == len(recurring)
+
+
+def test_evaluation_cache_on_ray_equals_the_local_one(tmp_path):
+    import torch
+    import torchvision
+
+    from conceptree.evaluation.cub_parts import load_cub_parts
+    from conceptree.evaluation.runner import ModelArgs, build_cache, cache_path
+    from conceptree.models.loading import Preprocessing
+
+    from .test_evaluate import write_dataset
+
+    write_dataset(tmp_path / "cub", 2, 1)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    args = ModelArgs("torchvision:resnet18", str(tmp_path / "r18.pth"), {}, None,
+                     Preprocessing(resize=64, crop=0, mean=(0.5,) * 3, std=(0.5,) * 3))
+    items, _ = load_cub_parts(tmp_path / "cub")
+    build_cache(items, args, tmp_path / "local", workers=1, progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        build_cache(items, args, tmp_path / "ray", workers=1, progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "ray" / "manifest.json").read_text() == (tmp_path / "local" / "manifest.json").read_text()
+    for item in items:
+        with np.load(cache_path(tmp_path / "local", item)) as a, np.load(cache_path(tmp_path / "ray", item)) as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)

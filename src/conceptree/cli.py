@@ -264,6 +264,53 @@ def explain_many_cmd(
             typer.echo(f"  failed: {record.image}: {record.error}")
 
 
+@app.command("atlas")
+def atlas_cmd(
+    run: str = typer.Argument(..., help="A run folder written by `conceptree explain-many`."),
+    model_config: str | None = typer.Option(None, help=CONFIG_HELP),
+    model: str | None = typer.Option(None, help="The run's model (or --model-config). Default: the built-in model."),
+    weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
+    model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
+    target: str | None = typer.Option(None, help="Class (index or name) whose explanations form the atlas "
+                                                 "(default: the most frequent explained class)."),
+    link: float = typer.Option(0.25, help="Concepts match when their mean relevance-weighted overlap is at least this."),
+    min_fraction: float = typer.Option(0.5, help="Recurring: in at least this fraction of the images."),
+    out: str = typer.Option("conceptree-atlas", help="Output folder (atlas.json, atlas.html)."),
+) -> None:
+    """A concept atlas across the images of one class of a run: recurring concepts and their neuron cores."""
+    import json
+    from collections import Counter
+
+    from .explainer import ConceptExplainer
+    from .explanation import Explanation
+    from .runs import build_atlas, write_atlas
+
+    index_path = Path(run) / "index.json"
+    try:
+        records = json.loads(index_path.read_text())["images"]
+    except (OSError, ValueError, KeyError):
+        raise InputError(f"{index_path} not found or unreadable; pass the --out folder of explain-many") from None
+    done = [r for r in records if r["status"] in ("ok", "skipped")]
+    if not done:
+        raise InputError(f"no explanations in {run}")
+    explanations = [Explanation.load(Path(run) / r["folder"]) for r in done]
+    spec = _load_spec(model, model_config, weights, model_arg, None)
+    if target is None:
+        wanted = Counter(e.target.index for e in explanations).most_common(1)[0][0]
+    else:
+        wanted = spec.resolve_target(target)
+    chosen = [(e, r["folder"]) for e, r in zip(explanations, done) if e.target.index == wanted]
+    if not chosen:
+        raise InputError(f"no explanation of class {target!r} in {run}")
+    explainer = ConceptExplainer.for_explanation(spec.model, chosen[0][0])
+    atlas, _ = build_atlas([e for e, _ in chosen], [f for _, f in chosen], explainer, link=link,
+                           min_fraction=min_fraction)
+    write_atlas(atlas, [e for e, _ in chosen], [f for _, f in chosen], out)
+    recurring = [c for c in atlas.concepts if c.recurring]
+    typer.echo(f"{atlas.target}: {atlas.n_images} images, {len(recurring)} recurring concepts, "
+               f"{len(atlas.concepts) - len(recurring)} rare -> {out}/atlas.html")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     data: str = typer.Option(..., help="cub-parts: the cub_parts folder; cub-expert: the saliency_maps folder."),
@@ -284,7 +331,9 @@ def evaluate_cmd(
     species: list[str] = typer.Option([], help="Only these species (name substrings, repeatable)."),
     per_species: int | None = typer.Option(None, help="At most this many photos per species."),
     limit: int | None = typer.Option(None, help="Only the first N photos (after --species and --per-species)."),
-    workers: int = typer.Option(1, help="Processes computing maps (CPU threads are split between them)."),
+    workers: int = typer.Option(1, help="Processes (or Ray tasks) computing maps (CPU threads are split between them)."),
+    executor: str = typer.Option("process", help="process (a local pool) | ray (local Ray, or --ray-address)."),
+    ray_address: str | None = typer.Option(None, help="An existing Ray cluster for --executor ray."),
     thresholds: str | None = typer.Option(None, help="thresholds.json of a dev run (default: choose here)."),
     preset: str = typer.Option("default", help="Our method's options: default | paper."),
     paper: bool = typer.Option(False, help="Also score the paper's method (input-level maps, representatives) as ours-paper."),
@@ -332,7 +381,8 @@ def evaluate_cmd(
                               faithfulness_methods=tuple(faithfulness_method))
     result = evaluate(data, ModelArgs(spec_text, weights, kwargs, labels, prep), out=out, dataset=dataset,
                       images=images, annotator=annotator, config=config, cache=cache, species=species,
-                      per_species=per_species, limit=limit, workers=workers, thresholds=thresholds,
+                      per_species=per_species, limit=limit, workers=workers, executor=executor,
+                      ray_address=ray_address, thresholds=thresholds,
                       map_grid=map_grid, progress=not quiet, command="conceptree " + " ".join(sys.argv[1:]))
     if not quiet:
         fk = config.faithfulness_k

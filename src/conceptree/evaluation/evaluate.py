@@ -97,6 +97,8 @@ def evaluate(
     per_species: int | None = None,
     limit: int | None = None,
     workers: int = 1,
+    executor: str = "process",
+    ray_address: str | None = None,
     thresholds: str | Path | dict | None = None,
     map_grid: int | None = None,
     progress: bool = False,
@@ -124,7 +126,10 @@ def evaluate(
         Photo selection: species name substrings, at most this many photos per species,
         the first N after that.
     workers : int
-        Processes computing the maps.
+        Processes (or Ray tasks) computing the maps.
+    executor, ray_address
+        ``"process"`` (a local process pool) or ``"ray"`` (Ray tasks, local or on a cluster);
+        see :func:`~conceptree.evaluation.runner.build_cache`.
     thresholds : path or dict, optional
         A dev run's thresholds, reapplied unchanged (default: chosen on these photos).
     map_grid : int, optional
@@ -156,7 +161,7 @@ def evaluate(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache) if cache else out_dir / "cache"
-    build_cache(items, model, cache_dir, workers, progress=progress)
+    build_cache(items, model, cache_dir, workers, progress=progress, executor=executor, ray_address=ray_address)
     grid = (map_grid, map_grid) if map_grid else None
     run = evaluate_images(items, model, cache_dir, config, progress=progress, map_grid=grid)
     summary = summarise_run(run, dataset_parts(items), config, fixed)

@@ -190,10 +190,15 @@ def build_cache(
     cache_dir: str | Path,
     workers: int = 1,
     progress: bool = True,
+    executor: str = "process",
+    ray_address: str | None = None,
 ) -> dict[str, float]:
     """Compute and store :class:`ImageMaps` for every image not cached yet (resumable).
 
-    Returns seconds per newly computed image id.
+    ``executor``: ``"process"`` (a process pool of ``workers`` on this machine) or ``"ray"``
+    (one Ray task per chunk of photos, on a local Ray with ``workers`` tasks at a time or on
+    the cluster at ``ray_address``; the cache and its manifest are the same). Each task loads
+    the model once for its chunk. Returns seconds per newly computed image id.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +213,11 @@ def build_cache(
 
         bar = tqdm(total=len(todo), desc=f"CRP + baselines ({len(images) - len(todo)} cached)", unit="image")
     seconds: dict[str, float] = {}
-    if workers == 1 or len(todo) <= 1:
+    if executor not in ("process", "ray"):
+        raise InputError(f"unknown executor {executor!r}; use process or ray")
+    if executor == "ray" and todo:
+        seconds = _cache_on_ray(model_args, todo, cache_dir, workers, ray_address, bar)
+    elif workers == 1 or len(todo) <= 1:
         seconds = _cache_chunk(model_args, todo, cache_dir, on_done=bar.update if bar else None) if todo else {}
     else:
         import multiprocessing
@@ -224,6 +233,37 @@ def build_cache(
     if bar:
         bar.close()
     return seconds
+
+
+def _cache_on_ray(model_args, todo, cache_dir, workers, ray_address, bar) -> dict[str, float]:
+    import logging
+
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        if ray_address:
+            ray.init(address=ray_address, log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        n = max(1, min(workers, int(cpus)))
+        task = ray.remote(num_cpus=cpus / n, max_retries=2)(_cache_chunk)
+        size = max(1, -(-len(todo) // (4 * n)))
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+        pending = {task.remote(model_args, chunk, cache_dir, max(1, int(cpus / n))): chunk for chunk in chunks}
+        seconds: dict[str, float] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            chunk = pending.pop(done[0])
+            seconds.update(ray.get(done[0]))
+            if bar:
+                bar.update(len(chunk))
+        return seconds
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def input_neurons_path(cache_dir: Path, image_id: str, max_neurons: int | None) -> Path:

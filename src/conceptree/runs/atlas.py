@@ -189,6 +189,9 @@ def build_atlas(
     targets = {e.target.index for e in explanations}
     if len(targets) != 1:
         raise InputError(f"the explanations explain {len(targets)} different classes; build one atlas per class")
+    if any(e.model.hash != explainer.model_info.hash for e in explanations):
+        raise InputError("the explainer's model differs from the one that made the explanations (parameter hash "
+                         "mismatch); pass the same model and weights")
     n_images = len(explanations)
     groups = match_concepts(explanations, link)
     concepts: list[AtlasConcept] = []
