@@ -125,16 +125,14 @@ class Explanation:
         return self.target.probability
 
     def stages(self) -> list[list[str]]:
-        """The layers grouped into network stages (equal output resolution), shallow first."""
-        stages: list[list[str]] = []
-        last = None
+        """The layers grouped into network stages: equal output resolution, largest first (a
+        shortcut convolution joins the stage of its resolution wherever it sits in the graph)."""
+        by_size: dict[tuple[int, int] | None, list[str]] = {}
         for layer in self.layers:
             size = self.layer_sizes.get(layer)
-            if not stages or size != last:
-                stages.append([])
-            stages[-1].append(layer)
-            last = size
-        return stages
+            by_size.setdefault(tuple(size) if size else None, []).append(layer)
+        order = sorted(by_size, key=lambda s: -(s[0] * s[1]) if s else 0)
+        return [by_size[s] for s in order]
 
     def to_dict(self) -> dict:
         """The JSON form (everything except the arrays)."""

@@ -277,7 +277,7 @@ def write_html(explanation, path: str | Path) -> Path:
         f"<h1>Why <em>{esc(explanation.target_name)}</em>? p = {explanation.probability:.3f}</h1>",
         f"<p class='meta'>{concepts.k} concepts from {explanation.n_neurons:,} neurons of "
         f"{len(explanation.layers)} conv layers ({len(stages)} stages) · model {esc(explanation.model.spec)} · "
-        f"image {esc(explanation.image_info.file or '(tensor)')}</p>",
+        f"image {esc(explanation.image_info.file or '(in memory)')}</p>",
         "<div class='top'>",
         f"<figure class='panel'><img alt='input image' src='{image_data_uri(image)}'><figcaption>input as the model "
         "sees it</figcaption><table class='top5'><tr><th>top-5 class</th><th>p</th></tr>"

@@ -201,10 +201,14 @@ def getitem_rule(ctx: RuleContext) -> R.Rule:
 
 
 def pad_rule(ctx: RuleContext) -> R.Rule:
+    """Constant padding (any value): index bookkeeping. The padded cells are constants, so
+    relevance that reaches them is not passed on (with ``-inf`` before a max pooling, as
+    TensorFlow's ``same`` pooling is ported, they never receive any); reflect/replicate
+    padding copies inputs and is refused."""
     args, kwargs = ctx.args, ctx.kwargs
     mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
     value = kwargs.get("value", args[3] if len(args) > 3 else None)
-    if mode != "constant" or value not in (None, 0, 0.0):
+    if mode != "constant":
         raise ctx.unsupported(f"F.pad(mode={mode!r}, value={value!r})")
     pad = kwargs.get("pad", args[1] if len(args) > 1 else None)
     return index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.pad(t, pad))

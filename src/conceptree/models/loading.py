@@ -151,7 +151,8 @@ def load_model(
     labels: str | None = None,
     trust_checkpoint: bool = False,
 ) -> ModelSpec:
-    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``dcne:PATH``, ``pickle:PATH``.
+    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``dcne:PATH``, ``fer:emotion``,
+    ``pickle:PATH``.
 
     ``dcne:PATH`` reads DCNE's ResNet-34 CUB checkpoint layout (see :mod:`conceptree.models.dcne`).
 
@@ -182,6 +183,10 @@ def load_model(
 
         model = load_dcne_resnet34(spec.partition(":")[2], kwargs.get("num_classes", 200))
         return ModelSpec(spec, model, CUB_PREPROCESSING, _read_labels(labels, model.fc.out_features))
+    if spec == "fer:emotion":
+        from .fer_emotion import load_fer_spec
+
+        return load_fer_spec()
     if spec == "default":
         from .efficientnet_lite import load_default_model
 
