@@ -155,10 +155,11 @@ class CRPEngine:
         release that produced zennit-crp's golden test data). Default None: exact merge.
     dtype : torch.dtype, optional
         Compute type of the forward pass and every rule (default: the model's, float32).
-        ``torch.bfloat16`` makes the transposed convolutions of the conditional maps several
-        times faster on CPUs with AMX/AVX-512-BF16, at about 1e-2 relative error: for maps
-        that only feed the clustering (``benchmarks/explain_end_to_end.py``). BatchNorm is
-        merged in float32 before the cast.
+        ``torch.bfloat16`` (for maps that only feed a clustering) uses AMX/AVX-512-BF16 on
+        CPUs that have it: measured 2.9x faster on ResNet-34 but 2x slower on depthwise-
+        separable networks, with a median max error of 2-4 % of each map's maximum
+        (``benchmarks/engine_settings.py``, ``docs/speed.md``). BatchNorm is merged in
+        float32 before the cast.
 
     Examples
     --------

@@ -236,17 +236,9 @@ def build_cache(
 
 
 def _cache_on_ray(model_args, todo, cache_dir, workers, ray_address, bar) -> dict[str, float]:
-    import logging
+    from ..runs.explain_many import ray_session
 
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
+    with ray_session(ray_address) as ray:
         cpus = float(ray.cluster_resources().get("CPU", 1))
         n = max(1, min(workers, int(cpus)))
         task = ray.remote(num_cpus=cpus / n, max_retries=2)(_cache_chunk)
@@ -261,9 +253,6 @@ def _cache_on_ray(model_args, todo, cache_dir, workers, ray_address, bar) -> dic
             if bar:
                 bar.update(len(chunk))
         return seconds
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def input_neurons_path(cache_dir: Path, image_id: str, max_neurons: int | None) -> Path:

@@ -29,6 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -291,18 +292,29 @@ def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None
     return 1
 
 
-def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, workers=None, attempt_log=None) -> int:
+@contextmanager
+def ray_session(address: str | None = None):
+    """Ray for the duration of a run: the caller's session if one is running, else a local
+    one with this machine's CPUs (or a connection to ``address``), shut down afterwards."""
     import ray
-    import torch
 
-    started = False
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False, logging_level=logging.ERROR)
+    started = not ray.is_initialized()
+    if started:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         else:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        started = True
     try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, workers=None, attempt_log=None) -> int:
+    import torch
+
+    with ray_session(ray_address) as ray:
         cpus = float(ray.cluster_resources().get("CPU", 1))
         n = max(1, min(workers or int(cpus), int(cpus)))
         gpus = 1 if torch.cuda.is_available() else 0
@@ -313,16 +325,12 @@ def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, 
             done, _ = ray.wait(list(pending), num_returns=1)
             record = pending.pop(done[0])
             try:
-                outcome, threads = ray.get(done[0])
-                _apply(record, outcome, 1)
+                _apply(record, ray.get(done[0]), 1)
             except Exception as exc:  # noqa: BLE001 - Ray gave up after max_retries: recorded
                 cause = getattr(exc, "cause", None) or exc
                 _apply(record, {"status": "failed", "error": f"{type(cause).__name__}: {cause}"}, max_retries + 1)
             _update(bar, todo)
         return n
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _ray_task(source, options, image, out, name, attempt_log):
@@ -332,7 +340,7 @@ def _ray_task(source, options, image, out, name, attempt_log):
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(round(cpus))))
-    return explain_to_folder(source, options, image, out, name, attempt_log), torch.get_num_threads()
+    return explain_to_folder(source, options, image, out, name, attempt_log)
 
 
 def write_index(result: RunResult) -> None:
