@@ -86,7 +86,8 @@ def main() -> None:
     from conceptree.models.fer_emotion import EMOTIONS, load_fer_spec
 
     out = Path(args.out)
-    explainer = ConceptExplainer.from_spec(load_fer_spec(), exclude_layers=["to_gray"])
+    # neurons: the feature convolutions (not the fixed RGB-to-gray layer nor the 7-map classifier conv)
+    explainer = ConceptExplainer.from_spec(load_fer_spec(), exclude_layers=["to_gray", "classifier"])
     summary: dict = {"model": "fer:emotion (mini-Xception, FER2013), ported; checked against TensorFlow",
                      "bars": BARS, "faces": {}}
     faces = {name: (face, True) for name, face in _faces().items()}
