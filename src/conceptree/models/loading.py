@@ -268,7 +268,12 @@ def preprocess(image, prep: Preprocessing) -> tuple[torch.Tensor, np.ndarray]:
     else:
         image = image.resize((prep.resize, prep.resize), method)
     shown = np.asarray(image, dtype=np.uint8).copy()
-    x = torch.from_numpy(shown).permute(2, 0, 1).float() / 255.0
+    return normalise(shown, prep), shown
+
+
+def normalise(shown: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """The displayed ``(H, W, 3)`` uint8 picture -> the model input ``(1, 3, H, W)``."""
+    x = torch.from_numpy(np.ascontiguousarray(shown)).permute(2, 0, 1).float() / 255.0
     mean = torch.tensor(prep.mean)[:, None, None]
     std = torch.tensor(prep.std)[:, None, None]
-    return ((x - mean) / std).unsqueeze(0), shown
+    return ((x - mean) / std).unsqueeze(0)

@@ -258,17 +258,13 @@ def build_atlas(
 
 
 def _input(explanation: Explanation):
-    """The model input of an explanation, rebuilt from its displayed image: ``preprocess`` gives
-    ``(shown / 255 - mean) / std``, so this is the same tensor."""
-    import torch
+    """The model input of an explanation, rebuilt from its displayed image (``preprocess`` is
+    resizing, then :func:`~conceptree.models.loading.normalise` of the displayed pixels)."""
+    from ..models.loading import normalise
 
-    prep = explanation.preprocessing
-    if prep is None:
+    if explanation.preprocessing is None:
         raise InputError("an explanation made from a tensor has no preprocessing; the atlas needs image files")
-    pic = torch.from_numpy(explanation.image).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(prep.mean)[:, None, None]
-    std = torch.tensor(prep.std)[:, None, None]
-    return ((pic - mean) / std).unsqueeze(0)
+    return normalise(explanation.image, explanation.preprocessing)
 
 
 def write_atlas(atlas: Atlas, explanations: list[Explanation], folders: list[str], out: str | Path,
