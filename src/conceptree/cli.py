@@ -67,15 +67,20 @@ def _k_range(text: str) -> tuple[int, int]:
         raise InputError(f"--k-range {text!r} must be MIN:MAX, e.g. 15:30") from None
 
 
+def _check_one_model_source(model_config, model, weights, model_arg, labels=None) -> None:
+    """``--model-config`` holds the whole model: refuse it together with the single flags."""
+    if model_config is not None and (model is not None or weights is not None or model_arg or labels is not None):
+        raise InputError("--model-config holds the model; drop --model/--weights/--model-arg/--labels")
+
+
 def _load_spec(model: str | None, model_config: str | None, weights, model_arg, labels, trust_checkpoint=False,
                resize=None, crop=None, mean=None, std=None, interpolation=None):
     """The model from ``--model-config`` or ``--model/--weights/--model-arg/--labels``, with
     the preprocessing flags applied on top."""
     from .models.loading import load_model
 
+    _check_one_model_source(model_config, model, weights, model_arg, labels)
     if model_config is not None:
-        if model is not None or weights is not None or model_arg or labels is not None:
-            raise InputError("--model-config holds the model; drop --model/--weights/--model-arg/--labels")
         from .models.config import load_model_config
 
         spec = load_model_config(model_config).load()
@@ -245,8 +250,7 @@ def explain_many_cmd(
     """Explain every image of a folder, glob or list file (resumable; Ray when installed)."""
     from .runs import ModelSource, explain_many
 
-    if model_config is not None and (model is not None or weights is not None or model_arg or labels is not None):
-        raise InputError("--model-config holds the model; drop --model/--weights/--model-arg/--labels")
+    _check_one_model_source(model_config, model, weights, model_arg, labels)
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
     source = ModelSource(config=str(Path(model_config).resolve()) if model_config else None, spec=model or "default",
@@ -356,9 +360,8 @@ def evaluate_cmd(
     from .evaluation.evaluate import check_trained, evaluate
     from .evaluation.runner import EvaluationConfig, ModelArgs
 
+    _check_one_model_source(model_config, model, weights, model_arg)
     if model_config is not None:
-        if model is not None or weights is not None or model_arg:
-            raise InputError("--model-config holds the model; drop --model/--weights/--model-arg")
         from .models.config import load_model_config
 
         cfg = load_model_config(model_config)

@@ -196,7 +196,7 @@ def trace_concepts(
         probs = torch.softmax(attribution.logits.double(), 0)
         news: list[NewConcept] = []
         if explain_new:
-            own = explainer.explain(x, target=target)
+            own = explainer.explain(x, target=target, attribution=attribution)  # reuses this image's LRP pass
             for concept in own.concepts.concepts:
                 members = {(n.layer, n.channel) for n in concept.neurons}
                 overlaps = [len(members & s) / len(members) for s in ref_sets]

@@ -194,6 +194,7 @@ class ConceptExplainer:
         k: int | None = None,
         keep_neuron_maps: bool = False,
         neurons: NeuronMaps | None = None,
+        attribution: Attribution | None = None,
     ) -> Explanation:
         """Explain the decision on one image with concepts.
 
@@ -210,6 +211,9 @@ class ConceptExplainer:
         neurons : NeuronMaps, optional
             Neuron features computed earlier for this model, image and target (e.g. an
             evaluation cache), clustered as they are.
+        attribution : Attribution, optional
+            The LRP pass of this image and target, if the caller already made it (``trace``
+            does); otherwise it is computed here.
 
         Returns
         -------
@@ -218,7 +222,8 @@ class ConceptExplainer:
         x, shown, file_name = self.prepare(image)
         options = self.options
         t0 = time.perf_counter()
-        attribution = self.engine.attribute(x, self.resolve_target(target))
+        if attribution is None:
+            attribution = self.engine.attribute(x, self.resolve_target(target))
         t1 = time.perf_counter()
         if neurons is None:
             neurons = neuron_features(self.engine, attribution, options.features, options.max_neurons,
