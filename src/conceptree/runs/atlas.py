@@ -16,7 +16,8 @@ are listed as rare. A recurring concept's **core** is the set of neurons that ar
 at least half of its occurrences. The core is traced on every image of the class with the
 explainer's engine (as ``compare`` does: its relevance there and its map), the images are
 ranked by that relevance, and the strongest region of each map (the smallest set of pixels
-holding half of its positive relevance) is cropped.
+holding a quarter of its positive relevance; of its negative relevance for a core that speaks
+against the class) is cropped.
 
 With part keypoints (input coordinates), each recurring concept gets a ``consistency``: the
 part whose keypoint lies most often inside the strongest region of its occurrences (the
@@ -232,7 +233,9 @@ def build_atlas(
                 core_map = maps[concept.id][i]
                 occ.core_relevance = float(core_map.sum())
                 occ.core_share = occ.core_relevance / per_image[i][1] if per_image[i][1] else 0.0
-                mask = region_mask(core_map, region_mass)
+                # a core with negative relevance (it speaks against the class): the region of that
+                # negative relevance, as the report does for negative concepts
+                mask = region_mask(core_map if occ.core_relevance >= 0 else -core_map, region_mass)
                 occ.box = _box(mask)
                 occ.region_area = float(mask.mean())
                 if keypoints is not None:
