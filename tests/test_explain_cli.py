@@ -69,6 +69,7 @@ def test_cli_help_lists_commands():
         (lambda p: None, ["explain", "x.jpg", "--preset", "fast"], "unknown preset 'fast'"),
         (lambda p: None, ["explain", "x.jpg", "--features", "pixels"], "unknown features 'pixels'"),
         (lambda p: None, ["explain", "x.jpg", "--concept-map", "mean"], "unknown concept map 'mean'"),
+        (lambda p: None, ["explain", "x.jpg", "--coverage", "1.5"], "coverage must be in (0, 1]"),
     ],
 )
 def test_cli_bad_input_one_line_error(tmp_path, setup, args, message):

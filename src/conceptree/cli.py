@@ -91,8 +91,10 @@ def _load_spec(model: str | None, model_config: str | None, weights, model_arg, 
     return spec
 
 
-def _options(preset: str, features=None, concept_map=None, linkage=None, k_range=None, lam=None, max_neurons=None):
-    """The preset's :class:`ConceptOptions` with the given flags on top (``max_neurons`` 0 = all)."""
+def _options(preset: str, features=None, concept_map=None, linkage=None, k_range=None, lam=None, max_neurons=None,
+             coverage=None):
+    """The preset's :class:`ConceptOptions` with the given flags on top (``max_neurons`` 0 = all,
+    ``coverage`` 1 = no cut)."""
     from .concepts.options import preset as get_preset
 
     options = get_preset(preset)
@@ -101,6 +103,8 @@ def _options(preset: str, features=None, concept_map=None, linkage=None, k_range
     options = options.replace(**{key: v for key, v in overrides.items() if v is not None})
     if max_neurons is not None:
         options = options.replace(max_neurons=None if max_neurons == 0 else max_neurons)
+    if coverage is not None:
+        options = options.replace(coverage=None if coverage == 1 else coverage)
     if lam is not None:
         options = options.replace(distance=replace(options.distance, lam=lam))
     return options
@@ -197,6 +201,7 @@ def explain_cmd(
     k_range: str | None = typer.Option(None, help="MIN:MAX searched by silhouette (default: the preset's)."),
     k: int | None = typer.Option(None, help="Fixed number of concepts (skips the search)."),
     max_neurons: int | None = typer.Option(None, help="Cluster the N neurons with the largest |r_p|; 0 = all (default: the preset's)."),
+    coverage: float | None = typer.Option(None, help="...and no more than cover this fraction of sum |r_p|; 1 = no cut (default: the preset's)."),
     resize: int | None = typer.Option(None, help="Resize the shorter side (default: the model's)."),
     crop: int | None = typer.Option(None, help="Centre crop size; 0 = resize to a square instead."),
     mean: float | None = typer.Option(None, help="Normalisation mean (all channels)."),
@@ -211,7 +216,7 @@ def explain_cmd(
     """Explain one image: concepts, maps and the report in --out."""
     spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
                       interpolation)
-    options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons)
+    options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons, coverage)
     _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
              overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device)
 
@@ -412,6 +417,12 @@ def _parse_variant(text: str, base):
                 distance[key] = value
             elif key == "max_neurons":
                 options[key] = None if value == "all" else int(value)
+            elif key == "coverage":
+                options[key] = None if value in ("none", "1") else float(value)
+            elif key == "pool_below_map_size":
+                if value not in ("true", "false"):
+                    raise ValueError(value)
+                options[key] = value == "true"
             elif key == "lam":
                 distance[key] = float(value)
             elif key == "linkage":
@@ -420,7 +431,7 @@ def _parse_variant(text: str, base):
                 options[key] = _k_range(value)
             else:
                 raise InputError(f"--variant {text!r}: unknown key {key!r}; use features, concept_map, max_neurons, "
-                                 "lam, linkage, k_range, map_norm or term_norm")
+                                 "coverage, pool_below_map_size, lam, linkage, k_range, map_norm or term_norm")
         except ValueError as exc:
             if isinstance(exc, ConceptreeError):
                 raise

@@ -26,7 +26,7 @@ from . import __version__
 from .attribution import Attribution, Composite, CRPEngine
 from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
 from .concepts import find_concepts
-from .concepts.features import concept_maps, member_maps, neuron_features
+from .concepts.features import concept_maps, features_for, member_maps
 from .concepts.options import ConceptOptions, preset
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
@@ -226,8 +226,7 @@ class ConceptExplainer:
             attribution = self.engine.attribute(x, self.resolve_target(target))
         t1 = time.perf_counter()
         if neurons is None:
-            neurons = neuron_features(self.engine, attribution, options.features, options.max_neurons,
-                                      options.distance.map_size, self.batch_size, self.progress)
+            neurons = features_for(self.engine, attribution, options, self.batch_size, self.progress)
         elif not set(neurons.layers) <= {layer.name for layer in self.engine.layers}:
             raise InputError("the precomputed neurons come from other layers than the engine's; recompute them")
         t2 = time.perf_counter()

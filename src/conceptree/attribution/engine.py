@@ -369,6 +369,7 @@ class CRPEngine:
         start: Mapping[fx.Node, Tensor],
         masks: Mapping[fx.Node, Tensor] | None = None,
         record: Sequence[fx.Node] = (),
+        stop: frozenset[fx.Node] = frozenset(),
     ) -> tuple[Tensor, dict[fx.Node, Tensor]]:
         """Propagate relevance batches from ``start`` nodes down to the input.
 
@@ -382,13 +383,16 @@ class CRPEngine:
             Multiplied onto the relevance at these nodes (broadcast to ``(B, ...)``).
         record : sequence of nodes
             Nodes whose (masked) relevance is returned.
+        stop : set of nodes
+            Relevance that reaches these nodes is returned in ``recorded`` and not propagated
+            further (:meth:`fine_nodes`).
 
         Returns
         -------
         input_relevance : Tensor
-            Shape ``(B, C, H, W)``.
+            Shape ``(B, C, H, W)`` (zeros where everything stopped above the input).
         recorded : dict
-            Node -> relevance, for the nodes in ``record`` that relevance reached.
+            Node -> relevance, for the nodes in ``record`` and ``stop`` that relevance reached.
         """
         pending: dict[fx.Node, Tensor] = dict(start)
         wanted = set(record)
@@ -402,8 +406,10 @@ class CRPEngine:
                 continue
             if masks is not None and node in masks:
                 rel = rel * masks[node]
-            if node in wanted:
+            if node in wanted or node in stop:
                 recorded[node] = rel
+            if node in stop:
+                continue
             if node.op == "placeholder":
                 result = rel
                 continue
@@ -498,6 +504,26 @@ class CRPEngine:
                 plan.append((name, chunk))
         return plan
 
+    def fine_nodes(self, forward: ForwardPass, size: tuple[int, int]) -> frozenset[fx.Node]:
+        """The nodes whose output is a channels-first feature map finer than ``size`` in both
+        dimensions (the input included): where :meth:`iter_conditional_maps` stops when asked to
+        pool below a map size.
+
+        A 4-d activation counts as a ``(B, C, h, w)`` map when its rule does not read it
+        channels-last and ``h : w`` is the input's aspect ratio (to one pixel).
+        """
+        height, width = forward.input.shape[-2:]
+        fine = set()
+        for node, shape in forward.shapes.items():
+            if len(shape) != 4 or getattr(forward.rules.get(node), "channels_last", False):
+                continue
+            h, w = int(shape[2]), int(shape[3])
+            if h > size[0] and w > size[1] and abs(h * width - w * height) <= max(height, width):
+                fine.add(node)
+        if height > size[0] and width > size[1]:
+            fine.update(node for node in self._nodes if node.op == "placeholder")
+        return frozenset(fine)
+
     @torch.no_grad()
     def iter_conditional_maps(
         self,
@@ -505,6 +531,7 @@ class CRPEngine:
         batch_size: int = DEFAULT_BATCH_SIZE,
         channels: Mapping[str, Sequence[int]] | None = None,
         progress: bool = False,
+        pool_below: tuple[int, int] | None = None,
     ) -> Iterator[MapBatch]:
         """Yield conditional maps ``y_p`` in batches, one layer per batch.
 
@@ -518,9 +545,19 @@ class CRPEngine:
             Subset of neurons (default: every channel of every selected layer).
         progress : bool
             Show a tqdm progress bar over batches.
+        pool_below : (h, w), optional
+            Approximate maps at this size: relevance that reaches a feature map finer than
+            ``(h, w)`` (:meth:`fine_nodes`) is summed over its channels and average-pooled to
+            ``(h, w)`` instead of being propagated through the high-resolution layers. Each
+            map is scaled like an ``(h, w)`` average pooling of the input-level map, so its
+            sum times ``H*W / (h*w)`` is ``sum(y_p)`` (exact when the sizes divide); the
+            shape within a cell of the finer map is lost. Default None: exact, ``(H, W)``.
         """
         plan = self.channel_plan(attribution, batch_size, channels)
         forward = attribution.forward
+        if pool_below is not None:
+            pool_below = (min(pool_below[0], forward.input.shape[-2]), min(pool_below[1], forward.input.shape[-1]))
+        stop = self.fine_nodes(forward, pool_below) if pool_below is not None else frozenset()
         iterator = plan
         if progress:
             from tqdm.auto import tqdm
@@ -538,8 +575,23 @@ class CRPEngine:
                 rows = torch.arange(chunk.numel(), device=self.device)
                 masked[rows, chunk_dev] = rel[0, chunk_dev]
                 start = {node: self._node_layout(forward, node, masked)}
-            input_rel, _ = self.propagate(forward, start)
-            yield MapBatch(layer, chunk, input_rel.sum(1))
+            input_rel, stopped = self.propagate(forward, start, stop=stop)
+            if pool_below is None:
+                yield MapBatch(layer, chunk, input_rel.sum(1))
+            else:
+                yield MapBatch(layer, chunk, self._pool_stopped(forward, input_rel, stopped, pool_below))
+
+    def _pool_stopped(self, forward: ForwardPass, input_rel: Tensor, stopped: Mapping[fx.Node, Tensor],
+                      size: tuple[int, int]) -> Tensor:
+        """``(B, *size)``: stopped relevance summed over channels, pooled to ``size`` and scaled
+        by its cells' share of the input area (an average pooling of the input-level map)."""
+        height, width = forward.input.shape[-2:]
+        out = F.adaptive_avg_pool2d(input_rel.sum(1, keepdim=True), size)[:, 0]  # zeros if the input stopped too
+        for rel in stopped.values():
+            h, w = rel.shape[-2:]
+            pooled = F.adaptive_avg_pool2d(rel.sum(1, keepdim=True), size)[:, 0]
+            out += pooled * (h * w / (height * width))
+        return out
 
     @torch.no_grad()
     def neuron_maps(
@@ -550,6 +602,7 @@ class CRPEngine:
         map_size: tuple[int, int] | None = None,
         dtype: np.dtype | type = np.float32,
         progress: bool = False,
+        pool_below_map_size: bool = False,
     ) -> NeuronMaps:
         """Collect the conditional maps of many neurons into one :class:`NeuronMaps`.
 
@@ -559,7 +612,13 @@ class CRPEngine:
             Average-pool larger maps down to this size as they stream out (memory: ``n*h*w``).
         dtype : numpy dtype
             Storage type of the maps (e.g. ``np.float16`` halves memory).
+        pool_below_map_size : bool
+            Stop the propagation at feature maps finer than ``map_size`` and pool there
+            (``pool_below`` of :meth:`iter_conditional_maps`): approximate shapes, sums exact
+            when the sizes divide; ``map_sums`` are then the pooled maps' sums rescaled.
         """
+        if pool_below_map_size and map_size is None:
+            raise InputError("pool_below_map_size needs a map_size to pool to, e.g. (56, 56)")
         plan = self.channel_plan(attribution, batch_size, channels)
         total = sum(chunk.numel() for _, chunk in plan)
         height, width = attribution.forward.input.shape[-2:]
@@ -572,9 +631,11 @@ class CRPEngine:
         relevance = np.empty(total, dtype=np.float64)
         per_channel = {name: attribution.channel_relevance(name).double().cpu().numpy() for name in layer_names}
         cursor = 0
-        for batch in self.iter_conditional_maps(attribution, batch_size, channels, progress):
+        pool_below = (out_h, out_w) if pool_below_map_size else None
+        for batch in self.iter_conditional_maps(attribution, batch_size, channels, progress, pool_below):
             n = batch.channels.numel()
-            sums[cursor : cursor + n] = batch.maps.double().sum((1, 2)).cpu().numpy()
+            area = height * width / (batch.maps.shape[-2] * batch.maps.shape[-1])
+            sums[cursor : cursor + n] = batch.maps.double().sum((1, 2)).cpu().numpy() * area
             small = batch.maps
             if map_size is not None and tuple(small.shape[-2:]) != (out_h, out_w):
                 small = F.adaptive_avg_pool2d(small.unsqueeze(1), (out_h, out_w)).squeeze(1)

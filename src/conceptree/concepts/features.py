@@ -16,22 +16,31 @@ from ..errors import InputError
 from .concepts import Concept, ConceptSet
 from .distance import DEFAULT_MAP_SIZE
 from .layer_maps import layer_group_maps, layer_neuron_maps
-from .options import CONCEPT_MAPS, FEATURES, PRESETS
+from .options import CONCEPT_MAPS, FEATURES, PRESETS, ConceptOptions
 
 
-def strongest_neurons(engine: CRPEngine, attribution, n: int) -> dict[str, list[int]]:
-    """The ``n`` neurons with the largest ``|r_p|`` over the engine's layers (ties: model order).
+def strongest_neurons(engine: CRPEngine, attribution, n: int | None, coverage: float | None = None
+                      ) -> dict[str, list[int]]:
+    """The neurons with the largest ``|r_p|`` over the engine's layers (ties: model order).
 
-    Returns a ``layer -> channels`` mapping for :meth:`CRPEngine.neuron_maps`.
+    At most ``n`` (None: no limit), and with ``coverage``, the fewest that reach this fraction
+    of ``sum |r_p|`` over every neuron. Returns a ``layer -> channels`` mapping for
+    :meth:`CRPEngine.neuron_maps`.
     """
-    if n < 1:
+    if n is not None and n < 1:
         raise InputError(f"max_neurons must be >= 1, got {n}")
+    if coverage is not None and not 0.0 < coverage <= 1.0:
+        raise InputError(f"coverage must be in (0, 1], got {coverage}")
     names = [layer.name for layer in engine.layers]
     per_layer = [attribution.channel_relevance(name).abs().double().cpu().numpy() for name in names]
     magnitude = np.concatenate(per_layer)
     layer_of = np.concatenate([np.full(len(r), i) for i, r in enumerate(per_layer)])
     channel_of = np.concatenate([np.arange(len(r)) for r in per_layer])
-    chosen = np.lexsort((np.arange(magnitude.size), -magnitude))[:n]
+    chosen = np.lexsort((np.arange(magnitude.size), -magnitude))
+    if coverage is not None and coverage < 1.0 and magnitude.sum() > 0:
+        covered = np.cumsum(magnitude[chosen]) / magnitude.sum()
+        chosen = chosen[: int(np.searchsorted(covered, coverage)) + 1]
+    chosen = chosen[:n]
     wanted: dict[str, list[int]] = {}
     for i in sorted(chosen):
         wanted.setdefault(names[layer_of[i]], []).append(int(channel_of[i]))
@@ -46,18 +55,33 @@ def neuron_features(
     map_size: tuple[int, int] | None = DEFAULT_MAP_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    *,
+    coverage: float | None = None,
+    pool_below_map_size: bool = False,
 ) -> NeuronMaps:
     """The neurons to cluster and their maps: own-layer (``"layer"``) or input-level (``"input"``).
 
-    Returns :class:`NeuronMaps` with ``maps`` ``(n, *map_size)``; ``max_neurons`` keeps the
-    neurons with the largest ``|r_p|``.
+    Returns :class:`NeuronMaps` with ``maps`` ``(n, *map_size)``; ``max_neurons`` and
+    ``coverage`` keep the neurons with the largest ``|r_p|`` (:func:`strongest_neurons`);
+    ``pool_below_map_size`` approximates input-level maps (:class:`ConceptOptions`).
     """
-    channels = strongest_neurons(engine, attribution, max_neurons) if max_neurons is not None else None
+    channels = None
+    if max_neurons is not None or (coverage is not None and coverage < 1.0):
+        channels = strongest_neurons(engine, attribution, max_neurons, coverage)
     if features == "layer":
         return layer_neuron_maps(attribution, [layer.name for layer in engine.layers], channels, map_size or DEFAULT_MAP_SIZE)
     if features == "input":
-        return engine.neuron_maps(attribution, batch_size, channels, map_size=map_size, progress=progress)
+        return engine.neuron_maps(attribution, batch_size, channels, map_size=map_size, progress=progress,
+                                  pool_below_map_size=pool_below_map_size)
     raise InputError(f"unknown features {features!r}; use one of {', '.join(FEATURES)}")
+
+
+def features_for(engine: CRPEngine, attribution, options: ConceptOptions, batch_size: int = DEFAULT_BATCH_SIZE,
+                 progress: bool = False) -> NeuronMaps:
+    """:func:`neuron_features` with everything :class:`ConceptOptions` says about them."""
+    return neuron_features(engine, attribution, options.features, options.max_neurons, options.distance.map_size,
+                           batch_size, progress, coverage=options.coverage,
+                           pool_below_map_size=options.pool_below_map_size)
 
 
 def concept_maps(

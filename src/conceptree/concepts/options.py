@@ -40,6 +40,15 @@ class ConceptOptions:
         Each concept's map (module docstring).
     max_neurons : int or None
         Cluster the neurons with the largest ``|r_p|`` only (None: every neuron).
+    coverage : float or None
+        Also stop adding neurons, in decreasing ``|r_p|``, once they cover this fraction of
+        ``sum |r_p|`` over every neuron (None: no such cut). The rest are not clustered; the
+        explanation records how many neurons were.
+    pool_below_map_size : bool
+        With ``features="input"``: stop each conditional map at the feature maps finer than
+        the distance's ``map_size`` and pool there (:meth:`CRPEngine.iter_conditional_maps`),
+        instead of propagating through the high-resolution layers. Approximate shapes, exact
+        sums; the concepts' maps stay exact.
     distance : DistanceConfig
         λ and the terms' normalisation.
     method : str
@@ -51,6 +60,8 @@ class ConceptOptions:
     features: str = "layer"
     concept_map: str = "layer-group"
     max_neurons: int | None = 4000
+    coverage: float | None = None
+    pool_below_map_size: bool = False
     distance: DistanceConfig = field(default_factory=DistanceConfig)
     method: str = DEFAULT_METHOD
     k_range: tuple[int, int] = DEFAULT_K_RANGE
@@ -64,6 +75,8 @@ class ConceptOptions:
             raise InputError(f"unknown linkage {self.method!r}; use one of {', '.join(LINKAGES)}")
         if self.max_neurons is not None and self.max_neurons < 1:
             raise InputError(f"max_neurons must be >= 1 or None, got {self.max_neurons}")
+        if self.coverage is not None and not 0.0 < self.coverage <= 1.0:
+            raise InputError(f"coverage must be in (0, 1] or None, got {self.coverage}")
 
     def replace(self, **changes) -> ConceptOptions:
         return replace(self, **changes)
@@ -71,6 +84,7 @@ class ConceptOptions:
     def to_dict(self) -> dict:
         return {
             "features": self.features, "concept_map": self.concept_map, "max_neurons": self.max_neurons,
+            "coverage": self.coverage, "pool_below_map_size": self.pool_below_map_size,
             "distance": self.distance.to_dict(), "method": self.method, "k_range": list(self.k_range),
         }
 
@@ -81,6 +95,7 @@ class ConceptOptions:
         if distance.get("map_size") is not None:
             distance["map_size"] = tuple(distance["map_size"])
         return cls(features=data["features"], concept_map=data["concept_map"], max_neurons=data["max_neurons"],
+                   coverage=data.get("coverage"), pool_below_map_size=bool(data.get("pool_below_map_size", False)),
                    distance=DistanceConfig(**distance), method=data["method"], k_range=tuple(data["k_range"]))
 
 

@@ -24,7 +24,7 @@ from ..attribution.engine import Attribution, CRPEngine, NeuronMaps
 from ..concepts import find_concepts
 from ..concepts.concepts import cut_concepts
 from ..concepts.distance import DEFAULT_MAP_SIZE
-from ..concepts.features import concept_maps, neuron_features
+from ..concepts.features import concept_maps, features_for
 from ..concepts.options import ConceptOptions
 from .baselines import CAM_METHODS
 from .controls import DISK_COUNTS, random_disks
@@ -62,7 +62,7 @@ def ours_maps(
 ) -> OursResult:
     """Concepts of one photo under ``options``, their maps, and the cuts at every K."""
     if neurons is None:
-        neurons = neuron_features(engine, attribution, options.features, options.max_neurons, options.distance.map_size)
+        neurons = features_for(engine, attribution, options)
     concepts = find_concepts(neurons, options.distance, options.method, options.k_range)
     maps = concept_maps(engine, attribution, concepts.concepts, options.concept_map)
     at_k = {}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..attribution.engine import CRPEngine, NeuronMaps
 from ..attribution.graph import canonize
-from ..concepts.features import neuron_features
+from ..concepts.features import features_for
 from ..concepts.options import PRESETS, ConceptOptions
 from ..errors import InputError
 from ..models.loading import ModelSpec, Preprocessing, load_image, load_model, preprocess
@@ -255,9 +255,16 @@ def _cache_on_ray(model_args, todo, cache_dir, workers, ray_address, bar) -> dic
         return seconds
 
 
-def input_neurons_path(cache_dir: Path, image_id: str, max_neurons: int | None) -> Path:
-    """Cache file of a photo's input-level neuron maps for a pool size (None: every neuron)."""
-    return Path(cache_dir) / f"{image_id}.input{'all' if max_neurons is None else max_neurons}.npz"
+def input_neurons_path(cache_dir: Path, image_id: str, max_neurons: int | None, coverage: float | None = None,
+                       pooled: bool = False) -> Path:
+    """Cache file of a photo's input-level neuron maps for a pool size (None: every neuron), a
+    coverage cut and the pooled approximation."""
+    name = f"{image_id}.input{'all' if max_neurons is None else max_neurons}"
+    if coverage is not None and coverage < 1.0:
+        name += f".cov{coverage:g}"
+    if pooled:
+        name += ".pooled"
+    return Path(cache_dir) / f"{name}.npz"
 
 
 def load_input_neurons(path: str | Path) -> NeuronMaps:
@@ -271,10 +278,11 @@ def cached_input_neurons(
     engine: CRPEngine, attribution, cache_dir: Path, image: AnnotatedImage, options: ConceptOptions
 ) -> NeuronMaps:
     """Input-level neuron maps (``features="input"``), cached per photo and pool size."""
-    path = input_neurons_path(cache_dir, image.image_id, options.max_neurons)
+    path = input_neurons_path(cache_dir, image.image_id, options.max_neurons, options.coverage,
+                              options.pool_below_map_size)
     if path.exists():
         return load_input_neurons(path)
-    neurons = neuron_features(engine, attribution, "input", options.max_neurons, options.distance.map_size)
+    neurons = features_for(engine, attribution, options.replace(features="input"))
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, layers=np.array(neurons.layers), layer_index=neurons.layer_index, channel=neurons.channel,
              relevance=neurons.relevance, maps=neurons.maps.astype(np.float16), map_sums=neurons.map_sums)
