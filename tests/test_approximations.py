@@ -103,3 +103,30 @@ def test_options_round_trip_and_older_files():
     assert ConceptOptions.from_dict(older) == ConceptOptions(features="input")
     with pytest.raises(InputError, match="coverage must be in"):
         ConceptOptions(coverage=1.5)
+
+
+def test_paper_fast_clusters_the_covered_neurons_and_shows_exact_maps():
+    """The preset's approximations touch what is clustered, never the maps a concept shows."""
+    from conceptree.concepts.distance import DistanceConfig
+    from conceptree.concepts.options import PRESETS
+    from conceptree.explainer import ConceptExplainer
+
+    torch.manual_seed(0)
+    model = helpers.torchvision_model("resnet18")
+    x = torch.randn(1, 3, 64, 64)
+    options = PRESETS["paper-fast"].replace(k_range=(3, 6), distance=DistanceConfig(map_size=(16, 16)))
+    explainer = ConceptExplainer(model, options=options, layers=["layer1.*", "layer2.*"])
+    result = explainer.explain(x, keep_neuron_maps=True)
+    attribution = explainer.engine.attribute(x)
+    covered = strongest_neurons(explainer.engine, attribution, None, 0.95)
+    assert result.n_neurons == sum(map(len, covered.values())) < sum(layer.channels for layer in explainer.engine.layers)
+    assert {name.split(":")[0] for name in result.neuron_names} <= set(covered)
+    reps = {}
+    for concept in result.concepts.concepts:
+        reps.setdefault(concept.representative.layer, []).append(concept.representative.channel)
+    exact = explainer.engine.neuron_maps(attribution, 8, reps)
+    lookup = dict(zip(exact.names(), exact.maps))
+    for concept, shown in zip(result.concepts.concepts, result.concept_maps):
+        rep = concept.representative
+        np.testing.assert_allclose(shown, lookup[f"{rep.layer}:{rep.channel}"], rtol=1e-5, atol=1e-8)
+    assert shown.shape == (64, 64)
