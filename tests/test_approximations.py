@@ -105,8 +105,8 @@ def test_options_round_trip_and_older_files():
         ConceptOptions(coverage=1.5)
 
 
-def test_paper_fast_clusters_the_covered_neurons_and_shows_exact_maps():
-    """The preset's approximations touch what is clustered, never the maps a concept shows."""
+def test_approximated_paper_route_clusters_the_covered_neurons_and_shows_exact_maps():
+    """The approximations touch what is clustered, never the maps a concept shows."""
     from conceptree.concepts.distance import DistanceConfig
     from conceptree.concepts.options import PRESETS
     from conceptree.explainer import ConceptExplainer
@@ -114,7 +114,8 @@ def test_paper_fast_clusters_the_covered_neurons_and_shows_exact_maps():
     torch.manual_seed(0)
     model = helpers.torchvision_model("resnet18")
     x = torch.randn(1, 3, 64, 64)
-    options = PRESETS["paper-fast"].replace(k_range=(3, 6), distance=DistanceConfig(map_size=(16, 16)))
+    options = PRESETS["paper"].replace(coverage=0.95, pool_below_map_size=True, k_range=(3, 6),
+                                       distance=DistanceConfig(map_size=(16, 16)))
     explainer = ConceptExplainer(model, options=options, layers=["layer1.*", "layer2.*"])
     result = explainer.explain(x, keep_neuron_maps=True)
     attribution = explainer.engine.attribute(x)

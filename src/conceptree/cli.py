@@ -193,7 +193,7 @@ def explain_cmd(
     target: str = typer.Option("auto", help="auto | class index | class name."),
     layers: list[str] = typer.Option([], help="Conv layer names/globs (repeatable)."),
     exclude_layers: list[str] = typer.Option([], help="Globs to drop, e.g. '*downsample*'."),
-    preset: str = typer.Option("default", help="default (own-layer maps, fast) | paper (input-level CRP maps of every neuron) | paper-fast."),
+    preset: str = typer.Option("default", help="default (own-layer maps, fast) | paper (input-level CRP maps of every neuron)."),
     features: str | None = typer.Option(None, help="What is clustered: layer | input (default: the preset's)."),
     concept_map: str | None = typer.Option(None, help="Each concept's map: layer-group | group | representative."),
     lam: float | None = typer.Option(None, help="Weight of the map distance, 1-lam: relevance (default: the preset's)."),
@@ -226,12 +226,13 @@ def demo_cmd(
     out: str = typer.Option("conceptree-demo", help="Output folder."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
-    preset: str = typer.Option("default", help="default | paper (input-level CRP maps of all 21,008 neurons) | paper-fast (approximated: docs/speed.md)."),
+    preset: str = typer.Option("default", help="default | paper (input-level CRP maps of all 21,008 neurons)."),
+    coverage: float | None = typer.Option(None, help="Cluster only the strongest neurons covering this fraction of sum |r_p|."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
     spec = _load_spec("default", None, None, [], None)
-    _explain(None, spec, _options(preset), target="auto", layers=[], exclude_layers=[], k=None, out=out,
+    _explain(None, spec, _options(preset, coverage=coverage), target="auto", layers=[], exclude_layers=[], k=None, out=out,
              overwrite=overwrite, quiet=quiet, neuron_maps=False, device=device)
 
 
@@ -243,7 +244,7 @@ def explain_many_cmd(
     weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
     model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
     labels: str | None = typer.Option(None, help="Class names, one per line."),
-    preset: str = typer.Option("default", help="default | paper | paper-fast."),
+    preset: str = typer.Option("default", help="default | paper."),
     max_neurons: int | None = typer.Option(None, help="Cluster the N strongest neurons; 0 = all (default: the preset's)."),
     out: str = typer.Option("conceptree-many", help="Run folder: one explanation folder per image, index.json/html."),
     executor: str = typer.Option("auto", help="auto (Ray if installed) | ray | local (sequential, in-process)."),
@@ -344,7 +345,7 @@ def evaluate_cmd(
     executor: str = typer.Option("process", help="process (a local pool) | ray (local Ray, or --ray-address)."),
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster for --executor ray."),
     thresholds: str | None = typer.Option(None, help="thresholds.json of a dev run (default: choose here)."),
-    preset: str = typer.Option("default", help="Our method's options: default | paper | paper-fast."),
+    preset: str = typer.Option("default", help="Our method's options: default | paper."),
     paper: bool = typer.Option(False, help="Also score the paper's method (input-level maps, representatives) as ours-paper."),
     paper_neurons: int = typer.Option(PAPER_POOL, help="Neurons (largest |r_p|) clustered by ours-paper (all 17k cost ~8 min/photo)."),
     max_neurons: int | None = typer.Option(None, help="Our method: neurons clustered (default: the preset's)."),
