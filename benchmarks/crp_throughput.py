@@ -7,6 +7,8 @@ a deep layer. Writes ``benchmarks/results/crp_throughput.json``.
 
 Run:  python benchmarks/crp_throughput.py [--batch-size 32] [--full]
 (needs ``pip install --no-deps zennit-crp==0.6.0``; ``--full`` also streams all 8,512 maps).
+On a GPU: ``--device cuda --out benchmarks/results/crp_throughput_cuda.json`` (clocks are read
+after ``torch.cuda.synchronize()``; GPU memory is reported as ``peak_gpu_memory_gb``).
 """
 
 from __future__ import annotations
@@ -48,10 +50,17 @@ def build_model() -> torch.nn.Module:
     return model.eval()
 
 
+def sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def time_ours(engine, attribution, layer, channels, batch_size):
     engine.neuron_maps(attribution, batch_size, {layer: channels[:batch_size]})  # warm-up
+    sync()
     start = time.perf_counter()
     maps = engine.neuron_maps(attribution, batch_size, {layer: channels})
+    sync()
     return time.perf_counter() - start, maps.maps
 
 
@@ -63,14 +72,17 @@ def time_floor(model, x, layer, channels, batch_size):
         xb = x.repeat(len(chunk), 1, 1, 1).requires_grad_()
         store = {}
         handle = module.register_forward_hook(lambda m, i, o: store.__setitem__("out", o))  # noqa: B023 (hook removed in this iteration)
+        sync()
         t0 = time.perf_counter()
         model(xb)
+        sync()
         t1 = time.perf_counter()
         handle.remove()
         out = store["out"]
         grad = torch.zeros_like(out)
         grad[torch.arange(len(chunk)), torch.as_tensor(chunk)] = 1.0
         torch.autograd.grad(out, xb, grad)
+        sync()
         t2 = time.perf_counter()
         forward_s += t1 - t0
         backward_s += t2 - t1
@@ -91,12 +103,14 @@ def time_zennit_crp(model, x, target, layer, channels, batch_size, start_layer_r
     else:
         conditions = [{layer: [int(c)]} for c in channels]
         kwargs = {"start_layer": layer, "init_rel": lambda act: start_layer_rel.expand_as(act).clone()}
+    sync()
     start = time.perf_counter()
     for result in attribution.generate(
         x.clone().requires_grad_(), conditions, composite, record_layer=[], batch_size=batch_size,
         exclude_parallel=True, verbose=False, **kwargs,
     ):
-        maps.append(result.heatmap.detach().numpy())
+        maps.append(result.heatmap.detach().cpu().numpy())
+    sync()
     return time.perf_counter() - start, np.concatenate(maps)
 
 
@@ -111,14 +125,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32, help="sampled channels per layer")
     parser.add_argument("--full", action="store_true", help="also stream all 8,512 maps (56x56, float16)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    model = build_model()
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    device = torch.device(args.device)
+    model = build_model().to(device)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
 
     engine = CRPEngine(model, Composite(dead_units="drop"), zennit_compat="zennit")  # zennit's exact semantics
     engine_default = CRPEngine(model)  # conceptree's default composite
+    sync()
     t0 = time.perf_counter()
     attribution = engine.attribute(x)
+    sync()
     attribute_s = time.perf_counter() - t0
     attribution_default = engine_default.attribute(x)
     target = attribution.target
@@ -193,7 +212,8 @@ def main() -> None:
         "composite": "epsilon-plus-flat, zero_bias=True (zennit zero_params=['bias']), exclude_parallel semantics",
         "batch_size": args.batch_size,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "device": "cpu",
+        "device": str(device),
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1024**3 if device.type == "cuda" else None,
         "speedup_vs_zennit_crp": crp_all / all_channels_s,
         "speedup_vs_zennit_crp_start_layer": crp_start_all / all_channels_s,
         "ratio_to_floor": max(rows[d]["ratio_to_floor"] for d in rows),
@@ -214,8 +234,8 @@ def main() -> None:
             "conv1/layer1/layer2, the middle rate to layer3 and the deep rate to layer4."
         ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=2))
 
 
