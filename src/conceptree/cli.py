@@ -201,7 +201,7 @@ def explain_cmd(
     k_range: str | None = typer.Option(None, help="MIN:MAX searched by silhouette (default: the preset's)."),
     k: int | None = typer.Option(None, help="Fixed number of concepts (skips the search)."),
     max_neurons: int | None = typer.Option(None, help="Cluster the N neurons with the largest |r_p|; 0 = all (default: the preset's)."),
-    coverage: float | None = typer.Option(None, help="...and no more than cover this fraction of sum |r_p|; 1 = no cut (default: the preset's)."),
+    coverage: float | None = typer.Option(None, help="Also stop at the strongest neurons that cover this fraction of sum |r_p|; 1 = no cut (default: the preset's)."),
     resize: int | None = typer.Option(None, help="Resize the shorter side (default: the model's)."),
     crop: int | None = typer.Option(None, help="Centre crop size; 0 = resize to a square instead."),
     mean: float | None = typer.Option(None, help="Normalisation mean (all channels)."),
