@@ -586,7 +586,10 @@ class CRPEngine:
         """``(B, *size)``: stopped relevance summed over channels, pooled to ``size`` and scaled
         by its cells' share of the input area (an average pooling of the input-level map)."""
         height, width = forward.input.shape[-2:]
-        out = F.adaptive_avg_pool2d(input_rel.sum(1, keepdim=True), size)[:, 0]  # zeros if the input stopped too
+        if any(node.op == "placeholder" for node in stopped):  # input_rel is then all zeros
+            out = input_rel.new_zeros((input_rel.shape[0], *size))
+        else:
+            out = F.adaptive_avg_pool2d(input_rel.sum(1, keepdim=True), size)[:, 0]
         for rel in stopped.values():
             h, w = rel.shape[-2:]
             pooled = F.adaptive_avg_pool2d(rel.sum(1, keepdim=True), size)[:, 0]
