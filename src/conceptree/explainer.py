@@ -30,19 +30,17 @@ from .concepts.features import concept_maps, features_for, member_maps
 from .concepts.options import ConceptOptions, preset
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
-from .models.loading import IMAGENET_PREPROCESSING, ModelSpec, Preprocessing, load_image, preprocess
+from .models.loading import (
+    IMAGENET_PREPROCESSING,
+    ModelSpec,
+    Preprocessing,
+    load_image,
+    model_hash,
+    preprocess,
+)
 
 #: thumbnails of the most relevant members kept per concept (the report shows them).
 MEMBER_THUMBNAILS = 4
-
-
-def model_hash(model: nn.Module) -> str:
-    """SHA-1 of the model's parameters and buffers (names, shapes, values)."""
-    digest = hashlib.sha1()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _options(options: ConceptOptions | str) -> ConceptOptions:

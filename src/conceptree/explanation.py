@@ -29,7 +29,7 @@ FORMAT_VERSION = 2
 @dataclass(frozen=True)
 class ModelInfo:
     """Which model made an explanation: its spec (``"timm:NAME"``, ``"custom"``...) and the
-    SHA-1 of its parameters and buffers (:func:`conceptree.explainer.model_hash`)."""
+    SHA-1 of its parameters and buffers (:func:`conceptree.models.loading.model_hash`)."""
 
     spec: str
     hash: str

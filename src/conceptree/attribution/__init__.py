@@ -1,7 +1,7 @@
 """LRP / CRP attribution: rules, canonization and the batched conditional-map engine."""
 
 from .composites import Composite
-from .engine import Attribution, CRPEngine, ForwardPass, MapBatch, NeuronMaps
+from .engine import Attribution, BatchAttribution, CRPEngine, ForwardPass, MapBatch, NeuronMaps
 from .graph import LayerInfo, canonize
 
-__all__ = ["Attribution", "CRPEngine", "Composite", "ForwardPass", "LayerInfo", "MapBatch", "NeuronMaps", "canonize"]
+__all__ = ["Attribution", "BatchAttribution", "CRPEngine", "Composite", "ForwardPass", "LayerInfo", "MapBatch", "NeuronMaps", "canonize"]

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -83,6 +83,13 @@ class RuleContext:
         Value of every node evaluated so far (batch-1 forward pass).
     owner : fx.GraphModule
         The traced model (to look up the modules of other nodes).
+    validate : bool
+        Check that the module computes what the rule assumes (e.g. a plain convolution).
+        The engine sets it on its first forward pass only: a module's code does not change
+        between passes, and the check costs one extra convolution per layer.
+    constants : dict
+        The engine's store for values that depend only on a module and its input's shape
+        (clamped weights, flat-rule denominators), reused across forward passes.
     """
 
     node: fx.Node
@@ -95,6 +102,8 @@ class RuleContext:
     depends: set
     values: dict
     owner: fx.GraphModule
+    validate: bool = True
+    constants: dict = field(default_factory=dict)
 
     @property
     def arg0(self) -> fx.Node | None:
@@ -115,7 +124,8 @@ class RuleContext:
 
 # --------------------------------------------------------------------------- factories
 def conv_rule(ctx: RuleContext) -> R.Rule:
-    return R.ConvRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "zplus", ctx.composite, ctx.node.target)
+    return R.ConvRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "zplus", ctx.composite,
+                      ctx.node.target, ctx.validate, ctx.constants)
 
 
 def linear_rule(ctx: RuleContext) -> R.Rule:
@@ -123,7 +133,7 @@ def linear_rule(ctx: RuleContext) -> R.Rule:
     convolution (ConvNeXt's pointwise layers) and gets the convolution's rule."""
     if isinstance(ctx.x, Tensor) and ctx.x.ndim == 4:
         return R.PointwiseLinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "zplus",
-                                     ctx.composite, ctx.node.target)
+                                     ctx.composite, ctx.node.target, ctx.validate, ctx.constants)
     return R.LinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "epsilon", ctx.composite)
 
 

@@ -42,6 +42,14 @@ class Rule:
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         raise NotImplementedError
 
+    def use_channels_last(self) -> None:
+        """Store 4-D rule tensors channels-last (:func:`channels_last`).
+
+        The engine calls it once per forward pass before the first batch of conditional
+        maps, where the faster transposed convolutions repay the copies; a pass that serves
+        one backward per image (:meth:`CRPEngine.attribute`, ``attribute_batch``) skips it.
+        """
+
 
 class PassRule(Rule):
     """Identity: elementwise activations, dropout, identity, ``contiguous``."""
@@ -68,7 +76,7 @@ class ReshapeRule(Rule):
     """``view``/``reshape``/``flatten``: relevance follows the elements."""
 
     def __init__(self, inp: fx.Node, in_shape: torch.Size, out_shape: torch.Size, what: str) -> None:
-        if in_shape[0] != 1 or out_shape[0] != 1:
+        if in_shape[0] != out_shape[0]:
             raise UnsupportedModelError(
                 f"{what} mixes the batch dimension ({tuple(in_shape)} -> {tuple(out_shape)}); "
                 "keep the batch dimension first and separate"
@@ -111,9 +119,12 @@ class NormPoolRule(Rule):
     ) -> None:
         self.inputs = (inp,)
         self.fn = fn
-        self.x = channels_last(x)
+        self.x = x
         self.global_mean = global_mean
-        self.inv_z = channels_last(1.0 / stabilize(out, NORM_STABILIZER))
+        self.inv_z = 1.0 / stabilize(out, NORM_STABILIZER)
+
+    def use_channels_last(self) -> None:
+        self.x, self.inv_z = channels_last(self.x), channels_last(self.inv_z)
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         if self.global_mean:
@@ -150,8 +161,12 @@ class SumRule(Rule):
                     "supported; add tensors of equal shape"
                 )
         self.inputs = tuple(inputs)
-        self.values = [channels_last(v) for v in values]
-        self.inv_z = channels_last(1.0 / stabilize(out, NORM_STABILIZER))
+        self.values = list(values)
+        self.inv_z = 1.0 / stabilize(out, NORM_STABILIZER)
+
+    def use_channels_last(self) -> None:
+        self.values = [channels_last(v) for v in self.values]
+        self.inv_z = channels_last(self.inv_z)
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         scaled = relevance * self.inv_z
@@ -259,7 +274,8 @@ class ConvRule(Rule):
     ``inv_z = 1 / stab(z)`` (or exactly ``1 / z`` and the flat rule on dead units, see below).
     """
 
-    def __init__(self, inp: fx.Node, module: nn.Conv2d, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str) -> None:
+    def __init__(self, inp: fx.Node, module: nn.Conv2d, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str,
+                 validate: bool = True, constants: dict | None = None) -> None:
         self.inputs = (inp,)
         self.name = name
         self.pads, self.padding = conv_geometry(module, x, name)
@@ -269,20 +285,33 @@ class ConvRule(Rule):
         xp = F.pad(x, self.pads) if any(self.pads) else x
         self.padded_shape = tuple(xp.shape[1:])
         weight, bias = module.weight, module.bias
-        check = F.conv2d(xp, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        if check.shape != out.shape or not torch.allclose(check, out, rtol=1e-4, atol=1e-5 * float(out.abs().max()) + 1e-6):
+        check = F.conv2d(xp, weight, bias, self.stride, self.padding, self.dilation, self.groups) if validate else out
+        if check.shape != out.shape or validate and not torch.allclose(
+                check, out, rtol=1e-4, atol=1e-5 * float(out.abs().max()) + 1e-6):
             raise UnsupportedModelError(
                 f"conv '{name}' ({type(module).__name__}) does not compute a plain convolution; "
                 "replace its custom forward with nn.Conv2d"
             )
         conv = lambda inp_, w, b=None: F.conv2d(inp_, w, b, self.stride, self.padding, self.dilation, self.groups)  # noqa: E731
         use_bias = bias is not None and not composite.zero_bias
+        # values that depend only on the module and the input's shape are kept per engine
+        const = constants if constants is not None else {}
+
+        def constant(what: str, make: Callable[[], Tensor]) -> Tensor:
+            key = (name, what, tuple(x.shape), x.dtype)
+            if key not in const:
+                const[key] = make()
+            return const[key]
+
         if mode == "zplus":
-            w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-            x_pos, x_neg = xp.clamp(min=0), xp.clamp(max=0)
+            w_pos = constant("w_pos", lambda: weight.clamp(min=0))
+            has_negative = bool(xp.min() < 0)
+            x_pos = xp.clamp(min=0) if has_negative else xp
             z = conv(x_pos, w_pos, bias.clamp(min=0) if use_bias else None)
             self.terms: list[tuple[Tensor | None, Tensor]] = [(x_pos, w_pos)]
-            if bool((x_neg < 0).any()):
+            if has_negative:
+                x_neg = xp.clamp(max=0)
+                w_neg = constant("w_neg", lambda: weight.clamp(max=0))
                 z = z + conv(x_neg, w_neg)
                 self.terms.append((x_neg, w_neg))
             eps = composite.stabilizer
@@ -291,14 +320,14 @@ class ConvRule(Rule):
             self.terms = [(xp, weight)]
             eps = composite.epsilon
         elif mode == "flat":
-            ones_w = torch.ones_like(weight)
-            z = conv(F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x), ones_w)
+            ones_w = constant("ones_w", lambda: torch.ones_like(weight))
+            z = constant("flat_z", lambda: conv(F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x),
+                                                ones_w))
             self.terms = [(None, ones_w)]
             eps = composite.stabilizer
         else:  # pragma: no cover - guarded by the engine
             raise ValueError(mode)
         self.mode = mode
-        self.inv_z = 1.0 / stabilize(z, eps)
         # dead_units="flat": z+ is a sum of non-negative terms, so R * (x_i w_i / z) needs no
         # stabiliser when z > 0 (each share is <= 1) and conserves exactly. A unit with z == 0
         # (active through its bias alone, e.g. a depthwise window of zeros) has no positive
@@ -307,20 +336,28 @@ class ConvRule(Rule):
         self.has_dead_units = False
         if mode == "zplus" and composite.dead_units == "flat":
             dead = z <= 1e-30
-            self.inv_z = torch.where(dead, 0.0, 1.0 / torch.where(dead, 1.0, z))
+            self.inv_z = (1.0 / z).masked_fill_(dead, 0.0)
             if bool(dead.any()):
-                ones_x = F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x)
+                def make_count() -> Tensor:
+                    ones_x = F.pad(torch.ones_like(x[:1]), self.pads) if any(self.pads) else torch.ones_like(x[:1])
+                    kernel = torch.ones((self.groups, 1, *weight.shape[2:]), dtype=weight.dtype, device=weight.device)
+                    count = F.conv2d(ones_x[:, :1].expand(-1, self.groups, -1, -1).contiguous(), kernel, None,
+                                     self.stride, self.padding, self.dilation, self.groups)
+                    return (count * (x.shape[1] // self.groups)).repeat_interleave(z.shape[1] // self.groups, dim=1)
+
+                count = constant("flat_count", make_count)  # (1, C_out, H, W): inputs under each unit
                 kernel = torch.ones((self.groups, 1, *weight.shape[2:]), dtype=weight.dtype, device=weight.device)
-                count = F.conv2d(ones_x[:, :1].expand(-1, self.groups, -1, -1).contiguous(), kernel, None,
-                                 self.stride, self.padding, self.dilation, self.groups)
-                c_in_g = x.shape[1] // self.groups
-                c_out_g = z.shape[1] // self.groups
-                count = (count * c_in_g).repeat_interleave(c_out_g, dim=1)
-                self.flat_share = channels_last(torch.where(dead, 1.0 / count.clamp(min=1), 0.0))  # (1, C_out, H, W)
+                self.flat_share = torch.where(dead, 1.0 / count.clamp(min=1), 0.0)  # (1, C_out, H, W)
                 self.flat_kernel = kernel[:1]
                 self.has_dead_units = True
+        else:
+            self.inv_z = 1.0 / stabilize(z, eps)
+
+    def use_channels_last(self) -> None:
         self.inv_z = channels_last(self.inv_z)
         self.terms = [(None if f is None else channels_last(f), channels_last(w)) for f, w in self.terms]
+        if self.has_dead_units:
+            self.flat_share = channels_last(self.flat_share)
 
     def _crop(self, rel: Tensor) -> Tensor:
         left, right, top, bottom = self.pads
@@ -416,14 +453,18 @@ class PointwiseLinearRule(Rule):
 
     channels_last = True
 
-    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str) -> None:
+    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str,
+                 validate: bool = True, constants: dict | None = None) -> None:
         self.inputs = (inp,)
         conv = nn.Conv2d(module.in_features, module.out_features, 1, bias=module.bias is not None).to(module.weight)
         with torch.no_grad():
             conv.weight.copy_(module.weight[:, :, None, None])
             if module.bias is not None:
                 conv.bias.copy_(module.bias)
-        self.conv = ConvRule(inp, conv, x.permute(0, 3, 1, 2), out.permute(0, 3, 1, 2), mode, composite, name)
+        self.conv = ConvRule(inp, conv, x.permute(0, 3, 1, 2), out.permute(0, 3, 1, 2), mode, composite, name, validate, constants)
+
+    def use_channels_last(self) -> None:
+        self.conv.use_channels_last()
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         ((inp, rel),) = self.conv.backward(relevance.permute(0, 3, 1, 2))

@@ -271,6 +271,27 @@ def preprocess(image, prep: Preprocessing) -> tuple[torch.Tensor, np.ndarray]:
     return normalise(shown, prep), shown
 
 
+def input_frame(prep: Preprocessing, width: int, height: int) -> tuple[float, float, float, float]:
+    """How :func:`preprocess` maps a ``width × height`` photo's pixel coordinates into the model
+    input: ``(scale_x, scale_y, left, top)`` with ``x_input = x * scale_x - left`` (and y)."""
+    if prep.crop:
+        scale = prep.resize / min(width, height)
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        return w / width, h / height, float((w - prep.crop) // 2), float((h - prep.crop) // 2)
+    return prep.resize / width, prep.resize / height, 0.0, 0.0
+
+
+def model_hash(model: nn.Module) -> str:
+    """SHA-1 of the model's parameters and buffers (names, shapes, values)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def normalise(shown: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     """The displayed ``(H, W, 3)`` uint8 picture -> the model input ``(1, 3, H, W)``."""
     x = torch.from_numpy(np.ascontiguousarray(shown)).permute(2, 0, 1).float() / 255.0

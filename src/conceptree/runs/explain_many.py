@@ -23,42 +23,22 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..concepts.options import ConceptOptions
-from ..errors import ConceptreeError, InputError
+from ..errors import ConceptreeError
+from .tasks import IMAGE_SUFFIXES, ModelSource, collect_images, executor_kind, ray_session
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "ImageRecord", "ModelSource", "RunResult", "collect_images", "explain_many",
+           "ray_session", "write_index"]
+
 INDEX_FILES = ("index.json", "index.html")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """How a worker builds the model (picklable): a model config file or a spec with weights."""
-
-    config: str | None = None
-    spec: str = "default"
-    weights: str | None = None
-    kwargs: dict = field(default_factory=dict)
-    labels: str | None = None
-
-    def load(self):
-        """The :class:`~conceptree.models.loading.ModelSpec`."""
-        if self.config is not None:
-            from ..models.config import load_model_config
-
-            return load_model_config(self.config).load()
-        from ..models.loading import load_model
-
-        return load_model(self.spec, self.weights, self.kwargs, self.labels)
 
 
 @dataclass
@@ -76,31 +56,6 @@ class ImageRecord:
     largest_share: float | None = None
     seconds: float | None = None
     attempts: int = 1
-
-
-def collect_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Image paths from a folder (its image files, sorted), a glob pattern, a list file (one path
-    per line, relative to the file), or a sequence of paths."""
-    if not isinstance(source, (str, Path)):
-        return [Path(p) for p in source]
-    text = str(source)
-    path = Path(text)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif path.is_file() and path.suffix.lower() in (".txt", ".lst", ".list"):
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        found = [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
-    elif any(ch in text for ch in "*?["):
-        import glob
-
-        found = sorted(Path(p) for p in glob.glob(text, recursive=True))
-    elif path.is_file():
-        found = [path]
-    else:
-        raise InputError(f"{source} is neither a folder, a list file (.txt), a glob pattern nor an image file")
-    if not found:
-        raise InputError(f"no images found in {source} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return found
 
 
 def folder_name(index: int, image: Path) -> str:
@@ -217,7 +172,7 @@ def explain_many(
                 shutil.rmtree(out / name)
             todo.append(record)
         records.append(record)
-    kind = _executor(executor)
+    kind = executor_kind(executor)
     t0 = time.perf_counter()
     bar = _progress(len(todo), len(records) - len(todo), progress)
     run = _run_ray if kind == "ray" else _run_local
@@ -240,20 +195,6 @@ def _fill_from_folder(record: ImageRecord, folder: Path) -> None:
         record.largest_share = max((c["share"] for c in concepts), default=0.0)
     except (OSError, ValueError, KeyError):  # an older format: listed without details
         pass
-
-
-def _executor(name: str) -> str:
-    if name not in ("auto", "ray", "local"):
-        raise InputError(f"unknown executor {name!r}; use auto, ray or local")
-    if name == "local":
-        return "local"
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if name == "ray":
-            raise InputError("Ray is not installed; pip install 'conceptree[ray]' or use executor='local'") from None
-        return "local"
-    return "ray"
 
 
 def _progress(total: int, done_before: int, show: bool):
@@ -290,25 +231,6 @@ def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None
                     _apply(record, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, attempt)
         _update(bar, todo)
     return 1
-
-
-@contextmanager
-def ray_session(address: str | None = None):
-    """Ray for the duration of a run: the caller's session if one is running, else a local
-    one with this machine's CPUs (or a connection to ``address``), shut down afterwards."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, workers=None, attempt_log=None) -> int:

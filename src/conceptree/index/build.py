@@ -1,0 +1,374 @@
+"""Build a reference index: one batched LRP pass per image, sharded, local or on Ray, resumable.
+
+The images are split into shards of ``shard_size``; a task computes one shard (its images in
+batches of ``batch_size`` through :meth:`CRPEngine.attribute_batch`) and writes
+``shards/shard-NNNNN.npz`` atomically. A rerun into the same folder skips the shards that
+exist (resume after a kill); shards of another key are refused. When every shard is there
+they are assembled into ``relevance.npy`` and ``index.json`` (written last, so an index
+folder with ``index.json`` is complete) and the shards are removed.
+
+An unreadable image is recorded as ``failed`` with its one-line error and the build goes on;
+any other exception in a shard is retried (``max_retries``) and, if it persists, stops the
+build with a message to rerun (the finished shards stay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..attribution import Composite
+from ..errors import ConceptreeError, InputError
+from ..runs.tasks import ModelSource, atomic_write_text, collect_images, executor_kind, ray_session
+from .store import FLOAT16_MAX, INDEX_FORMAT, ConceptIndex, index_key, key_difference
+
+#: images per LRP batch: the fastest on the bird MobileNetV2 on a 2-core CPU
+#: (``benchmarks/results/index_throughput.json``).
+DEFAULT_BATCH_SIZE = 4
+#: images per task (and per shard file).
+DEFAULT_SHARD_SIZE = 64
+TARGETS = ("predicted", "label")
+
+
+@dataclass(frozen=True)
+class ReferenceItem:
+    """One image of a reference set: path relative to the set's root, label, part keypoints."""
+
+    path: str
+    label: int | None = None
+    annotation: dict | None = None
+
+
+def reference_set(source: str | Path | Sequence[str | Path]) -> tuple[Path, list[ReferenceItem]]:
+    """The images of a reference set and the folder their paths are relative to.
+
+    A ``cub_parts`` folder (``annotations.json``) gives every photo with its label (the bird
+    model's class of its species, where the model knows it) and its visible part keypoints;
+    anything else is read by :func:`~conceptree.runs.tasks.collect_images` (no labels).
+    """
+    if isinstance(source, (str, Path)) and (Path(source) / "annotations.json").is_file():
+        from ..evaluation.cub_parts import load_cub_parts
+
+        root = Path(source).resolve()
+        images, _ = load_cub_parts(root, require_target=False)
+        items = [ReferenceItem(str(im.path.relative_to(root)), im.target,
+                               {"keypoints": {k: list(v) for k, v in im.keypoints.items()},
+                                "bird_size_px": list(im.bird_size_px), "width": im.width, "height": im.height,
+                                "species": im.species})
+                 for im in images]
+        return root, items
+    paths = [p.resolve() for p in collect_images(source)]
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    return root, [ReferenceItem(str(p.relative_to(root))) for p in paths]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What one task needs (picklable for Ray)."""
+
+    shard: int
+    rows: tuple[int, ...]
+    items: tuple[ReferenceItem, ...]
+    root: str
+    out: str
+    key: dict
+    source: ModelSource
+    composite: Composite
+    layers: tuple[str, ...] | None
+    exclude_layers: tuple[str, ...] | None
+    batch_size: int
+    target: str
+    attempt_log: str | None = None
+
+
+def shard_path(out: Path, shard: int) -> Path:
+    return out / "shards" / f"shard-{shard:05d}.npz"
+
+
+class _Worker:
+    """A model and its traced engine, built once per process and reused for every shard."""
+
+    def __init__(self, job: ShardJob) -> None:
+        from ..attribution import CRPEngine
+        from ..models.loading import model_hash
+
+        self.spec = job.source.load()
+        self.engine = CRPEngine(self.spec.model, job.composite, job.layers, job.exclude_layers)
+        found = model_hash(self.spec.model)
+        if found != job.key["model_hash"]:
+            raise InputError("the model a worker loaded differs from the one the index was started with "
+                             "(parameter hash); use the same model files everywhere")
+
+    def run(self, job: ShardJob) -> None:
+        import torch
+
+        from ..models.loading import load_image, preprocess
+
+        if job.attempt_log is not None:  # test hook: fail the first attempt of a shard
+            marker = Path(job.attempt_log) / f"shard-{job.shard}.attempted"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text("1")
+                raise RuntimeError(f"injected failure of the first attempt at shard {job.shard}")
+        n_neurons = sum(layer.channels for layer in self.engine.layers)
+        relevance = np.zeros((len(job.rows), n_neurons), dtype=np.float16)
+        records: list[dict] = []
+        inputs: list[tuple[int, torch.Tensor]] = []
+        for i, item in enumerate(job.items):
+            path = Path(job.root) / item.path
+            record = {"row": job.rows[i], "path": item.path, "status": "ok", "label": item.label,
+                      "annotation": item.annotation}
+            try:
+                data = path.read_bytes()
+                record["file_sha1"] = hashlib.sha1(data).hexdigest()
+                picture, _ = load_image(str(path))
+                x, shown = preprocess(picture.convert("RGB"), self.spec.preprocessing)
+                record["pixels_sha1"] = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
+                if inputs and x.shape != inputs[0][1].shape:
+                    raise InputError(f"{item.path} preprocesses to {tuple(x.shape)}, the others to "
+                                     f"{tuple(inputs[0][1].shape)}; use a preprocessing with a fixed size")
+                inputs.append((i, x))
+            except (OSError, ConceptreeError) as exc:
+                record.update(status="failed", error=str(exc).splitlines()[0])
+            records.append(record)
+        for first in range(0, len(inputs), job.batch_size):
+            chunk = inputs[first : first + job.batch_size]
+            x = torch.cat([t for _, t in chunk])
+            targets = [job.items[i].label if job.target == "label" else None for i, _ in chunk]
+            result = self.engine.attribute_batch(x, targets)
+            probs = torch.softmax(result.logits.double(), 1)
+            values = result.channel_relevance.cpu().numpy()
+            if np.abs(values).max(initial=0.0) > FLOAT16_MAX:
+                raise InputError("a relevance exceeds float16's range; index with init='one' or a smaller logit scale")
+            for j, (i, _) in enumerate(chunk):
+                relevance[i] = values[j].astype(np.float16)
+                records[i].update(target=int(result.targets[j]), abs_total=float(np.abs(values[j]).sum()),
+                                  predicted=int(probs[j].argmax()), probability=float(probs[j].max()))
+        for i, item in enumerate(job.items):
+            if job.target == "label" and records[i]["status"] == "ok" and item.label is None:
+                records[i]["target"] = records[i]["predicted"]  # no label: the prediction (recorded as such)
+        final = shard_path(Path(job.out), job.shard)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.stem}-{os.getpid()}.tmp.npz")
+        np.savez(tmp, relevance=relevance, meta=np.array(json.dumps({"key": job.key, "records": records})))
+        os.replace(tmp, final)
+
+
+def _shard_task(job: ShardJob) -> int:
+    """A Ray task: torch uses the CPUs Ray assigned (set in the worker only)."""
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(round(cpus))))
+    _Worker(job).run(job)
+    return job.shard
+
+
+@dataclass
+class IndexBuilder:
+    """Builds a reference index (scikit-learn style: parameters here, work in :meth:`build`).
+
+    Parameters
+    ----------
+    composite : Composite, optional
+        LRP rules (default :class:`Composite`; must equal the explainer's).
+    layers, exclude_layers : sequence of str, optional
+        Conv layers whose channels are indexed (default: all, as the explainer).
+    target : {"predicted", "label"}
+        Class each image is indexed for: its prediction, or its label where the set has one
+        (images without a label fall back to their prediction, recorded in ``target``).
+    batch_size : int
+        Images per LRP batch (default :data:`DEFAULT_BATCH_SIZE`).
+    shard_size : int
+        Images per task and shard file.
+    executor : {"auto", "ray", "local"}
+        Ray when installed (``auto``), or sequential in this process.
+    workers : int, optional
+        Concurrent Ray tasks (default: the machine's CPUs); each gets ``CPUs / workers`` threads.
+    ray_address : str, optional
+        An existing Ray cluster.
+    max_retries : int
+        Retries of a shard that raised an unexpected exception.
+    progress : bool
+        A progress bar with the rate and ETA.
+    """
+
+    composite: Composite | None = None
+    layers: Sequence[str] | None = None
+    exclude_layers: Sequence[str] | None = None
+    target: str = "predicted"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    shard_size: int = DEFAULT_SHARD_SIZE
+    executor: str = "auto"
+    workers: int | None = None
+    ray_address: str | None = None
+    max_retries: int = 2
+    progress: bool = True
+    attempt_log: str | None = field(default=None, repr=False)  # test hook
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise InputError(f"unknown index target {self.target!r}; use one of {', '.join(TARGETS)}")
+        for name in ("batch_size", "shard_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive int, got {value!r}")
+        if self.composite is not None and not isinstance(self.composite, Composite):
+            raise InputError(f"composite must be a Composite, got {type(self.composite).__name__}")
+        executor_kind(self.executor)  # validates the name
+
+    def build(self, images, source: ModelSource, out: str | Path, *, overwrite: bool = False) -> ConceptIndex:
+        """Index ``images`` (a ``cub_parts`` folder, an image folder, glob or list) into ``out``.
+
+        Returns
+        -------
+        ConceptIndex
+            The finished index (also when ``out`` already held it: nothing is recomputed).
+        """
+        from ..attribution import CRPEngine
+        from ..models.loading import model_hash
+
+        out = Path(out)
+        composite = self.composite or Composite()
+        spec = source.load()
+        engine = CRPEngine(spec.model, composite, self.layers, self.exclude_layers)
+        key = index_key(model_hash(spec.model), composite.to_dict(), [layer.name for layer in engine.layers],
+                        spec.preprocessing.to_dict() if spec.preprocessing else None, self.target)
+        if overwrite and out.exists():
+            shutil.rmtree(out)
+        self._check_existing(out, key)
+        if (out / "index.json").is_file():
+            return ConceptIndex(out)
+        root, items = reference_set(images)
+        jobs = [ShardJob(s, tuple(range(first, min(first + self.shard_size, len(items)))),
+                         tuple(items[first : first + self.shard_size]), str(root), str(out), key, source, composite,
+                         tuple(self.layers) if self.layers else None,
+                         tuple(self.exclude_layers) if self.exclude_layers else None,
+                         self.batch_size, self.target, self.attempt_log)
+                for s, first in enumerate(range(0, len(items), self.shard_size))]
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in (out / "shards").glob(".*.tmp.npz"):
+            stale.unlink()
+        todo = [job for job in jobs if not shard_path(out, job.shard).is_file()]
+        kind = executor_kind(self.executor)
+        t0 = time.perf_counter()
+        bar = None
+        if self.progress and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=sum(len(j.rows) for j in todo), unit="image",
+                       desc=f"index ({len(items) - sum(len(j.rows) for j in todo)} done before)")
+        try:
+            if kind == "ray":
+                workers = self._run_ray(todo, bar)
+            else:
+                workers = 1
+                self._run_local(todo, bar, engine, spec)
+        finally:
+            if bar is not None:
+                bar.close()
+        wall = time.perf_counter() - t0
+        index = self._assemble(out, jobs, key, root, spec, engine)
+        summary = {"images": len(items), "failed": int((~index.ok).sum()), "computed_now": sum(len(j.rows) for j in todo),
+                   "wall_s": wall, "images_per_s": sum(len(j.rows) for j in todo) / wall if todo and wall > 0 else None,
+                   "executor": kind, "workers": workers, "batch_size": self.batch_size, "shard_size": self.shard_size,
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        meta = json.loads((out / "index.json").read_text())
+        meta["build"] = summary
+        atomic_write_text(out / "index.json", json.dumps(meta, indent=1))
+        return ConceptIndex(out)
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _check_existing(out: Path, key: dict) -> None:
+        found = None
+        if (out / "index.json").is_file():
+            found = json.loads((out / "index.json").read_text()).get("key")
+        else:
+            for shard in sorted((out / "shards").glob("shard-*.npz")):
+                found = json.loads(str(np.load(shard)["meta"]))["key"]
+                break
+        if found is not None and found != key:
+            raise InputError(f"{out} holds an index built with other {', '.join(key_difference(key, found))}; "
+                             "pass another --out or --overwrite")
+
+    def _run_local(self, todo: list[ShardJob], bar, engine, spec) -> None:
+        worker = _Worker.__new__(_Worker)
+        worker.spec, worker.engine = spec, engine
+        for job in todo:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    worker.run(job)
+                    break
+                except ConceptreeError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - retried, then reported with the resume hint
+                    if attempt == self.max_retries:
+                        raise ConceptreeError(f"shard {job.shard} failed ({type(exc).__name__}: {exc}); "
+                                              "rerun the same command to resume") from None
+            if bar is not None:
+                bar.update(len(job.rows))
+
+    def _run_ray(self, todo: list[ShardJob], bar) -> int:
+        import torch
+
+        with ray_session(self.ray_address) as ray:
+            cpus = float(ray.cluster_resources().get("CPU", 1))
+            n = max(1, min(self.workers or int(cpus), int(cpus)))
+            task = ray.remote(num_cpus=cpus / n, num_gpus=1 if torch.cuda.is_available() else 0,
+                              max_retries=self.max_retries, retry_exceptions=[RuntimeError, OSError, MemoryError])(_shard_task)
+            pending = {task.remote(job): job for job in todo}
+            failed = None
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(done[0])
+                try:
+                    ray.get(done[0])
+                except Exception as exc:  # noqa: BLE001 - reported after the other shards finish
+                    cause = getattr(exc, "cause", None) or exc
+                    failed = failed or f"shard {job.shard} failed ({type(cause).__name__}: {cause})"
+                if bar is not None:
+                    bar.update(len(job.rows))
+            if failed:
+                raise ConceptreeError(f"{failed}; rerun the same command to resume")
+            return n
+
+    @staticmethod
+    def _assemble(out: Path, jobs: list[ShardJob], key: dict, root: Path, spec, engine) -> ConceptIndex:
+        n_images = sum(len(j.rows) for j in jobs)
+        n_neurons = sum(layer.channels for layer in engine.layers)
+        tmp = out / ".relevance.npy.tmp"
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_images, n_neurons))
+        records: list[dict] = []
+        for job in jobs:
+            with np.load(shard_path(out, job.shard)) as shard:
+                meta = json.loads(str(shard["meta"]))
+                if meta["key"] != key:
+                    raise InputError(f"shard {job.shard} in {out} was built with another key; pass --overwrite")
+                matrix[job.rows[0] : job.rows[-1] + 1] = shard["relevance"]
+                records.extend(meta["records"])
+        matrix.flush()
+        del matrix
+        os.replace(tmp, out / "relevance.npy")
+        neurons = [{"layer": name, "offset": offset, "channels": channels}
+                   for name, offset, channels in engine.neuron_columns()]
+        meta = {"format": INDEX_FORMAT, "key": key, "root": str(root), "model_spec": spec.spec,
+                "class_names": list(spec.class_names or []), "neurons": neurons, "images": records}
+        atomic_write_text(out / "index.json", json.dumps(meta, indent=1))
+        shutil.rmtree(out / "shards", ignore_errors=True)
+        return ConceptIndex(out)
+
+
+def build_index(images, source: ModelSource, out: str | Path, *, overwrite: bool = False, **params) -> ConceptIndex:
+    """Build (or resume) a reference index: :class:`IndexBuilder` ``(**params).build(...)``."""
+    return IndexBuilder(**params).build(images, source, out, overwrite=overwrite)

@@ -1,0 +1,208 @@
+"""The reference index on disk: every neuron's relevance on every image of a reference set.
+
+An index folder holds
+
+``relevance.npy``
+    ``(images, neurons)`` float16, memory-mapped on load: ``r_p`` of every conv channel the
+    explainer knows (columns in the engine's layer order, channels in order; ``neurons`` in
+    ``index.json`` gives each layer's first column) for the class each image was indexed for.
+``index.json``
+    the key (model hash, LRP composite, layers, preprocessing, target rule), the neuron
+    columns, per image its path (relative to ``root``), file and pixel hashes, prediction,
+    label when the set has labels, explained class, status, ``sum |r_p|``, and the part
+    keypoints when the set is a ``cub_parts`` folder; a build summary (throughput, memory).
+
+Nothing else is kept per image: a concept's region on a reference is recomputed from that
+image's own LRP pass when it is shown (a handful of images per explanation), which keeps the
+index at two bytes per neuron and image and shows exactly the map an explanation shows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+#: version of the folder layout (``index.json["format"]``).
+INDEX_FORMAT = 1
+INDEX_FILES = ("index.json", "relevance.npy")
+#: float16 holds relevances up to this magnitude; larger ones are refused rather than clipped.
+FLOAT16_MAX = 65504.0
+
+
+def index_key(model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None, target: str) -> dict:
+    """What must match for two indexes to be mixed, or for an explainer to use an index."""
+    key = {"model_hash": model_hash, "composite": composite, "layers": list(layers),
+           "preprocessing": preprocessing, "target": target, "format": INDEX_FORMAT}
+    return json.loads(json.dumps(key))  # the JSON form (lists, not tuples): equal after a reload
+
+
+def key_difference(expected: dict, found: dict) -> list[str]:
+    """Names of the key fields that differ (``model hash``, ``composite``...)."""
+    names = {"model_hash": "model parameters (hash)", "composite": "LRP rules", "layers": "layers",
+             "preprocessing": "preprocessing", "target": "target rule", "format": "index format"}
+    return [names[k] for k in names if expected.get(k) != found.get(k)]
+
+
+@dataclass(frozen=True)
+class IndexImage:
+    """One image of the reference set as the index recorded it."""
+
+    row: int
+    path: str
+    status: str  # "ok" | "failed"
+    error: str | None = None
+    file_sha1: str | None = None
+    pixels_sha1: str | None = None
+    predicted: int | None = None
+    probability: float | None = None
+    label: int | None = None
+    target: int | None = None
+    abs_total: float = 0.0
+    annotation: dict | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class ConceptIndex:
+    """A built reference index, loaded read-only (:mod:`conceptree.index.store`).
+
+    Parameters
+    ----------
+    path : path
+        The index folder (written by :class:`~conceptree.index.build.IndexBuilder`).
+
+    Attributes
+    ----------
+    key : dict
+        Model hash, composite, layers, preprocessing and target rule it was built with.
+    images : list[IndexImage]
+    columns : dict[str, tuple[int, int]]
+        ``layer -> (first column, channels)``.
+    class_names : list[str]
+    root : Path
+        Folder the image paths are relative to.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "index.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"no index at {self.path} (index.json missing); build one with `conceptree index`") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {meta_path} ({exc}); rebuild the index") from None
+        if meta.get("format") != INDEX_FORMAT:
+            raise InputError(f"{self.path} is an index of format {meta.get('format')}, this conceptree reads "
+                             f"{INDEX_FORMAT}; rebuild it with `conceptree index`")
+        self.meta = meta
+        self.key: dict = meta["key"]
+        self.root = Path(meta["root"])
+        self.class_names: list[str] = list(meta.get("class_names") or [])
+        self.columns: dict[str, tuple[int, int]] = {n["layer"]: (int(n["offset"]), int(n["channels"]))
+                                                    for n in meta["neurons"]}
+        self.n_neurons = int(sum(c for _, c in self.columns.values()))
+        self.images = [IndexImage(**rec) for rec in meta["images"]]
+        self.abs_total = np.array([im.abs_total for im in self.images], dtype=np.float64)
+        self.ok = np.array([im.ok for im in self.images], dtype=bool)
+        self._pixels = {im.pixels_sha1: im.row for im in self.images if im.pixels_sha1}
+        self._relevance: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        return f"ConceptIndex({str(self.path)!r}, images={len(self)}, neurons={self.n_neurons})"
+
+    @property
+    def relevance(self) -> np.ndarray:
+        """``(images, neurons)`` float16, memory-mapped (rows of failed images are zero)."""
+        if self._relevance is None:
+            try:
+                matrix = np.load(self.path / "relevance.npy", mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read {self.path / 'relevance.npy'} ({exc}); rebuild the index") from None
+            if matrix.shape != (len(self.images), self.n_neurons):
+                raise InputError(f"{self.path / 'relevance.npy'} has shape {matrix.shape}, index.json says "
+                                 f"{(len(self.images), self.n_neurons)}; rebuild the index")
+            self._relevance = matrix
+        return self._relevance
+
+    # ------------------------------------------------------------------ compatibility
+    def check(self, model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None) -> None:
+        """Refuse (one line) an index made with another model, rules, layers or preprocessing."""
+        expected = json.loads(json.dumps({**self.key, "model_hash": model_hash, "composite": composite,
+                                          "layers": list(layers), "preprocessing": preprocessing}))
+        diff = key_difference(expected, self.key)
+        if diff:
+            raise InputError(f"the index at {self.path} was built with other {', '.join(diff)} than this explainer; "
+                             "rebuild it with `conceptree index` for this model and options")
+
+    # ------------------------------------------------------------------ lookups
+    def column(self, layer: str, channel: int) -> int:
+        """Column of neuron ``layer:channel`` in :attr:`relevance`."""
+        if layer not in self.columns:
+            raise InputError(f"layer {layer!r} is not in the index; rebuild it with the explainer's layers")
+        offset, channels = self.columns[layer]
+        if not 0 <= channel < channels:
+            raise InputError(f"channel {channel} is outside layer {layer!r} ({channels} channels)")
+        return offset + channel
+
+    def row_of_pixels(self, pixels_sha1: str) -> int | None:
+        """Row of the image whose preprocessed pixels have this SHA-1 (an explanation's image hash)."""
+        return self._pixels.get(pixels_sha1)
+
+    def image_path(self, row: int) -> Path:
+        return self.root / self.images[row].path
+
+    def class_name(self, index: int | None) -> str | None:
+        if index is None:
+            return None
+        return self.class_names[index] if index < len(self.class_names) else str(index)
+
+    def image_class(self, row: int) -> int | None:
+        """The image's class for naming: its label where the set has one, else its prediction."""
+        image = self.images[row]
+        return image.label if image.label is not None else image.predicted
+
+    # ------------------------------------------------------------------ ranking
+    def scores(self, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Relevance-weighted share of a neuron group on every image, ``(images,)`` float64.
+
+        ``score_i = sum_p w_p r_p(i) / sum_q |r_q(i)|`` over the group's columns ``p`` (the
+        denominator over every neuron of image ``i`` removes the logit's scale, so images are
+        compared by the fraction of their decision that flows through the group). Failed
+        images score ``-inf``.
+        """
+        columns = np.asarray(columns, dtype=np.int64)
+        weights = np.asarray(weights, dtype=np.float64)
+        if columns.shape != weights.shape or columns.ndim != 1:
+            raise InputError(f"columns {columns.shape} and weights {weights.shape} must be equal-length vectors")
+        if columns.size and (columns.min() < 0 or columns.max() >= self.n_neurons):
+            raise InputError(f"neuron columns must lie in 0..{self.n_neurons - 1}")
+        block = np.asarray(self.relevance[:, columns], dtype=np.float64)
+        raw = block @ weights
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(self.abs_total > 0, raw / self.abs_total, 0.0)
+        out[~self.ok] = -np.inf
+        return out
+
+    def top(self, columns: np.ndarray, weights: np.ndarray, n: int, exclude: set[int] | None = None) -> list[tuple[int, float]]:
+        """The ``n`` best ``(row, score)`` by :meth:`scores`, ties broken by row (deterministic)."""
+        scores = self.scores(columns, weights)
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        out = []
+        for row in order:
+            if exclude and int(row) in exclude or not np.isfinite(scores[row]):
+                continue
+            out.append((int(row), float(scores[row])))
+            if len(out) == n:
+                break
+        return out
