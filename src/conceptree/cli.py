@@ -156,7 +156,7 @@ def _device(name: str):
 
 
 def _explain(image: str | None, spec, options, *, target, layers, exclude_layers, k, out, overwrite, quiet,
-             neuron_maps, device="cpu") -> None:
+             neuron_maps, device="cpu", index=None, references=8) -> None:
     from .explainer import ConceptExplainer
     from .explanation import OUTPUT_FILES
     from .models.loading import load_image
@@ -169,16 +169,19 @@ def _explain(image: str | None, spec, options, *, target, layers, exclude_layers
         if note and not quiet:
             typer.echo(note, err=True)
         explainer = ConceptExplainer.from_spec(spec, options=options, layers=layers or None,
-                                               exclude_layers=exclude_layers or None, progress=not quiet)
+                                               exclude_layers=exclude_layers or None, progress=not quiet,
+                                               index=index, n_references=references)
         result = explainer.explain(picture, target=spec.resolve_target(target), k=k, keep_neuron_maps=neuron_maps)
         result.image_info = replace(result.image_info, file=Path(image).name if image else "chelsea (scikit-image)")
         result.save(out_dir)
     if not quiet:
         typer.echo(f"{result.target_name} (p={result.probability:.2f}): {result.concepts.k} concepts -> {out_dir}")
+        names = {r.rank: r.name for r in result.references or []}
         for concept in result.concepts.concepts[:10]:
             rep = concept.representative
+            name = f"  ~ {names[concept.rank]}" if names.get(concept.rank) else ""
             typer.echo(f"  #{concept.rank:<3} share {100 * concept.share:5.1f}%  {concept.size:5d} neurons  "
-                       f"rep {rep.layer}:{rep.channel}")
+                       f"rep {rep.layer}:{rep.channel}{name}")
 
 
 @app.command("explain")
@@ -212,13 +215,17 @@ def explain_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
     neuron_maps: bool = typer.Option(False, help="Also save every clustered neuron's map (float16) in maps.npz."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+    index: str | None = typer.Option(None, help="A reference index of this model (`conceptree index`): "
+                                                "each concept's strongest reference images and suggested names."),
+    references: int = typer.Option(8, help="Reference images per concept (with --index)."),
 ) -> None:
     """Explain one image: concepts, maps and the report in --out."""
     spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
                       interpolation)
     options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons, coverage)
     _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
-             overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device)
+             overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device, index=index,
+             references=references)
 
 
 @app.command("demo")
@@ -229,11 +236,14 @@ def demo_cmd(
     preset: str = typer.Option("default", help="default | paper (input-level CRP maps of all 21,008 neurons)."),
     coverage: float | None = typer.Option(None, help="Cluster only the strongest neurons covering this fraction of sum |r_p|."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+    index: str | None = typer.Option(None, help="A reference index of this model (`conceptree index`): "
+                                                "each concept's strongest reference images and suggested names."),
+    references: int = typer.Option(8, help="Reference images per concept (with --index)."),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
     spec = _load_spec("default", None, None, [], None)
     _explain(None, spec, _options(preset, coverage=coverage), target="auto", layers=[], exclude_layers=[], k=None, out=out,
-             overwrite=overwrite, quiet=quiet, neuron_maps=False, device=device)
+             overwrite=overwrite, quiet=quiet, neuron_maps=False, device=device, index=index, references=references)
 
 
 @app.command("explain-many")
@@ -252,6 +262,7 @@ def explain_many_cmd(
     workers: int | None = typer.Option(None, help="Concurrent tasks on a local Ray (default: the CPU count)."),
     max_retries: int = typer.Option(2, help="Retries of a task that crashes (not of a bad image)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    index: str | None = typer.Option(None, help="A reference index of this model: references and names per concept."),
 ) -> None:
     """Explain every image of a folder, glob or list file (resumable; Ray when installed)."""
     from .runs import ModelSource, explain_many
@@ -262,9 +273,15 @@ def explain_many_cmd(
     source = ModelSource(config=str(Path(model_config).resolve()) if model_config else None, spec=model or "default",
                          weights=str(Path(weights).resolve()) if weights else None, kwargs=_parse_kv(model_arg),
                          labels=str(Path(labels).resolve()) if labels else None)
-    source.load()  # a bad model fails here, once, before any task
+    spec = source.load()  # a bad model fails here, once, before any task
+    if index is not None:  # and so does an index of another model, rules, layers or preprocessing
+        from .explainer import ConceptExplainer
+
+        ConceptExplainer.from_spec(spec, index=index)
+        index = str(Path(index).resolve())
     result = explain_many(images, source, out, options=_options(preset, max_neurons=max_neurons), executor=executor,
-                          ray_address=ray_address, workers=workers, max_retries=max_retries, progress=not quiet)
+                          ray_address=ray_address, workers=workers, max_retries=max_retries, progress=not quiet,
+                          index=index)
     if not quiet:
         ok = sum(r.status == "ok" for r in result.records)
         skipped = sum(r.status == "skipped" for r in result.records)
@@ -272,6 +289,48 @@ def explain_many_cmd(
                    f"({result.executor}, {result.workers} worker(s), {result.wall_s:.0f} s) -> {result.out}/index.html")
         for record in result.failed:
             typer.echo(f"  failed: {record.image}: {record.error}")
+
+
+@app.command("index")
+def index_cmd(
+    source: str = typer.Argument(..., help="Reference images: a cub_parts folder (annotations.json: labels and "
+                                           "part keypoints), an image folder, a glob or a list file (.txt)."),
+    model_config: str | None = typer.Option(None, help=CONFIG_HELP),
+    model: str | None = typer.Option(None, help="timm:NAME | torchvision:NAME | default (or --model-config)."),
+    weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
+    model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
+    labels: str | None = typer.Option(None, help="Class names, one per line."),
+    out: str = typer.Option("conceptree-index", help="Index folder (index.json, relevance.npy); a rerun resumes."),
+    target: str = typer.Option("predicted", help="Class each image is indexed for: predicted | label."),
+    batch_size: int = typer.Option(4, help="Images per LRP batch."),
+    shard_size: int = typer.Option(64, help="Images per task and shard file."),
+    executor: str = typer.Option("auto", help="auto (Ray if installed) | ray | local (sequential, in-process)."),
+    ray_address: str | None = typer.Option(None, help="An existing Ray cluster, e.g. ray://host:10001 or auto."),
+    workers: int | None = typer.Option(None, help="Concurrent tasks on a local Ray (default: the CPU count)."),
+    overwrite: bool = typer.Option(False, help="Delete an existing index in --out first."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Index a reference set: every neuron's relevance on every image (for references and names)."""
+    from .index import build_index
+    from .runs import ModelSource
+
+    _check_one_model_source(model_config, model, weights, model_arg, labels)
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    model_source = ModelSource(config=str(Path(model_config).resolve()) if model_config else None,
+                               spec=model or "default", weights=str(Path(weights).resolve()) if weights else None,
+                               kwargs=_parse_kv(model_arg), labels=str(Path(labels).resolve()) if labels else None)
+    index = build_index(source, model_source, out, overwrite=overwrite, target=target, batch_size=batch_size,
+                        shard_size=shard_size, executor=executor, ray_address=ray_address, workers=workers,
+                        progress=not quiet)
+    if not quiet:
+        build = index.meta.get("build", {})
+        rate = build.get("images_per_s")
+        typer.echo(f"{len(index)} images x {index.n_neurons:,} neurons, {int((~index.ok).sum())} failed"
+                   + (f", {rate:.2f} images/s" if rate else ", nothing to compute") + f" -> {index.path}")
+        for image in index.images:
+            if not image.ok:
+                typer.echo(f"  failed: {image.path}: {image.error}")
 
 
 @app.command("atlas")

@@ -30,6 +30,8 @@ from .concepts.features import concept_maps, features_for, member_maps
 from .concepts.options import ConceptOptions, preset
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
+from .index.references import DEFAULT_REFERENCES, ReferenceFinder
+from .index.store import ConceptIndex
 from .models.loading import (
     IMAGENET_PREPROCESSING,
     ModelSpec,
@@ -77,6 +79,13 @@ class ConceptExplainer:
         Show progress bars for the conditional maps.
     model_spec : str
         How the model was specified, recorded in each explanation (default ``"custom"``).
+    index : ConceptIndex or path, optional
+        A reference index of this model, rules, layers and preprocessing
+        (:mod:`conceptree.index`; checked here, one-line error otherwise): each explanation
+        then lists every concept's strongest reference images, cropped to its region, and
+        the names they suggest (:mod:`conceptree.index.references`).
+    n_references : int
+        References per concept (default 8).
 
     Examples
     --------
@@ -98,6 +107,8 @@ class ConceptExplainer:
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
         model_spec: str = "custom",
+        index=None,
+        n_references: int = DEFAULT_REFERENCES,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}; "
@@ -120,6 +131,21 @@ class ConceptExplainer:
         if names and n_classes is not None and len(names) != n_classes:
             raise InputError(f"class_names has {len(names)} names but the model has {n_classes} classes")
         self.class_names = names
+        self.index = self._load_index(index)
+        if isinstance(n_references, bool) or not isinstance(n_references, int) or n_references < 1:
+            raise InputError(f"n_references must be a positive int, got {n_references!r}")
+        self.n_references = n_references
+
+    def _load_index(self, index) -> ConceptIndex | None:
+        if index is None:
+            return None
+        if not isinstance(index, ConceptIndex):
+            if not isinstance(index, (str, Path)):
+                raise InputError(f"index must be a ConceptIndex or a folder, got {type(index).__name__}")
+            index = ConceptIndex(index)
+        index.check(self.model_info.hash, self.engine.composite.to_dict(), [layer.name for layer in self.engine.layers],
+                    self.preprocessing.to_dict())
+        return index
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -231,14 +257,20 @@ class ConceptExplainer:
         concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k)
         t3 = time.perf_counter()
         maps = concept_maps(self.engine, attribution, concepts.concepts, options.concept_map, self.batch_size)
+        t4 = time.perf_counter()
+        image_hash = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
+        references = None
+        if self.index is not None:
+            finder = ReferenceFinder(self.engine, self.preprocessing, self.index, n=self.n_references)
+            references = finder.find(concepts.concepts, exclude_row=self.index.row_of_pixels(image_hash))
         timings = {"attribution_s": t1 - t0, "neuron_maps_s": t2 - t1, "clustering_s": t3 - t2,
-                   "concept_maps_s": time.perf_counter() - t3, "total_s": time.perf_counter() - t0}
+                   "concept_maps_s": t4 - t3, "references_s": time.perf_counter() - t4,
+                   "total_s": time.perf_counter() - t0}
         probs = torch.softmax(attribution.logits.double(), 0)
         names = self.class_names or [str(i) for i in range(probs.numel())]
         top = torch.topk(probs, min(5, probs.numel()))
         predictions = [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
-        image_info = ImageInfo(hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest(),
-                               tuple(shown.shape[:2]), file_name)
+        image_info = ImageInfo(image_hash, tuple(shown.shape[:2]), file_name)
         return Explanation(
             target=Prediction(attribution.target, names[attribution.target], float(probs[attribution.target])),
             top5=predictions,
@@ -259,6 +291,8 @@ class ConceptExplainer:
             versions={"conceptree": __version__, "torch": torch.__version__},
             neuron_maps=neurons.maps.astype(np.float16) if keep_neuron_maps else None,
             neuron_names=neurons.names() if keep_neuron_maps else None,
+            references=references,
+            index_info=self.index.summary() if self.index is not None else None,
         )
 
     def trace(

@@ -19,6 +19,7 @@ from .attribution import Composite
 from .concepts import ConceptSet
 from .concepts.options import ConceptOptions
 from .errors import InputError
+from .index.references import ConceptReferences
 from .models.loading import Preprocessing
 
 #: files written by :meth:`Explanation.save`.
@@ -94,6 +95,11 @@ class Explanation:
     neuron_maps, neuron_names : optional
         Every clustered neuron's map as float16 ``(n, h, w)`` and its ``"layer:channel"``
         name, when requested with ``keep_neuron_maps=True``.
+    references : list[ConceptReferences], optional
+        Per concept (same order as ``concepts.concepts``), its strongest reference images in
+        an index, cropped to its region, and suggested names (explainers with an index).
+    index_info : dict, optional
+        The index used (path, images, neurons, target rule).
     """
 
     target: Prediction
@@ -115,6 +121,8 @@ class Explanation:
     versions: dict[str, str] = field(default_factory=dict)
     neuron_maps: np.ndarray | None = None
     neuron_names: list[str] | None = None
+    references: list[ConceptReferences] | None = None
+    index_info: dict | None = None
 
     @property
     def target_name(self) -> str:
@@ -151,6 +159,8 @@ class Explanation:
             "timings": self.timings,
             "versions": self.versions,
             "concept_set": self.concepts.to_dict(),
+            "references": None if self.references is None else {
+                "index": self.index_info, "concepts": [r.to_dict() for r in self.references]},
         }
 
     def save(self, out: str | Path) -> Path:
@@ -173,6 +183,8 @@ class Explanation:
             member_maps=self.member_maps.astype(np.float16),
             **extra,
         )
+        if self.references is not None:
+            _save_crops(self.references, out / "references")
         concept_grid(self, out / "concepts.png")
         write_html(self, out / "report.html")
         return out
@@ -211,4 +223,36 @@ class Explanation:
             versions=data.get("versions", {}),
             neuron_maps=arrays["neuron_maps"] if "neuron_maps" in arrays else None,
             neuron_names=arrays["neuron_names"].tolist() if "neuron_names" in arrays else None,
+            references=_load_references(data.get("references"), directory / "references"),
+            index_info=(data.get("references") or {}).get("index"),
         )
+
+
+def crop_file(rank: int, position: int) -> str:
+    """File name of reference ``position`` (0-based) of concept ``rank`` in ``references/``."""
+    return f"c{rank:02d}-{position + 1}.jpg"
+
+
+def _save_crops(references: list[ConceptReferences], folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for concept in references:
+        for j, ref in enumerate(concept.references):
+            if ref.crop is not None and ref.crop.size:
+                Image.fromarray(ref.crop).save(folder / crop_file(concept.rank, j), quality=90)
+
+
+def _load_references(data: dict | None, folder: Path) -> list[ConceptReferences] | None:
+    if not data:
+        return None
+    from PIL import Image
+
+    out = []
+    for concept in data["concepts"]:
+        crops = []
+        for j in range(len(concept["references"])):
+            path = folder / crop_file(int(concept["rank"]), j)
+            crops.append(np.asarray(Image.open(path).convert("RGB")) if path.is_file() else None)
+        out.append(ConceptReferences.from_dict(concept, crops))
+    return out

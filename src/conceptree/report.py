@@ -216,6 +216,10 @@ table{border-collapse:collapse;font-size:12px}.top5{margin-top:8px;width:300px}t
 .thumbs{display:flex;gap:4px;margin-top:6px}.thumbs figure{margin:0;flex:1 1 0;min-width:0}.thumbs img{width:100%;display:block}
 .thumbs figcaption{font-size:10px;color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 details{font-size:12px;margin-top:6px}summary{cursor:pointer;color:#245}
+.refs{display:flex;gap:4px;margin-top:6px;flex-wrap:wrap}.refs figure{margin:0;width:calc(12.5% - 4px);min-width:52px}
+.refs img{width:100%;aspect-ratio:1;object-fit:cover;display:block;border-radius:2px}
+.refs figcaption{font-size:10px;color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.name{font-size:13px;margin-top:6px}.name b{color:#222}
 .scale{font-size:11px;color:#555}.scale b{color:#b2182b}.scale i{color:#2166ac;font-style:normal;font-weight:bold}
 """
 
@@ -264,6 +268,36 @@ def _depth_bar(concept, stages: list[list[str]], layer_sizes: dict) -> tuple[str
     return "<div class='depth'>" + "".join(segments) + "</div>", caption
 
 
+def _references_html(refs) -> str:
+    """The card's row "elsewhere this concept is strongest on" and its suggested name."""
+    esc = html.escape
+    if refs is None:
+        return ""
+    figures = []
+    for j, ref in enumerate(refs.references):
+        if ref.crop is None or not ref.crop.size:
+            continue
+        words = ", ".join(w for w in (ref.part if ref.part != "none" else None, ref.colour) if w)
+        title = f"{ref.file} · score {ref.score:.3f}" + (f" · {words}" if words else "")
+        figures.append(f"<figure title='{esc(title)}'><img alt='reference {j + 1}' src='{image_data_uri(ref.crop)}'>"
+                       f"<figcaption>{esc(ref.class_name or '?')}</figcaption></figure>")
+    ev = refs.evidence
+    facts = []
+    for key in ("part", "colour"):
+        word = ev.get(key)
+        if word:
+            facts.append(f"{key} <b>{esc(word['word'])}</b> on {100 * word['fraction']:.0f}% of them "
+                         f"(chance {100 * word['chance']:.0f}%)")
+    top = (ev.get("classes") or [None])[0]
+    if top:
+        facts.append(f"{top['count']}/{ev['n']} <b>{esc(str(top['class']))}</b> "
+                     f"({100 * top['share_of_set']:.1f}% of the index)")
+    name = (f"suggested name: <b>{esc(refs.name)}</b>" if refs.name else "no name beats chance")
+    return (f"<div class='meta'>elsewhere this concept is strongest on (reference index, its region cropped):</div>"
+            f"<div class='refs'>{''.join(figures)}</div>"
+            f"<div class='name'>{name} <span class='meta'>· {' · '.join(facts)}</span></div>")
+
+
 def write_html(explanation, path: str | Path) -> Path:
     """Write the self-contained report (all images inlined, no network, text escaped)."""
     esc = html.escape
@@ -306,6 +340,7 @@ def write_html(explanation, path: str | Path) -> Path:
                  "(S1 shallow … deep).</p><div class='cards'>")
     largest = max((c.share for c in concepts.concepts), default=0.0)
     members = explanation.member_maps
+    references = explanation.references or [None] * concepts.k
     for i, (concept, cmap, colour) in enumerate(zip(concepts.concepts, explanation.concept_maps, colours)):
         width = _card_width(concept.share, largest)
         bar, depth_caption = _depth_bar(concept, stages, explanation.layer_sizes)
@@ -330,6 +365,7 @@ def write_html(explanation, path: str | Path) -> Path:
             f"<figure><img alt='concept {concept.rank} region' src='{image_data_uri(masked_photo(image, sign * cmap))}'>"
             f"<figcaption>most relevant region{'' if sign > 0 else ' (of its negative relevance)'}</figcaption></figure>"
             "</div>"
+            f"{_references_html(references[i])}"
             f"{bar}<div class='meta'>{esc(depth_caption)}</div>"
             f"<div class='thumbs'>{''.join(thumbs)}</div>"
             f"<div class='meta'>most relevant members (representative {esc(rep.layer)}:{rep.channel}, "
@@ -354,6 +390,7 @@ def write_html(explanation, path: str | Path) -> Path:
         "composite": explanation.composite.to_dict(),
         "image": {"file": explanation.image_info.file, "hash": explanation.image_info.hash},
         "timings_s": explanation.timings,
+        "reference index": explanation.index_info,
         "versions": explanation.versions,
     }
     parts.append(f"<h2>Parameters</h2><pre>{esc(json.dumps(params, indent=2, default=str))}</pre>")

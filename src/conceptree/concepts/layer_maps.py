@@ -92,7 +92,7 @@ def layer_neuron_maps(
 
 
 def layer_group_maps(
-    attribution: Attribution,
+    attribution: Attribution | Mapping[str, Tensor],
     groups: Sequence[Mapping[str, Sequence[int]]],
     size: tuple[int, int],
 ) -> np.ndarray:
@@ -100,6 +100,9 @@ def layer_group_maps(
 
     Parameters
     ----------
+    attribution : Attribution or mapping layer -> Tensor
+        One LRP pass, or its layer relevance maps ``(channels, h, w)`` (e.g.
+        :meth:`BatchAttribution.image`).
     groups : sequence of mapping layer -> channels
         One neuron group per concept (e.g. ``Concept.groups()``).
     size : (H, W)
@@ -112,11 +115,12 @@ def layer_group_maps(
         group's channels first, then resized with :func:`to_grid` and scaled so that it keeps
         its total (``sum`` of row ``g`` = the group's relevance ``sum r_p``, up to resizing).
     """
+    layer_relevance = attribution.layer_relevance if isinstance(attribution, Attribution) else attribution
     out = np.zeros((len(groups), *size), np.float32)
     for g, group in enumerate(groups):
         total = torch.zeros(size, dtype=torch.float32)
         for layer, chans in group.items():
-            rel = attribution.layer_relevance[layer][torch.as_tensor(list(chans), dtype=torch.long)].sum(0)
+            rel = layer_relevance[layer][torch.as_tensor(list(chans), dtype=torch.long)].sum(0)
             h, w = rel.shape
             total += to_grid(rel[None], size)[0] * (h * w) / (size[0] * size[1])
         out[g] = total.float().cpu().numpy()

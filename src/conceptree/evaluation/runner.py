@@ -236,7 +236,7 @@ def build_cache(
 
 
 def _cache_on_ray(model_args, todo, cache_dir, workers, ray_address, bar) -> dict[str, float]:
-    from ..runs.tasks import ray_session
+    from ..tasks import ray_session
 
     with ray_session(ray_address) as ray:
         cpus = float(ray.cluster_resources().get("CPU", 1))

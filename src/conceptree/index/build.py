@@ -28,7 +28,7 @@ import numpy as np
 
 from ..attribution import Composite
 from ..errors import ConceptreeError, InputError
-from ..runs.tasks import ModelSource, atomic_write_text, collect_images, executor_kind, ray_session
+from ..tasks import ModelSource, atomic_write_text, collect_images, executor_kind, ray_session
 from .store import FLOAT16_MAX, INDEX_FORMAT, ConceptIndex, index_key, key_difference
 
 #: images per LRP batch: the fastest on the bird MobileNetV2 on a 2-core CPU

@@ -135,6 +135,11 @@ class ConceptIndex:
             self._relevance = matrix
         return self._relevance
 
+    def summary(self) -> dict:
+        """What an explanation records of the index it used."""
+        return {"path": str(self.path), "images": len(self), "failed": int((~self.ok).sum()),
+                "neurons": self.n_neurons, "target": self.key.get("target"), "root": str(self.root)}
+
     # ------------------------------------------------------------------ compatibility
     def check(self, model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None) -> None:
         """Refuse (one line) an index made with another model, rules, layers or preprocessing."""

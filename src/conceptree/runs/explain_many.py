@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..concepts.options import ConceptOptions
 from ..errors import ConceptreeError
-from .tasks import IMAGE_SUFFIXES, ModelSource, collect_images, executor_kind, ray_session
+from ..tasks import IMAGE_SUFFIXES, ModelSource, collect_images, executor_kind, ray_session
 
 __all__ = ["IMAGE_SUFFIXES", "ImageRecord", "ModelSource", "RunResult", "collect_images", "explain_many",
            "ray_session", "write_index"]
@@ -64,7 +64,7 @@ def folder_name(index: int, image: Path) -> str:
 
 
 def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, out: str, name: str,
-                      attempt_log: str | None = None) -> dict:
+                      attempt_log: str | None = None, index: str | None = None) -> dict:
     """Explain one image and move the complete explanation to ``out/name`` atomically.
 
     Returns a plain record (``ImageRecord`` fields). A :class:`ConceptreeError` (the image's or
@@ -78,7 +78,7 @@ def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, 
     if attempt_log is not None:  # test hook: lets a test make the first attempt of a task fail
         _fail_first_attempt(attempt_log, name)
     try:
-        explainer = ConceptExplainer.from_spec(source.load(), options=options)
+        explainer = ConceptExplainer.from_spec(source.load(), options=options, index=index)
         explanation = explainer.explain(image)
     except ConceptreeError as exc:
         return {"status": "failed", "error": str(exc), "seconds": time.perf_counter() - t0}
@@ -128,6 +128,7 @@ def explain_many(
     max_retries: int = 2,
     progress: bool = True,
     attempt_log: str | None = None,
+    index: str | None = None,
 ) -> RunResult:
     """Explain every image into ``out/<index>-<name>/`` and write ``out/index.json`` + ``index.html``.
 
@@ -150,6 +151,8 @@ def explain_many(
         ``CPUs / workers`` CPUs, and one GPU when torch sees one.
     max_retries : int
         Retries of a task that raises an unexpected exception (a crash, a killed worker).
+    index : path, optional
+        A reference index of the model: each explanation lists its concepts' references.
     """
     from ..concepts.options import preset
 
@@ -177,7 +180,7 @@ def explain_many(
     bar = _progress(len(todo), len(records) - len(todo), progress)
     run = _run_ray if kind == "ray" else _run_local
     used = run(todo, source, options, out, max_retries, bar, ray_address=ray_address, workers=workers,
-               attempt_log=attempt_log)
+               attempt_log=attempt_log, index=index)
     if bar is not None:
         bar.close()
     result = RunResult(records, out, time.perf_counter() - t0, kind, used)
@@ -219,11 +222,11 @@ def _apply(record: ImageRecord, outcome: dict, attempts: int) -> None:
             setattr(record, key, outcome[key])
 
 
-def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None, **_) -> int:
+def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None, index=None, **_) -> int:
     for record in todo:
         for attempt in range(1, max_retries + 2):
             try:
-                outcome = explain_to_folder(source, options, record.image, str(out), record.folder, attempt_log)
+                outcome = explain_to_folder(source, options, record.image, str(out), record.folder, attempt_log, index)
                 _apply(record, outcome, attempt)
                 break
             except Exception as exc:  # noqa: BLE001 - retried, then recorded: the run goes on
@@ -233,7 +236,8 @@ def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None
     return 1
 
 
-def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, workers=None, attempt_log=None) -> int:
+def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, workers=None, attempt_log=None,
+             index=None) -> int:
     import torch
 
     with ray_session(ray_address) as ray:
@@ -242,7 +246,7 @@ def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, 
         gpus = 1 if torch.cuda.is_available() else 0
         task = ray.remote(num_cpus=cpus / n, num_gpus=gpus, max_retries=max_retries,
                           retry_exceptions=[RuntimeError, OSError, MemoryError])(_ray_task)
-        pending = {task.remote(source, options, r.image, str(out), r.folder, attempt_log): r for r in todo}
+        pending = {task.remote(source, options, r.image, str(out), r.folder, attempt_log, index): r for r in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             record = pending.pop(done[0])
@@ -255,14 +259,14 @@ def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, 
         return n
 
 
-def _ray_task(source, options, image, out, name, attempt_log):
+def _ray_task(source, options, image, out, name, attempt_log, index=None):
     """A Ray task: the worker's torch uses the CPUs Ray gave it (set here, in the worker only)."""
     import ray
     import torch
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(round(cpus))))
-    return explain_to_folder(source, options, image, out, name, attempt_log)
+    return explain_to_folder(source, options, image, out, name, attempt_log, index)
 
 
 def write_index(result: RunResult) -> None:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from .errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -33,10 +33,10 @@ class ModelSource:
     def load(self):
         """The :class:`~conceptree.models.loading.ModelSpec`."""
         if self.config is not None:
-            from ..models.config import load_model_config
+            from .models.config import load_model_config
 
             return load_model_config(self.config).load()
-        from ..models.loading import load_model
+        from .models.loading import load_model
 
         return load_model(self.spec, self.weights, self.kwargs, self.labels)
 
