@@ -311,7 +311,7 @@ def index_cmd(
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Index a reference set: every neuron's relevance on every image (for references and names)."""
-    from .index import build_index
+    from .index import IndexBuilder
     from .runs import ModelSource
 
     _check_one_model_source(model_config, model, weights, model_arg, labels)
@@ -320,14 +320,13 @@ def index_cmd(
     model_source = ModelSource(config=str(Path(model_config).resolve()) if model_config else None,
                                spec=model or "default", weights=str(Path(weights).resolve()) if weights else None,
                                kwargs=_parse_kv(model_arg), labels=str(Path(labels).resolve()) if labels else None)
-    index = build_index(source, model_source, out, overwrite=overwrite, target=target, batch_size=batch_size,
-                        shard_size=shard_size, executor=executor, ray_address=ray_address, workers=workers,
-                        progress=not quiet)
+    builder = IndexBuilder(target=target, batch_size=batch_size, shard_size=shard_size, executor=executor,
+                           ray_address=ray_address, workers=workers, progress=not quiet)
+    index = builder.build(source, model_source, out, overwrite=overwrite)
     if not quiet:
-        build = index.meta.get("build", {})
-        rate = build.get("images_per_s")
-        typer.echo(f"{len(index)} images x {index.n_neurons:,} neurons, {int((~index.ok).sum())} failed"
-                   + (f", {rate:.2f} images/s" if rate else ", nothing to compute") + f" -> {index.path}")
+        rate = index.meta.get("build", {}).get("images_per_s")
+        done = f", {rate:.2f} images/s" if builder.computed_ and rate else ", complete already: nothing to compute"
+        typer.echo(f"{len(index)} images x {index.n_neurons:,} neurons, {int((~index.ok).sum())} failed{done} -> {index.path}")
         for image in index.images:
             if not image.ok:
                 typer.echo(f"  failed: {image.path}: {image.error}")

@@ -86,6 +86,9 @@ class ConceptExplainer:
         the names they suggest (:mod:`conceptree.index.references`).
     n_references : int
         References per concept (default 8).
+    exact_references : bool
+        Draw each reference's region from its own recomputed LRP pass instead of the index's
+        stored peaks (exact, one LRP pass per reference image; :mod:`conceptree.index.references`).
 
     Examples
     --------
@@ -109,6 +112,7 @@ class ConceptExplainer:
         model_spec: str = "custom",
         index=None,
         n_references: int = DEFAULT_REFERENCES,
+        exact_references: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}; "
@@ -135,6 +139,7 @@ class ConceptExplainer:
         if isinstance(n_references, bool) or not isinstance(n_references, int) or n_references < 1:
             raise InputError(f"n_references must be a positive int, got {n_references!r}")
         self.n_references = n_references
+        self.exact_references = bool(exact_references)
 
     def _load_index(self, index) -> ConceptIndex | None:
         if index is None:
@@ -261,7 +266,8 @@ class ConceptExplainer:
         image_hash = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
         references = None
         if self.index is not None:
-            finder = ReferenceFinder(self.engine, self.preprocessing, self.index, n=self.n_references)
+            finder = ReferenceFinder(self.engine, self.preprocessing, self.index, n=self.n_references,
+                                     exact=self.exact_references)
             references = finder.find(concepts.concepts, exclude_row=self.index.row_of_pixels(image_hash))
         timings = {"attribution_s": t1 - t0, "neuron_maps_s": t2 - t1, "clustering_s": t3 - t2,
                    "concept_maps_s": t4 - t3, "references_s": time.perf_counter() - t4,

@@ -534,7 +534,9 @@ class CRPEngine:
 
         Every rule is linear in the relevance and acts per batch row, so a forward pass over
         ``N`` images and one relevance row per image give each image the relevance of
-        :meth:`attribute` on that image alone (tested; up to the float sums of batched kernels).
+        :meth:`attribute` on that image alone, up to the float sums of batched kernels (tested:
+        channel relevances to 1e-4 relative, each layer's maps to 1e-5 in L1; single cells under
+        a near-zero z+ denominator differ by up to a few 1e-3 of the layer's maximum).
 
         Parameters
         ----------

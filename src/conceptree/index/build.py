@@ -29,7 +29,7 @@ import numpy as np
 from ..attribution import Composite
 from ..errors import ConceptreeError, InputError
 from ..tasks import ModelSource, atomic_write_text, collect_images, executor_kind, ray_session
-from .store import FLOAT16_MAX, INDEX_FORMAT, ConceptIndex, index_key, key_difference
+from .store import FLOAT16_MAX, INDEX_FORMAT, PEAK_GRID, ConceptIndex, index_key, key_difference
 
 #: images per LRP batch: the fastest on the bird MobileNetV2 on a 2-core CPU
 #: (``benchmarks/results/index_throughput.json``).
@@ -90,6 +90,33 @@ class ShardJob:
     attempt_log: str | None = None
 
 
+def peak_grid_cells(layer_relevance: dict, input_size: tuple[int, int]) -> np.ndarray:
+    """Cell of each channel's own-layer relevance peak on the :data:`PEAK_GRID` over the input.
+
+    Parameters
+    ----------
+    layer_relevance : dict[str, Tensor]
+        ``(N, channels, h, w)`` per layer, in the engine's layer order.
+    input_size : (H, W)
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, neurons)`` uint16, ``row * PEAK_GRID[1] + col`` of the grid cell holding the centre
+        of the layer cell with the largest relevance (first maximum, row-major).
+    """
+    gh, gw = PEAK_GRID
+    columns = []
+    for rel in layer_relevance.values():
+        n, c, h, w = rel.shape
+        flat = rel.reshape(n, c, h * w).argmax(2).cpu().numpy()
+        row, col = np.divmod(flat, w)
+        grid_row = np.minimum(((row + 0.5) * gh / h).astype(np.int64), gh - 1)
+        grid_col = np.minimum(((col + 0.5) * gw / w).astype(np.int64), gw - 1)
+        columns.append((grid_row * gw + grid_col).astype(np.uint16))
+    return np.concatenate(columns, axis=1)
+
+
 def shard_path(out: Path, shard: int) -> Path:
     return out / "shards" / f"shard-{shard:05d}.npz"
 
@@ -121,7 +148,9 @@ class _Worker:
                 raise RuntimeError(f"injected failure of the first attempt at shard {job.shard}")
         n_neurons = sum(layer.channels for layer in self.engine.layers)
         relevance = np.zeros((len(job.rows), n_neurons), dtype=np.float16)
+        peaks = np.zeros((len(job.rows), n_neurons), dtype=np.uint16)
         records: list[dict] = []
+        layer_sizes: dict[str, list[int]] = {}
         inputs: list[tuple[int, torch.Tensor]] = []
         for i, item in enumerate(job.items):
             path = Path(job.root) / item.path
@@ -144,13 +173,16 @@ class _Worker:
             chunk = inputs[first : first + job.batch_size]
             x = torch.cat([t for _, t in chunk])
             targets = [job.items[i].label if job.target == "label" else None for i, _ in chunk]
-            result = self.engine.attribute_batch(x, targets)
+            result = self.engine.attribute_batch(x, targets, keep_maps=True)
+            peak_cells = peak_grid_cells(result.layer_relevance, tuple(x.shape[-2:]))
+            layer_sizes = {name: list(rel.shape[-2:]) for name, rel in result.layer_relevance.items()}
             probs = torch.softmax(result.logits.double(), 1)
             values = result.channel_relevance.cpu().numpy()
             if np.abs(values).max(initial=0.0) > FLOAT16_MAX:
                 raise InputError("a relevance exceeds float16's range; index with init='one' or a smaller logit scale")
             for j, (i, _) in enumerate(chunk):
                 relevance[i] = values[j].astype(np.float16)
+                peaks[i] = peak_cells[j]
                 records[i].update(target=int(result.targets[j]), abs_total=float(np.abs(values[j]).sum()),
                                   predicted=int(probs[j].argmax()), probability=float(probs[j].max()))
         for i, item in enumerate(job.items):
@@ -159,7 +191,7 @@ class _Worker:
         final = shard_path(Path(job.out), job.shard)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.stem}-{os.getpid()}.tmp.npz")
-        np.savez(tmp, relevance=relevance, meta=np.array(json.dumps({"key": job.key, "records": records})))
+        np.savez(tmp, relevance=relevance, peaks=peaks, meta=np.array(json.dumps({"key": job.key, "records": records, "layer_sizes": layer_sizes})))
         os.replace(tmp, final)
 
 
@@ -201,6 +233,11 @@ class IndexBuilder:
         Retries of a shard that raised an unexpected exception.
     progress : bool
         A progress bar with the rate and ETA.
+
+    Attributes
+    ----------
+    computed_ : int
+        Images whose LRP pass the last :meth:`build` computed (0: the index was complete).
     """
 
     composite: Composite | None = None
@@ -247,6 +284,7 @@ class IndexBuilder:
         if overwrite and out.exists():
             shutil.rmtree(out)
         self._check_existing(out, key)
+        self.computed_ = 0
         if (out / "index.json").is_file():
             return ConceptIndex(out)
         root, items = reference_set(images)
@@ -278,6 +316,7 @@ class IndexBuilder:
             if bar is not None:
                 bar.close()
         wall = time.perf_counter() - t0
+        self.computed_ = sum(len(j.rows) for j in todo)
         index = self._assemble(out, jobs, key, root, spec, engine)
         summary = {"images": len(items), "failed": int((~index.ok).sum()), "computed_now": sum(len(j.rows) for j in todo),
                    "wall_s": wall, "images_per_s": sum(len(j.rows) for j in todo) / wall if todo and wall > 0 else None,
@@ -348,21 +387,29 @@ class IndexBuilder:
         n_images = sum(len(j.rows) for j in jobs)
         n_neurons = sum(layer.channels for layer in engine.layers)
         tmp = out / ".relevance.npy.tmp"
+        tmp_peaks = out / ".peaks.npy.tmp"
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_images, n_neurons))
+        peaks = np.lib.format.open_memmap(tmp_peaks, mode="w+", dtype=np.uint16, shape=(n_images, n_neurons))
         records: list[dict] = []
+        layer_sizes: dict[str, list[int]] = {}
         for job in jobs:
             with np.load(shard_path(out, job.shard)) as shard:
                 meta = json.loads(str(shard["meta"]))
                 if meta["key"] != key:
                     raise InputError(f"shard {job.shard} in {out} was built with another key; pass --overwrite")
                 matrix[job.rows[0] : job.rows[-1] + 1] = shard["relevance"]
+                peaks[job.rows[0] : job.rows[-1] + 1] = shard["peaks"]
                 records.extend(meta["records"])
+                layer_sizes = layer_sizes or meta.get("layer_sizes", {})
         matrix.flush()
-        del matrix
+        peaks.flush()
+        del matrix, peaks
         os.replace(tmp, out / "relevance.npy")
+        os.replace(tmp_peaks, out / "peaks.npy")
         neurons = [{"layer": name, "offset": offset, "channels": channels}
                    for name, offset, channels in engine.neuron_columns()]
-        meta = {"format": INDEX_FORMAT, "key": key, "root": str(root), "model_spec": spec.spec,
+        meta = {"format": INDEX_FORMAT, "key": key, "root": str(root), "model_spec": spec.spec, "peak_grid": list(PEAK_GRID),
+                "layer_sizes": layer_sizes,
                 "class_names": list(spec.class_names or []), "neurons": neurons, "images": records}
         atomic_write_text(out / "index.json", json.dumps(meta, indent=1))
         shutil.rmtree(out / "shards", ignore_errors=True)

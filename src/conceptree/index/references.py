@@ -10,11 +10,20 @@ neurons, and its weakest members (many, shallow, near zero on the explained imag
 little of it; an equal-weight sum lets an image rank high through neurons that hardly made
 the concept. The explained image itself (same preprocessed pixels) is excluded.
 
+Concept map on a reference (no second LRP pass)
+-----------------------------------------------
+An explanation's default map is the sum of its members' own-layer relevance maps in input
+geometry (:func:`~conceptree.concepts.layer_maps.layer_group_maps`). On a reference image the
+index has, per member, its relevance ``r_p(i)`` and the cell of its own-layer peak on a 56×56
+grid over the input; :func:`peak_map` puts each member's positive relevance at its peak,
+spread over its layer's cell (a 7×7 layer's neuron covers 8×8 grid cells), and sums. With
+``exact=True`` the members' full own-layer maps are recomputed from the reference's own LRP
+pass instead (one pass per distinct reference image: about 30 s per explanation here); the
+agreement of the two is measured in ``docs/results/references.md``.
+
 Crop rule (relevance-seeded, deterministic)
 -------------------------------------------
-On each top image the concept's map is recomputed exactly as an explanation's default map
-(:func:`~conceptree.concepts.layer_maps.layer_group_maps`: the sum of the members' own-layer
-relevance in input geometry) from that image's own LRP pass for its indexed class. Then:
+On the concept's map on the reference:
 ``seed`` = the first maximum of the positive map (row-major); ``region`` = the 4-connected
 component of ``{map >= CROP_THRESHOLD · max}`` holding the seed; ``box`` = the region's
 bounding box grown by ``CROP_MARGIN`` of the image side on each side and to at least
@@ -194,6 +203,30 @@ def crop_box(concept_map: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[
     return (bx0, by0, bx1, by1), (sx, sy), region, False
 
 
+def peak_map(index: ConceptIndex, row: int, columns: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A neuron group's map on index image ``row`` from the stored peaks, ``(H, W)`` float32.
+
+    Each member's positive relevance ``max(r_p(row), 0)`` is placed at its peak cell and spread
+    uniformly over its layer's cell size on the peak grid; the grid is then repeated up to
+    ``size`` (each grid cell covers ``H / 56`` input pixels). Sums to the members' positive
+    relevance, up to what a spread loses over the image border.
+    """
+    gh, gw = index.peak_grid
+    columns = np.asarray(columns, dtype=np.int64)
+    relevance = np.clip(np.asarray(index.relevance[row, columns], dtype=np.float64), 0.0, None)
+    cells = np.asarray(index.peaks[row, columns], dtype=np.int64)
+    sides = index.cell_size(columns)
+    grid = np.zeros((gh, gw), dtype=np.float64)
+    for side in np.unique(sides):
+        chosen = sides == side
+        mass = np.bincount(cells[chosen], weights=relevance[chosen], minlength=gh * gw)[: gh * gw].reshape(gh, gw)
+        grid += ndimage.uniform_filter(mass, size=int(side), mode="constant") if side > 1 else mass
+    height, width = size
+    rows = np.minimum((np.arange(height) * gh) // height, gh - 1)
+    cols = np.minimum((np.arange(width) * gw) // width, gw - 1)
+    return grid[np.ix_(rows, cols)].astype(np.float32)
+
+
 class ReferenceFinder:
     """Finds the references of concepts in an index with an explainer's engine.
 
@@ -207,13 +240,18 @@ class ReferenceFinder:
     n : int
         References per concept.
     batch_size : int
-        Reference images per LRP batch.
+        Reference images per LRP batch (``exact=True``).
+    exact : bool
+        Recompute each reference's exact concept map from its own LRP pass instead of drawing it
+        from the stored peaks (module docstring).
     """
 
-    def __init__(self, engine, preprocessing, index: ConceptIndex, *, n: int = DEFAULT_REFERENCES, batch_size: int = 4) -> None:
+    def __init__(self, engine, preprocessing, index: ConceptIndex, *, n: int = DEFAULT_REFERENCES, batch_size: int = 4,
+                 exact: bool = False) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"the number of references must be a positive int, got {n!r}")
         self.engine, self.preprocessing, self.index, self.n, self.batch_size = engine, preprocessing, index, n, batch_size
+        self.exact = exact
 
     def rank(self, concepts: Sequence, exclude_row: int | None = None) -> list[list[tuple[int, float]]]:
         """Top ``(row, score)`` of each concept (objects with ``neurons``)."""
@@ -265,7 +303,15 @@ class ReferenceFinder:
             for row, _ in top:
                 slot[(c, row)] = len(groups_by_row.setdefault(row, []))
                 groups_by_row[row].append(concepts[c].groups())
-        maps = self.maps(sorted(groups_by_row), groups_by_row)
+        if self.exact:
+            maps = self.maps(sorted(groups_by_row), groups_by_row)
+        else:
+            maps = {}
+            for row in sorted(groups_by_row):
+                shown = self.load(row)[1]
+                maps[row] = (shown, np.stack([
+                    peak_map(self.index, row, group_weights(self.index, concepts[c].neurons)[0], tuple(shown.shape[:2]))
+                    for c, top in enumerate(ranked) for r, _ in top if r == row]))
         labels_cache: dict[int, tuple[np.ndarray, list[str]] | None] = {}
         colours_cache: dict[int, np.ndarray] = {}
         result = []
