@@ -18,7 +18,7 @@ from conceptree.concepts.options import ConceptOptions
 from conceptree.errors import ConceptreeError
 from conceptree.index import ConceptIndex, IndexBuilder, build_index
 from conceptree.index.build import peak_grid_cells
-from conceptree.index.references import ReferenceFinder, crop_box, group_weights, peak_map
+from conceptree.index.references import ReferenceFinder, crop_box, group_weights, peak_map, region_grid
 from conceptree.models.loading import load_image, load_model, preprocess
 from conceptree.runs import ModelSource
 
@@ -149,6 +149,13 @@ def test_stale_or_mismatched_index_refused(index, photos, spec, tmp_path):
         ConceptExplainer(spec.model, index=index.path)  # ImageNet preprocessing, not the model's
     with pytest.raises(InputError, match="no index at"):
         ConceptExplainer.from_spec(spec, index=tmp_path / "nowhere")
+    # an added rule is part of the key (Composite.to_dict leaves it out)
+    from conceptree import Composite
+    from conceptree.attribution import rules
+
+    custom = Composite().with_rule(torch.nn.Hardtanh, lambda ctx: rules.PassRule(ctx.arg0))
+    with pytest.raises(InputError, match="other LRP rules"):
+        ConceptExplainer.from_spec(spec, composite=custom, index=index.path)
 
 
 def test_group_ranking_equals_the_slow_formula(index):
@@ -170,18 +177,24 @@ def test_group_ranking_equals_the_slow_formula(index):
 
 
 def test_crop_rule_on_synthetic_maps():
-    m = np.zeros((100, 120), np.float32)
-    m[60:70, 90:110] = 1.0
-    m[65, 100] = 2.0  # the seed
-    m[5:8, 5:8] = 0.9  # a second blob above the threshold but not connected
+    m = np.zeros((224, 224), np.float32)
+    m[120:160, 150:200] = 1.0  # a block of relevance
+    m[20:24, 20:24] = 10.0  # a ten times higher spike with a twelfth of the mass
     box, seed, region, empty = crop_box(m)
     x0, y0, x1, y1 = box
-    assert not empty and seed == (100, 65)
-    assert 0 <= x0 < x1 <= 120 and 0 <= y0 < y1 <= 100
-    assert region[65, 100] and not region[6, 6] and region.sum() == 200
+    assert not empty and 150 <= seed[0] < 200 and 120 <= seed[1] < 160  # the mass, not the spike
+    assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+    assert region[140, 175] and not region[22, 22]
     ys, xs = np.nonzero(region)
-    assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
-    assert x1 - x0 >= 30 and y1 - y0 >= 25  # at least a quarter of each side
+    assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1  # the region lies in the box
+    assert x0 <= seed[0] < x1 and y0 <= seed[1] < y1
+    assert x1 - x0 >= 56 and y1 - y0 >= 56  # at least a quarter of each side
+    smooth = region_grid(m)
+    assert smooth[seed[1] // 4, seed[0] // 4] == smooth.max()  # the seed cell is the smoothed map's maximum
+    corner = np.zeros((224, 224), np.float32)
+    corner[0:8, 216:224] = 1.0
+    box, seed, _, _ = crop_box(corner)
+    assert box[2] == 224 and box[1] == 0 and box[2] - box[0] >= 56  # shifted inside, not clipped smaller
     box, seed, region, empty = crop_box(-np.ones((10, 10)))
     assert empty and box == (0, 0, 10, 10)
 
@@ -191,10 +204,10 @@ def test_peak_map_keeps_the_members_positive_relevance(index):
     offset, channels = index.columns[list(index.columns)[-1]]  # the deepest layer (7x7 cells)
     columns = np.arange(offset, offset + channels)
     mass = np.clip(index.relevance[row, columns].astype(np.float64), 0, None).sum()
-    grid = peak_map(index, row, columns, index.peak_grid)
-    assert grid.min() >= 0 and grid.sum() == pytest.approx(mass, rel=0.2)  # border spreads lose a little
-    single = peak_map(index, row, columns[:1], (224, 224))
-    assert single.shape == (224, 224)
+    grid = peak_map(index, row, columns)
+    assert grid.shape == index.peak_grid and grid.min() >= 0
+    assert grid.sum() == pytest.approx(mass, rel=0.2)  # border spreads lose a little
+    assert np.array_equal(peak_map(index, row, columns, (224, 224))[::4, ::4], grid)
 
 
 def test_explanation_lists_references_and_reloads(index, spec, photos, tmp_path):
@@ -214,9 +227,10 @@ def test_explanation_lists_references_and_reloads(index, spec, photos, tmp_path)
             x0, y0, x1, y1 = ref.box
             assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224 and ref.crop.shape == (y1 - y0, x1 - x0, 3)
             shown = preprocess(load_image(str(index.image_path(ref.row)))[0], spec.preprocessing)[1]
-            drawn = peak_map(index, ref.row, columns, (224, 224))
-            if not ref.empty:  # the seed is the map's maximum and lies in the box
-                assert drawn[ref.seed[1], ref.seed[0]] == drawn.max() and x0 <= ref.seed[0] < x1 and y0 <= ref.seed[1] < y1
+            smooth = region_grid(peak_map(index, ref.row, columns))
+            if not ref.empty:  # the seed cell is the smoothed map's maximum and lies in the box
+                assert smooth[ref.seed[1] // 4, ref.seed[0] // 4] == smooth.max()
+                assert x0 <= ref.seed[0] < x1 and y0 <= ref.seed[1] < y1
             assert np.array_equal(ref.crop, shown[y0:y1, x0:x1])
     assert explanation.timings["references_s"] > 0
     explanation.save(tmp_path / "out")

@@ -31,7 +31,7 @@ from .concepts.options import ConceptOptions, preset
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
 from .index.references import DEFAULT_REFERENCES, ReferenceFinder
-from .index.store import ConceptIndex
+from .index.store import ConceptIndex, composite_key
 from .models.loading import (
     IMAGENET_PREPROCESSING,
     ModelSpec,
@@ -148,7 +148,7 @@ class ConceptExplainer:
             if not isinstance(index, (str, Path)):
                 raise InputError(f"index must be a ConceptIndex or a folder, got {type(index).__name__}")
             index = ConceptIndex(index)
-        index.check(self.model_info.hash, self.engine.composite.to_dict(), [layer.name for layer in self.engine.layers],
+        index.check(self.model_info.hash, composite_key(self.engine.composite), [layer.name for layer in self.engine.layers],
                     self.preprocessing.to_dict())
         return index
 

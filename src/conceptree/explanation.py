@@ -214,7 +214,7 @@ class Explanation:
             image_info=ImageInfo(image["hash"], tuple(image["size"]), image.get("file")),
             preprocessing=Preprocessing.from_dict(prep) if prep else None,
             options=ConceptOptions.from_dict(data["options"]),
-            composite=Composite(**data["composite"]),
+            composite=Composite.from_dict(data["composite"]),
             layers=list(data["layers"]),
             layer_sizes={k: tuple(v) for k, v in data["layer_sizes"].items()},
             n_neurons=int(data["n_neurons"]),

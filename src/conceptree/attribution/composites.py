@@ -54,6 +54,12 @@ class Composite:
     extra_rules : tuple of (key, factory)
         Rules added with :meth:`with_rule` (they take precedence over the built-in table,
         :mod:`conceptree.attribution.rule_table`).
+    rule_names : tuple of (str, str)
+        ``module.qualname`` of each added rule's key and factory, derived from ``extra_rules``
+        (or read back by :meth:`from_dict`, where the callables cannot be restored). Composites
+        compare by these names, so an explanation or index made with a custom rule does not
+        pass for one made without it. Give factories distinct ``def`` names: two lambdas of one
+        function share a name.
     """
 
     name: CompositeName = "epsilon-plus-flat"
@@ -62,8 +68,13 @@ class Composite:
     zero_bias: bool = True
     dead_units: Literal["flat", "drop"] = "flat"
     extra_rules: tuple[tuple[object, Callable], ...] = field(default=(), compare=False)
+    rule_names: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.extra_rules:
+            object.__setattr__(self, "rule_names", tuple((_name(k), _name(f)) for k, f in self.extra_rules))
+        else:
+            object.__setattr__(self, "rule_names", tuple(tuple(pair) for pair in self.rule_names))
         if self.dead_units not in ("flat", "drop"):
             raise InputError(f"dead_units must be 'flat' or 'drop', got {self.dead_units!r}")
         if self.name not in COMPOSITE_NAMES:
@@ -93,6 +104,10 @@ class Composite:
         """The built-in rule table with this composite's added rules on top."""
         from .rule_table import default_rules
 
+        if self.rule_names and not self.extra_rules:
+            names = ", ".join(f"{k} -> {f}" for k, f in self.rule_names)
+            raise InputError(f"this composite was read back from JSON and its added rules ({names}) cannot be "
+                             "restored; pass a Composite().with_rule(...) with the same rules (composite=...)")
         table = default_rules()
         table.update(dict(self.extra_rules))
         return table
@@ -100,4 +115,19 @@ class Composite:
     def to_dict(self) -> dict[str, object]:
         """Plain-dict form for JSON metadata (constructor arguments; added rules by name)."""
         return {"name": self.name, "epsilon": self.epsilon, "stabilizer": self.stabilizer,
-                "zero_bias": self.zero_bias, "dead_units": self.dead_units}
+                "zero_bias": self.zero_bias, "dead_units": self.dead_units,
+                "extra_rules": [list(pair) for pair in self.rule_names]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Composite:
+        """Inverse of :meth:`to_dict`: the added rules come back by name only (see ``rule_names``)."""
+        values = dict(data)
+        names = values.pop("extra_rules", [])
+        return cls(**values, rule_names=tuple(tuple(pair) for pair in names))
+
+
+def _name(obj: object) -> str:
+    """``module.qualname`` of a rule key or factory (a method-name key is its own name)."""
+    if isinstance(obj, str):
+        return obj
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"

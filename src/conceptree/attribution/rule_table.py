@@ -165,13 +165,13 @@ def _adaptive_max_pool_module(ctx: RuleContext) -> R.Rule:
 
 def _avg_pool_module(ctx: RuleContext) -> R.Rule:
     global_mean = isinstance(ctx.module, nn.AdaptiveAvgPool2d) and tuple(ctx.out.shape[-2:]) == (1, 1)
-    return R.NormPoolRule(ctx.arg0, ctx.module, ctx.x, ctx.out, global_mean)
+    return R.NormPoolRule(ctx.arg0, ctx.module, ctx.x, ctx.out, global_mean, ctx.composite.stabilizer)
 
 
 def _sum_module(ctx: RuleContext) -> R.Rule:
     if not hasattr(ctx.module, "dim"):
         raise ctx.unsupported(f"module {type(ctx.module).__name__} without a 'dim' attribute")
-    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, (ctx.module.dim % ctx.x.ndim,), False, False)
+    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, (ctx.module.dim % ctx.x.ndim,), False, False, ctx.composite.stabilizer)
 
 
 def add_rule(ctx: RuleContext) -> R.Rule:
@@ -180,7 +180,7 @@ def add_rule(ctx: RuleContext) -> R.Rule:
     nodes = ctx.node.args[:2]
     if not all(isinstance(n, fx.Node) and n in ctx.depends and isinstance(v, Tensor) for n, v in zip(nodes, ctx.args)):
         raise ctx.unsupported("addition of a constant to an activation")
-    return R.SumRule(nodes, ctx.args, ctx.out)
+    return R.SumRule(nodes, ctx.args, ctx.out, ctx.composite.stabilizer)
 
 
 def index_rule(ctx: RuleContext, inp: fx.Node, x: Tensor, fn: Callable[[Tensor], Tensor]) -> R.Rule:
@@ -260,13 +260,14 @@ def reduce_rule(ctx: RuleContext) -> R.Rule:
     if dim is None:
         raise ctx.unsupported("sum/mean over all dimensions (includes the batch)")
     dims = tuple(d % ctx.x.ndim for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
-    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, dims, keepdim, mean)
+    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, dims, keepdim, mean, ctx.composite.stabilizer)
 
 
 def avg_pool_function_rule(ctx: RuleContext) -> R.Rule:
     target, rest, kw = ctx.node.target, ctx.args[1:], ctx.kwargs
     global_mean = target is F.adaptive_avg_pool2d and tuple(ctx.out.shape[-2:]) == (1, 1)
-    return R.NormPoolRule(ctx.arg0, lambda t: target(t, *rest, **kw), ctx.x, ctx.out, global_mean)
+    return R.NormPoolRule(ctx.arg0, lambda t: target(t, *rest, **kw), ctx.x, ctx.out, global_mean,
+                          ctx.composite.stabilizer)
 
 
 def max_pool_function_rule(ctx: RuleContext) -> R.Rule:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from .composites import Composite
 
+#: stabiliser of the norm rules when no composite gives one (``Composite.stabilizer``'s default).
 NORM_STABILIZER = 1e-6
 
 
@@ -115,13 +116,14 @@ class NormPoolRule(Rule):
     """Average pooling with zennit's ``Norm`` rule: ``R_in = x * pool^T(R / stab(pool(x)))``."""
 
     def __init__(
-        self, inp: fx.Node, fn: Callable[[Tensor], Tensor], x: Tensor, out: Tensor, global_mean: bool = False
+        self, inp: fx.Node, fn: Callable[[Tensor], Tensor], x: Tensor, out: Tensor, global_mean: bool = False,
+        eps: float = NORM_STABILIZER,
     ) -> None:
         self.inputs = (inp,)
         self.fn = fn
         self.x = x
         self.global_mean = global_mean
-        self.inv_z = 1.0 / stabilize(out, NORM_STABILIZER)
+        self.inv_z = 1.0 / stabilize(out, eps)
 
     def use_channels_last(self) -> None:
         self.x, self.inv_z = channels_last(self.x), channels_last(self.inv_z)
@@ -153,7 +155,7 @@ class MaxPoolRule(Rule):
 class SumRule(Rule):
     """Residual addition with zennit's ``Norm`` rule: ``R_i = x_i * R / stab(sum_j x_j)``."""
 
-    def __init__(self, inputs: Sequence[fx.Node], values: Sequence[Tensor], out: Tensor) -> None:
+    def __init__(self, inputs: Sequence[fx.Node], values: Sequence[Tensor], out: Tensor, eps: float = NORM_STABILIZER) -> None:
         for value in values:
             if value.shape != out.shape:
                 raise UnsupportedModelError(
@@ -162,7 +164,7 @@ class SumRule(Rule):
                 )
         self.inputs = tuple(inputs)
         self.values = list(values)
-        self.inv_z = 1.0 / stabilize(out, NORM_STABILIZER)
+        self.inv_z = 1.0 / stabilize(out, eps)
 
     def use_channels_last(self) -> None:
         self.values = [channels_last(v) for v in self.values]
@@ -176,7 +178,8 @@ class SumRule(Rule):
 class ReduceRule(Rule):
     """``sum``/``mean`` over non-batch dims (e.g. zennit's stack-and-sum) with the ``Norm`` rule."""
 
-    def __init__(self, inp: fx.Node, x: Tensor, out: Tensor, dims: tuple[int, ...], keepdim: bool, mean: bool) -> None:
+    def __init__(self, inp: fx.Node, x: Tensor, out: Tensor, dims: tuple[int, ...], keepdim: bool, mean: bool,
+                 eps: float = NORM_STABILIZER) -> None:
         if 0 in dims:
             raise UnsupportedModelError("a sum/mean over the batch dimension cannot be explained; reduce other dims")
         self.inputs = (inp,)
@@ -184,7 +187,7 @@ class ReduceRule(Rule):
         self.dims = tuple(sorted(dims))
         self.keepdim = keepdim
         self.scale = 1.0 / math.prod(x.shape[d] for d in dims) if mean else 1.0
-        self.inv_z = 1.0 / stabilize(out, NORM_STABILIZER)
+        self.inv_z = 1.0 / stabilize(out, eps)
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         scaled = relevance * self.inv_z * self.scale

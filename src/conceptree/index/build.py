@@ -29,7 +29,15 @@ import numpy as np
 from ..attribution import Composite
 from ..errors import ConceptreeError, InputError
 from ..tasks import ModelSource, atomic_write_text, collect_images, executor_kind, ray_session
-from .store import FLOAT16_MAX, INDEX_FORMAT, PEAK_GRID, ConceptIndex, index_key, key_difference
+from .store import (
+    FLOAT16_MAX,
+    INDEX_FORMAT,
+    PEAK_GRID,
+    ConceptIndex,
+    composite_key,
+    index_key,
+    key_difference,
+)
 
 #: images per LRP batch: the fastest on the bird MobileNetV2 on a 2-core CPU
 #: (``benchmarks/results/index_throughput.json``).
@@ -279,7 +287,7 @@ class IndexBuilder:
         composite = self.composite or Composite()
         spec = source.load()
         engine = CRPEngine(spec.model, composite, self.layers, self.exclude_layers)
-        key = index_key(model_hash(spec.model), composite.to_dict(), [layer.name for layer in engine.layers],
+        key = index_key(model_hash(spec.model), composite_key(composite), [layer.name for layer in engine.layers],
                         spec.preprocessing.to_dict() if spec.preprocessing else None, self.target)
         if overwrite and out.exists():
             shutil.rmtree(out)

@@ -23,8 +23,11 @@ agreement of the two is measured in ``docs/results/references.md``.
 
 Crop rule (relevance-seeded, deterministic)
 -------------------------------------------
-On the concept's map on the reference:
-``seed`` = the first maximum of the positive map (row-major); ``region`` = the 4-connected
+On the concept's map on the reference, positive part, area-pooled onto the same 56×56 grid
+(4 pixels at 224) and smoothed with a Gaussian of ``CROP_SIGMA`` = 2 cells (:func:`region_grid`:
+a region's seed is where its relevance mass is, not one pixel; chosen by the agreement of
+stored-peak and exact maps, ``docs/results/references.md``):
+``seed`` = the first maximum (row-major), shown at its cell's centre; ``region`` = the 4-connected
 component of ``{map >= CROP_THRESHOLD · max}`` holding the seed; ``box`` = the region's
 bounding box grown by ``CROP_MARGIN`` of the image side on each side and to at least
 ``CROP_MIN_SIDE`` of it around its centre, shifted to lie inside the image. A map with no
@@ -52,10 +55,11 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .evidence import COLOURS, colour_names, part_label_map
-from .store import ConceptIndex
+from .store import PEAK_GRID, ConceptIndex
 
 #: references shown per concept (one place for the default).
 DEFAULT_REFERENCES = 8
+CROP_SIGMA = 2.0  # grid cells (8 px at 224)
 CROP_THRESHOLD = 0.5
 CROP_MARGIN = 0.08
 CROP_MIN_SIDE = 0.25
@@ -158,29 +162,48 @@ def group_weights(index: ConceptIndex, neurons: Sequence) -> tuple[np.ndarray, n
     return columns, weights / weights.sum()
 
 
-def crop_box(concept_map: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int], np.ndarray, bool]:
-    """The crop rule of the module docstring on one ``(H, W)`` map.
+def region_grid(concept_map: np.ndarray, grid: tuple[int, int] = PEAK_GRID) -> np.ndarray:
+    """The map the crop rule reads: positive part, area-pooled onto ``grid`` (no-op when the map
+    is already that size) and smoothed with a Gaussian of ``CROP_SIGMA`` cells, ``grid`` float64."""
+    import torch
+
+    from ..concepts.layer_maps import to_grid
+
+    positive = np.clip(np.nan_to_num(np.asarray(concept_map, dtype=np.float32)), 0.0, None)
+    if positive.shape != tuple(grid):
+        positive = to_grid(torch.from_numpy(positive)[None], grid)[0].numpy()
+    return ndimage.gaussian_filter(positive.astype(np.float64), CROP_SIGMA, mode="constant")
+
+
+def crop_box(concept_map: np.ndarray, grid: tuple[int, int] = PEAK_GRID
+             ) -> tuple[tuple[int, int, int, int], tuple[int, int], np.ndarray, bool]:
+    """The crop rule of the module docstring on one ``(H, W)`` map (or a ``grid`` map of an
+    ``H × W`` image when ``size`` differs: pass the image's map at any resolution).
 
     Returns
     -------
     box : (x0, y0, x1, y1)
+        In the map's pixels.
     seed : (x, y)
+        The map pixel at the centre of the seed cell.
     region : np.ndarray
-        ``(H, W)`` bool, the seed's component.
+        ``(H, W)`` bool, the seed's component in the map's pixels.
     empty : bool
     """
     height, width = concept_map.shape
-    positive = np.clip(np.nan_to_num(concept_map.astype(np.float64)), 0.0, None)
-    peak = positive.max(initial=0.0)
+    smooth = region_grid(concept_map, grid)
+    gh, gw = smooth.shape
+    peak = smooth.max(initial=0.0)
     if peak <= 0:
         return (0, 0, width, height), (width // 2, height // 2), np.zeros((height, width), bool), True
-    flat = int(np.argmax(positive))
-    sy, sx = divmod(flat, width)
-    components, _ = ndimage.label(positive >= CROP_THRESHOLD * peak)
-    region = components == components[sy, sx]
+    sy, sx = divmod(int(np.argmax(smooth)), gw)  # first maximum, row-major
+    components, _ = ndimage.label(smooth >= CROP_THRESHOLD * peak)
+    cells = components == components[sy, sx]
+    rows = np.minimum((np.arange(height) * gh) // height, gh - 1)
+    cols = np.minimum((np.arange(width) * gw) // width, gw - 1)
+    region = cells[np.ix_(rows, cols)]
     ys, xs = np.nonzero(region)
-    side = max(height, width)
-    margin = CROP_MARGIN * side
+    margin = CROP_MARGIN * max(height, width)
     x0, x1 = xs.min() - margin, xs.max() + 1 + margin
     y0, y1 = ys.min() - margin, ys.max() + 1 + margin
     min_w, min_h = CROP_MIN_SIDE * width, CROP_MIN_SIDE * height
@@ -200,16 +223,17 @@ def crop_box(concept_map: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[
 
     bx0, bx1 = fit(x0, x1, width)
     by0, by1 = fit(y0, y1, height)
-    return (bx0, by0, bx1, by1), (sx, sy), region, False
+    seed = (min(int((sx + 0.5) * width / gw), width - 1), min(int((sy + 0.5) * height / gh), height - 1))
+    return (bx0, by0, bx1, by1), seed, region, False
 
 
-def peak_map(index: ConceptIndex, row: int, columns: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A neuron group's map on index image ``row`` from the stored peaks, ``(H, W)`` float32.
+def peak_map(index: ConceptIndex, row: int, columns: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A neuron group's map on index image ``row`` from the stored peaks, ``(56, 56)`` float32.
 
     Each member's positive relevance ``max(r_p(row), 0)`` is placed at its peak cell and spread
-    uniformly over its layer's cell size on the peak grid; the grid is then repeated up to
-    ``size`` (each grid cell covers ``H / 56`` input pixels). Sums to the members' positive
-    relevance, up to what a spread loses over the image border.
+    uniformly over its layer's cell size on the peak grid. Sums to the members' positive
+    relevance, up to what a spread loses over the image border. With ``size`` the grid is
+    repeated up to ``(H, W)`` pixels (each cell covers ``H / 56`` of them).
     """
     gh, gw = index.peak_grid
     columns = np.asarray(columns, dtype=np.int64)
@@ -221,6 +245,8 @@ def peak_map(index: ConceptIndex, row: int, columns: np.ndarray, size: tuple[int
         chosen = sides == side
         mass = np.bincount(cells[chosen], weights=relevance[chosen], minlength=gh * gw)[: gh * gw].reshape(gh, gw)
         grid += ndimage.uniform_filter(mass, size=int(side), mode="constant") if side > 1 else mass
+    if size is None:
+        return grid.astype(np.float32)
     height, width = size
     rows = np.minimum((np.arange(height) * gh) // height, gh - 1)
     cols = np.minimum((np.arange(width) * gw) // width, gw - 1)

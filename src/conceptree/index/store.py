@@ -44,8 +44,14 @@ PEAK_GRID = (56, 56)
 FLOAT16_MAX = 65504.0
 
 
+def composite_key(composite) -> dict:
+    """A composite as the key records it (its parameters and added rules by name)."""
+    return composite.to_dict()
+
+
 def index_key(model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None, target: str) -> dict:
-    """What must match for two indexes to be mixed, or for an explainer to use an index."""
+    """What must match for two indexes to be mixed, or for an explainer to use an index
+    (``composite`` as :func:`composite_key` gives it)."""
     key = {"model_hash": model_hash, "composite": composite, "layers": list(layers),
            "preprocessing": preprocessing, "target": target, "format": INDEX_FORMAT}
     return json.loads(json.dumps(key))  # the JSON form (lists, not tuples): equal after a reload
@@ -173,6 +179,16 @@ class ConceptIndex:
             h, w = self.layer_sizes.get(layer, self.peak_grid)
             sizes[offset : offset + channels] = max(1, round(max(self.peak_grid[0] / h, self.peak_grid[1] / w)))
         return sizes[np.asarray(columns, dtype=np.int64)]
+
+    def export_metadata(self, path: str | Path) -> Path:
+        """Write the index's small metadata (key, build summary, per image: path, hashes,
+        prediction, label, target, status) to a JSON file, without the part annotations or
+        the matrices: what a results folder commits to say which index it used."""
+        images = [{k: v for k, v in rec.items() if k != "annotation"} for rec in self.meta["images"]]
+        data = {k: v for k, v in self.meta.items() if k not in ("images", "root")}
+        path = Path(path)
+        path.write_text(json.dumps({**data, "images": images}, indent=1))
+        return path
 
     # ------------------------------------------------------------------ compatibility
     def check(self, model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None) -> None:
