@@ -12,10 +12,14 @@ SHARED = Path(os.environ.get("CONCEPTREE_SHARED", Path(__file__).resolve().paren
 
 
 def shared_path(*parts: str) -> Path:
-    """Path under ../shared, or skip the test with a message naming what is missing."""
+    """Path under ../shared, or skip the test with a message naming what is missing; under CI
+    (``CI=true``), where ../shared is always laid out, a missing path fails instead."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} not found (set CONCEPTREE_SHARED to the shared data folder)")
+        message = f"{path} not found (set CONCEPTREE_SHARED to the shared data folder)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; CI must have it")
+        pytest.skip(message)
     return path
 
 

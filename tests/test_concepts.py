@@ -31,10 +31,9 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 @pytest.fixture(scope="module")
 def cifar_neurons(request):
-    from .conftest import SHARED
+    from .conftest import SHARED, shared_path
 
-    if not (SHARED / "models" / "cifar10_resnet").exists():
-        pytest.skip("../shared not found")
+    shared_path("models", "cifar10_resnet")  # skips without ../shared (fails under CI)
     import torch
 
     from .conftest import _load_rgb

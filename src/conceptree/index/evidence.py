@@ -13,8 +13,8 @@ which a uniformly placed seed would land there.
 Colour (any set)
 ----------------
 Each pixel gets one of :data:`COLOURS` from its HSV value (bins below). The concept's colour on
-a reference is the most frequent word among its region's pixels; chance = that word's share
-of the whole input image.
+a reference is the most frequent word among its region's cells (each cell named by its mean
+colour on the 56×56 grid the crop rule uses); chance = that word's share of the image's cells.
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ from ..models.loading import Preprocessing, input_frame
 COLOURS = ("black", "white", "grey", "red", "orange", "yellow", "green", "blue", "purple", "brown")
 
 
-def part_label_map(annotation: dict, prep: Preprocessing, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-    """Region index of every input pixel, ``(H, W)`` int16 (``-1``: in no part's disk), and the names."""
+def part_label_map(annotation: dict, prep: Preprocessing, size: tuple[int, int],
+                   at: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Region index of every input pixel, ``(H, W)`` int16 (``-1``: in no part's disk), and the names.
+
+    With ``at = (rows, cols)`` only those pixel rows and columns are labelled (a
+    ``(len(rows), len(cols))`` map, e.g. the pixels the crop rule shows its grid cells' seeds at).
+    """
     from ..evaluation.cub_parts import PART_RADIUS, REGIONS
 
     names = list(REGIONS)
@@ -35,9 +40,10 @@ def part_label_map(annotation: dict, prep: Preprocessing, size: tuple[int, int])
     sx, sy, left, top = input_frame(prep, int(annotation["width"]), int(annotation["height"]))
     bird_x, bird_y = annotation["bird_size_px"]
     height, width = size
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-    best = np.full(size, np.inf, np.float32)
-    labels = np.full(size, -1, np.int16)
+    rows, cols = at if at is not None else (np.arange(height), np.arange(width))
+    yy, xx = np.meshgrid(np.asarray(rows, np.float32) + 0.5, np.asarray(cols, np.float32) + 0.5, indexing="ij")
+    best = np.full(yy.shape, np.inf, np.float32)
+    labels = np.full(yy.shape, -1, np.int16)
     for name, (x, y) in sorted(annotation["keypoints"].items()):
         if name not in region_of:
             continue
@@ -48,6 +54,16 @@ def part_label_map(annotation: dict, prep: Preprocessing, size: tuple[int, int])
         best[closer] = dist[closer]
         labels[closer] = region_of[name]
     return labels, names
+
+
+def colour_grid(picture: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """:func:`colour_names` of the picture's mean colour in each cell of ``grid``, ``grid`` int8."""
+    import torch
+    import torch.nn.functional as F
+
+    rgb = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1).float()[None]
+    mean = F.adaptive_avg_pool2d(rgb, grid)[0].permute(1, 2, 0).round().clamp(0, 255).numpy().astype(np.uint8)
+    return colour_names(mean)
 
 
 def colour_names(picture: np.ndarray) -> np.ndarray:

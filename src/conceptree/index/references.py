@@ -54,7 +54,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from .evidence import COLOURS, colour_names, part_label_map
+from .evidence import COLOURS, colour_grid, part_label_map
 from .store import PEAK_GRID, ConceptIndex
 
 #: references shown per concept (one place for the default).
@@ -175,22 +175,22 @@ def region_grid(concept_map: np.ndarray, grid: tuple[int, int] = PEAK_GRID) -> n
     return ndimage.gaussian_filter(positive.astype(np.float64), CROP_SIGMA, mode="constant")
 
 
-def crop_box(concept_map: np.ndarray, grid: tuple[int, int] = PEAK_GRID
+def crop_box(concept_map: np.ndarray, grid: tuple[int, int] = PEAK_GRID, size: tuple[int, int] | None = None
              ) -> tuple[tuple[int, int, int, int], tuple[int, int], np.ndarray, bool]:
-    """The crop rule of the module docstring on one ``(H, W)`` map (or a ``grid`` map of an
-    ``H × W`` image when ``size`` differs: pass the image's map at any resolution).
+    """The crop rule of the module docstring on one ``(H, W)`` map, or on a ``grid`` map of an
+    image of ``size`` ``(H, W)`` (e.g. :func:`peak_map` without upsampling).
 
     Returns
     -------
     box : (x0, y0, x1, y1)
-        In the map's pixels.
+        In the image's pixels.
     seed : (x, y)
-        The map pixel at the centre of the seed cell.
+        The image pixel at the centre of the seed cell.
     region : np.ndarray
-        ``(H, W)`` bool, the seed's component in the map's pixels.
+        ``(H, W)`` bool, the seed's component in the image's pixels.
     empty : bool
     """
-    height, width = concept_map.shape
+    height, width = size or concept_map.shape
     smooth = region_grid(concept_map, grid)
     gh, gw = smooth.shape
     peak = smooth.max(initial=0.0)
@@ -284,10 +284,10 @@ class ReferenceFinder:
         exclude = {exclude_row} if exclude_row is not None else None
         return [self.index.top(*group_weights(self.index, c.neurons), self.n, exclude) for c in concepts]
 
-    def load(self, row: int):
-        """The model input ``(1, C, H, W)`` and displayed picture of index row ``row`` (its file must be
-        unchanged since indexing)."""
-        from ..models.loading import load_image, preprocess
+    def load(self, row: int, model_input: bool = True):
+        """The model input ``(1, C, H, W)`` (None unless ``model_input``) and displayed picture of
+        index row ``row`` (its file must be unchanged since indexing)."""
+        from ..models.loading import load_image, preprocess, resize_for_model
 
         image = self.index.images[row]
         path = self.index.image_path(row)
@@ -298,6 +298,8 @@ class ReferenceFinder:
         if image.file_sha1 and hashlib.sha1(data).hexdigest() != image.file_sha1:
             raise InputError(f"reference image {path} changed since the index was built; rebuild the index")
         picture, _ = load_image(str(path))
+        if not model_input:
+            return None, resize_for_model(picture.convert("RGB"), self.preprocessing)
         return preprocess(picture.convert("RGB"), self.preprocessing)
 
     def maps(self, rows: Sequence[int], groups_by_row: dict[int, list[dict]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -331,35 +333,42 @@ class ReferenceFinder:
                 groups_by_row[row].append(concepts[c].groups())
         if self.exact:
             maps = self.maps(sorted(groups_by_row), groups_by_row)
-        else:
+        else:  # grid maps (56 x 56) from the stored peaks; the crop rule reads them at that grid
             maps = {}
             for row in sorted(groups_by_row):
-                shown = self.load(row)[1]
+                shown = self.load(row, model_input=False)[1]
                 maps[row] = (shown, np.stack([
-                    peak_map(self.index, row, group_weights(self.index, concepts[c].neurons)[0], tuple(shown.shape[:2]))
+                    peak_map(self.index, row, group_weights(self.index, concepts[c].neurons)[0])
                     for c, top in enumerate(ranked) for r, _ in top if r == row]))
         labels_cache: dict[int, tuple[np.ndarray, list[str]] | None] = {}
         colours_cache: dict[int, np.ndarray] = {}
+        gh, gw = self.index.peak_grid
         result = []
         for c, top in enumerate(ranked):
             refs, part_maps, colour_hists = [], [], []
             for row, score in top:
                 shown, group_maps = maps[row]
-                box, seed, region, empty = crop_box(group_maps[slot[(c, row)]])
+                height, width = shown.shape[:2]
+                box, seed, region, empty = crop_box(group_maps[slot[(c, row)]], size=(height, width))
+                # parts and colours are read per grid cell, at the pixel a seed is shown at
+                ys = np.minimum(((np.arange(gh) + 0.5) * height / gh).astype(int), height - 1)
+                xs = np.minimum(((np.arange(gw) + 0.5) * width / gw).astype(int), width - 1)
                 if row not in labels_cache:
                     annotation = self.index.images[row].annotation
-                    labels_cache[row] = (part_label_map(annotation, self.preprocessing, shown.shape[:2])
+                    labels_cache[row] = (part_label_map(annotation, self.preprocessing, (height, width), (ys, xs))
                                          if annotation and annotation.get("keypoints") else None)
-                    colours_cache[row] = colour_names(shown)
+                    colours_cache[row] = colour_grid(shown, (gh, gw))
                 part = colour = None
                 if not empty:
-                    words = colours_cache[row][region]
+                    words = colours_cache[row][region[np.ix_(ys, xs)]]
                     colour = COLOURS[int(np.bincount(words, minlength=len(COLOURS)).argmax())]
                     colour_hists.append(np.bincount(colours_cache[row].ravel(), minlength=len(COLOURS))
                                         / colours_cache[row].size)
                     if labels_cache[row] is not None:
                         label_map, names = labels_cache[row]
-                        at = int(label_map[seed[1], seed[0]])
+                        cell_y = min(int(seed[1] * gh / height), gh - 1)
+                        cell_x = min(int(seed[0] * gw / width), gw - 1)
+                        at = int(label_map[cell_y, cell_x])
                         part = names[at] if at >= 0 else "none"
                         part_maps.append(label_map)
                 x0, y0, x1, y1 = box

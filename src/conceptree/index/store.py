@@ -182,10 +182,11 @@ class ConceptIndex:
 
     def export_metadata(self, path: str | Path) -> Path:
         """Write the index's small metadata (key, build summary, per image: path, hashes,
-        prediction, label, target, status) to a JSON file, without the part annotations or
-        the matrices: what a results folder commits to say which index it used."""
+        prediction, label, target, status) to a JSON file, without the part annotations, the
+        class names (the model's label file) or the matrices: what a results folder commits
+        to say which index it used."""
         images = [{k: v for k, v in rec.items() if k != "annotation"} for rec in self.meta["images"]]
-        data = {k: v for k, v in self.meta.items() if k not in ("images", "root")}
+        data = {k: v for k, v in self.meta.items() if k not in ("images", "root", "class_names")}
         path = Path(path)
         path.write_text(json.dumps({**data, "images": images}, indent=1))
         return path

@@ -255,6 +255,12 @@ def load_image(path: str | None):
 
 def preprocess(image, prep: Preprocessing) -> tuple[torch.Tensor, np.ndarray]:
     """PIL image -> normalised ``(1, 3, H, W)`` tensor and the displayed ``(H, W, 3)`` uint8."""
+    shown = resize_for_model(image, prep)
+    return normalise(shown, prep), shown
+
+
+def resize_for_model(image, prep: Preprocessing) -> np.ndarray:
+    """PIL image -> the model input as displayed, ``(H, W, 3)`` uint8 (resize and crop only)."""
     from PIL import Image
 
     method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}.get(prep.interpolation, Image.BICUBIC)
@@ -267,8 +273,7 @@ def preprocess(image, prep: Preprocessing) -> tuple[torch.Tensor, np.ndarray]:
         image = image.crop((left, top, left + prep.crop, top + prep.crop))
     else:
         image = image.resize((prep.resize, prep.resize), method)
-    shown = np.asarray(image, dtype=np.uint8).copy()
-    return normalise(shown, prep), shown
+    return np.asarray(image, dtype=np.uint8).copy()
 
 
 def input_frame(prep: Preprocessing, width: int, height: int) -> tuple[float, float, float, float]:
