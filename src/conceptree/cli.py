@@ -156,7 +156,7 @@ def _device(name: str):
 
 
 def _explain(image: str | None, spec, options, *, target, layers, exclude_layers, k, out, overwrite, quiet,
-             neuron_maps, device="cpu", index=None, references=8) -> None:
+             neuron_maps, device="cpu", index=None, references=8, exact_references=False) -> None:
     from .explainer import ConceptExplainer
     from .explanation import OUTPUT_FILES
     from .models.loading import load_image
@@ -170,7 +170,8 @@ def _explain(image: str | None, spec, options, *, target, layers, exclude_layers
             typer.echo(note, err=True)
         explainer = ConceptExplainer.from_spec(spec, options=options, layers=layers or None,
                                                exclude_layers=exclude_layers or None, progress=not quiet,
-                                               index=index, n_references=references)
+                                               index=index, n_references=references,
+                                               exact_references=exact_references)
         result = explainer.explain(picture, target=spec.resolve_target(target), k=k, keep_neuron_maps=neuron_maps)
         result.image_info = replace(result.image_info, file=Path(image).name if image else "chelsea (scikit-image)")
         result.save(out_dir)
@@ -218,6 +219,8 @@ def explain_cmd(
     index: str | None = typer.Option(None, help="A reference index of this model (`conceptree index`): "
                                                 "each concept's strongest reference images and suggested names."),
     references: int = typer.Option(8, help="Reference images per concept (with --index)."),
+    exact_references: bool = typer.Option(False, help="Crop references from their own recomputed LRP pass "
+                                                      "(exact, ~30 s) instead of the index's stored peaks."),
 ) -> None:
     """Explain one image: concepts, maps and the report in --out."""
     spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
@@ -225,7 +228,7 @@ def explain_cmd(
     options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons, coverage)
     _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
              overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device, index=index,
-             references=references)
+             references=references, exact_references=exact_references)
 
 
 @app.command("demo")

@@ -337,7 +337,16 @@ def write_html(explanation, path: str | Path) -> Path:
                  "(<span class='scale'><b>red</b> positive, <i>blue</i> negative</span>, symmetric around zero); "
                  f"beside it the photo kept where the concept's top {int(100 * REGION_MASS)}% of positive relevance "
                  "lies. Share = the concept's relevance / all neurons'. Depth = its members per network stage "
-                 "(S1 shallow … deep).</p><div class='cards'>")
+                 "(S1 shallow … deep).</p>")
+    if explanation.references is not None:
+        info = explanation.index_info or {}
+        parts.append(f"<p class='meta'>Each card also shows where else the concept is strongest among the "
+                     f"{info.get('images', '?')} images of the reference index (ranked by the concept's "
+                     "relevance-weighted share, cropped to its region there) and a suggested name: the part, colour "
+                     "or class most of those references share, with its chance rate. Suggestions describe the "
+                     "references, not the concept: on the CUB dev photos, the references of per-image concepts "
+                     "were no more consistent in the bird part they show than those of random neuron groups.</p>")
+    parts.append("<div class='cards'>")
     largest = max((c.share for c in concepts.concepts), default=0.0)
     members = explanation.member_maps
     references = explanation.references or [None] * concepts.k
