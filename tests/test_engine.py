@@ -184,7 +184,8 @@ def test_a_registered_rule_explains_a_custom_module():
     model = _Upsample().eval()
     composite = Composite().with_rule(
         nn.Upsample, lambda ctx: rule_table.index_rule(ctx, ctx.arg0, ctx.x, ctx.module))
-    assert Composite() == composite  # added rules do not change the composite's identity
+    assert Composite() != composite  # added rules are part of the composite's identity (by name)
+    assert composite.to_dict()["extra_rules"][0][0] == "torch.nn.modules.upsampling.Upsample"
     engine = CRPEngine(model, composite)
     attribution = engine.attribute(torch.randn(1, 3, 8, 8))
     r = attribution.channel_relevance("conv")
