@@ -479,13 +479,15 @@ class CRPEngine:
         return int(target)
 
     def _init_relevance(self, logits: Tensor, targets: Sequence[int], init: InitRelevance | Tensor) -> Tensor:
-        rel = torch.zeros((len(targets), logits.numel()), dtype=logits.dtype, device=logits.device)
+        """Relevance at the output, one row per target: ``logits`` ``(classes,)`` (one image) or
+        ``(N, classes)`` (row ``n`` from image ``n``)."""
+        rel = torch.zeros((len(targets), logits.shape[-1]), dtype=logits.dtype, device=logits.device)
         rows = torch.arange(len(targets))
         cols = torch.as_tensor(list(targets))
         if isinstance(init, Tensor):
             rel[rows, cols] = init.to(rel).reshape(-1).expand(len(targets))
         elif init == "logit":
-            rel[rows, cols] = logits[cols]
+            rel[rows, cols] = logits[rows, cols] if logits.ndim == 2 else logits[cols]
         elif init == "one":
             rel[rows, cols] = 1.0
         else:
@@ -510,17 +512,23 @@ class CRPEngine:
         target = self._resolve_target(forward.logits, target)
         out_node = self._output_node()
         start = {out_node: self._init_relevance(forward.logits, [target], init)}
-        layer_nodes = [self._node_by_layer[layer.name] for layer in self.layers]
-        input_rel, recorded = self.propagate(forward, start, record=layer_nodes)
-        layer_rel = {}
-        for layer, node in zip(self.layers, layer_nodes):
+        input_rel, recorded = self.propagate(forward, start, record=[self._node_by_layer[la.name] for la in self.layers])
+        layer_rel = {name: rel[0] for name, rel in self._recorded_layers(forward, recorded, 1).items()}
+        return Attribution(target, forward.logits, input_rel[0], layer_rel, forward)
+
+    def _recorded_layers(self, forward: ForwardPass, recorded: Mapping[fx.Node, Tensor], n: int) -> dict[str, Tensor]:
+        """Each selected layer's recorded relevance, channels-first ``(n, C, h, w)`` (zeros
+        ``(n, C, 1, 1)`` for a layer on no path to the logit)."""
+        out = {}
+        for layer in self.layers:
+            node = self._node_by_layer[layer.name]
             rel = recorded.get(node)
-            if rel is None:  # layer not on any path to the logit
-                rel = torch.zeros((1, layer.channels, 1, 1), dtype=self.dtype, device=self.device)
+            if rel is None:
+                rel = torch.zeros((n, layer.channels, 1, 1), dtype=self.dtype, device=self.device)
             elif getattr(forward.rules.get(node), "channels_last", False):
                 rel = rel.permute(0, 3, 1, 2)  # pointwise layer: stored channels-first like a conv
-            layer_rel[layer.name] = rel[0]
-        return Attribution(target, forward.logits, input_rel[0], layer_rel, forward)
+            out[layer.name] = rel
+        return out
 
     @torch.no_grad()
     def attribute_batch(
@@ -563,31 +571,11 @@ class CRPEngine:
         if len(targets) != n:
             raise InputError(f"got {len(targets)} targets for {n} images; pass one per image (None: predicted)")
         resolved = [self._resolve_target(logits[i], t) for i, t in enumerate(targets)]
-        rel = torch.zeros_like(logits)
-        rows = torch.arange(n)
-        cols = torch.as_tensor(resolved)
-        if isinstance(init, Tensor):
-            rel[rows, cols] = init.to(rel).reshape(-1).expand(n)
-        elif init == "logit":
-            rel[rows, cols] = logits[rows, cols]
-        elif init == "one":
-            rel[rows, cols] = 1.0
-        else:
-            raise InputError(f"init must be 'logit', 'one' or a tensor, got {init!r}")
-        layer_nodes = [self._node_by_layer[layer.name] for layer in self.layers]
-        _, recorded = self.propagate(forward, {self._output_node(): rel}, record=layer_nodes)
-        maps: dict[str, Tensor] = {}
-        columns = []
-        for layer, node in zip(self.layers, layer_nodes):
-            r = recorded.get(node)
-            if r is None:
-                r = torch.zeros((n, layer.channels, 1, 1), dtype=self.dtype, device=self.device)
-            elif getattr(forward.rules.get(node), "channels_last", False):
-                r = r.permute(0, 3, 1, 2)
-            if keep_maps:
-                maps[layer.name] = r
-            columns.append(r.double().flatten(2).sum(2))
-        return BatchAttribution(resolved, logits, torch.cat(columns, 1), maps)
+        start = {self._output_node(): self._init_relevance(logits, resolved, init)}
+        _, recorded = self.propagate(forward, start, record=[self._node_by_layer[la.name] for la in self.layers])
+        maps = self._recorded_layers(forward, recorded, n)
+        columns = torch.cat([rel.double().flatten(2).sum(2) for rel in maps.values()], 1)
+        return BatchAttribution(resolved, logits, columns, maps if keep_maps else {})
 
     def neuron_columns(self) -> list[tuple[str, int, int]]:
         """``(layer, first column, channels)`` of each selected layer in the neuron axis of
