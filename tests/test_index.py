@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def single_pass(spec, path):
     attribution = engine.attribute(x)
     rel = torch.cat([attribution.layer_relevance[layer.name].double().flatten(1).sum(1) for layer in engine.layers])
     maps = {name: r.unsqueeze(0) for name, r in attribution.layer_relevance.items()}
-    return rel.numpy(), peak_grid_cells(maps, tuple(x.shape[-2:]))[0], attribution.target
+    return rel.numpy(), peak_grid_cells(maps)[0], attribution.target
 
 
 def test_stored_relevances_equal_a_single_image_pass(index, spec, photos):
@@ -278,3 +279,35 @@ def test_index_cli_and_explain_with_index(photos, tmp_path):
     assert all(len(c["references"]) == 2 for c in data["references"]["concepts"])
     assert data["references"]["index"]["images"] == 6
     assert ConceptIndex(tmp_path / "idx").meta["build"]["images"] == 6
+
+
+def test_a_labelled_set_indexes_its_labels_and_names_parts(photos, tmp_path):
+    """A cub_parts-style folder: labels become the indexed class (--target label), keypoints the
+    part evidence of the references."""
+    root = tmp_path / "parts"
+    (root / "images").mkdir(parents=True)
+    records = []
+    for i, (name, label) in enumerate([("chelsea", 281), ("coffee", 967), ("astronaut", 834), ("rocket", None)]):
+        picture = Image.open(photos / f"{name}.png").convert("RGB")
+        picture.save(root / "images" / f"{name}.jpg")
+        w, h = picture.size
+        records.append({"cub_image_id": i, "file": f"images/{name}.jpg", "subset": "original",
+                        "species": {"class_id": i, "name": name, **({"inat_index": label} if label is not None else {})},
+                        "width": w, "height": h, "bbox": [w * 0.2, h * 0.2, w * 0.6, h * 0.6],
+                        "parts": {"left eye": [w * 0.4, h * 0.4], "breast": [w * 0.5, h * 0.7]}})
+    (root / "annotations.json").write_text(json.dumps({"info": {}, "images": records}))
+    index = build_index(root, ModelSource(), tmp_path / "idx", target="label", executor="local", progress=False)
+    labels = {Path(im.path).stem: im for im in index.images}
+    assert labels["chelsea"].label == labels["chelsea"].target == 281
+    assert labels["coffee"].target == 967 and labels["astronaut"].target == 834
+    assert labels["rocket"].label is None and labels["rocket"].target == labels["rocket"].predicted
+    assert labels["chelsea"].annotation["keypoints"]["breast"] == [records[0]["parts"]["breast"][0],
+                                                                     records[0]["parts"]["breast"][1]]
+    explainer = ConceptExplainer.from_spec(load_model("default"), options=OPTIONS, index=index, n_references=3)
+    explanation = explainer.explain(photos / "hubble_deep_field.png")
+    for concept in explanation.references:
+        for ref in concept.references:
+            assert ref.part in (None, "none", "eye", "breast")  # only the annotated parts can be named
+        part = concept.evidence["part"]
+        if part is not None:
+            assert 0 <= part["chance"] <= 1 and part["annotated"] <= 3

@@ -98,14 +98,14 @@ class ShardJob:
     attempt_log: str | None = None
 
 
-def peak_grid_cells(layer_relevance: dict, input_size: tuple[int, int]) -> np.ndarray:
+def peak_grid_cells(layer_relevance: dict) -> np.ndarray:
     """Cell of each channel's own-layer relevance peak on the :data:`PEAK_GRID` over the input.
 
     Parameters
     ----------
     layer_relevance : dict[str, Tensor]
-        ``(N, channels, h, w)`` per layer, in the engine's layer order.
-    input_size : (H, W)
+        ``(N, channels, h, w)`` per layer, in the engine's layer order (each layer's grid covers
+        the whole input, as in :func:`~conceptree.concepts.layer_maps.to_grid`).
 
     Returns
     -------
@@ -182,20 +182,18 @@ class _Worker:
             x = torch.cat([t for _, t in chunk])
             targets = [job.items[i].label if job.target == "label" else None for i, _ in chunk]
             result = self.engine.attribute_batch(x, targets, keep_maps=True)
-            peak_cells = peak_grid_cells(result.layer_relevance, tuple(x.shape[-2:]))
+            peak_cells = peak_grid_cells(result.layer_relevance)
             layer_sizes = {name: list(rel.shape[-2:]) for name, rel in result.layer_relevance.items()}
             probs = torch.softmax(result.logits.double(), 1)
             values = result.channel_relevance.cpu().numpy()
             if np.abs(values).max(initial=0.0) > FLOAT16_MAX:
-                raise InputError("a relevance exceeds float16's range; index with init='one' or a smaller logit scale")
+                raise InputError(f"a relevance exceeds float16's range ({FLOAT16_MAX:g}): this model's logits are too "
+                                 "large for a float16 index")
             for j, (i, _) in enumerate(chunk):
                 relevance[i] = values[j].astype(np.float16)
                 peaks[i] = peak_cells[j]
                 records[i].update(target=int(result.targets[j]), abs_total=float(np.abs(values[j]).sum()),
                                   predicted=int(probs[j].argmax()), probability=float(probs[j].max()))
-        for i, item in enumerate(job.items):
-            if job.target == "label" and records[i]["status"] == "ok" and item.label is None:
-                records[i]["target"] = records[i]["predicted"]  # no label: the prediction (recorded as such)
         final = shard_path(Path(job.out), job.shard)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.stem}-{os.getpid()}.tmp.npz")
