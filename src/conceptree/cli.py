@@ -156,7 +156,7 @@ def _device(name: str):
 
 
 def _explain(image: str | None, spec, options, *, target, layers, exclude_layers, k, out, overwrite, quiet,
-             neuron_maps, device="cpu", index=None, references=8, exact_references=False) -> None:
+             neuron_maps, device="cpu", index=None, references=None, exact_references=False) -> None:
     from .explainer import ConceptExplainer
     from .explanation import OUTPUT_FILES
     from .models.loading import load_image
@@ -168,10 +168,10 @@ def _explain(image: str | None, spec, options, *, target, layers, exclude_layers
         picture, note = load_image(image)
         if note and not quiet:
             typer.echo(note, err=True)
+        extra = {"n_references": references} if references is not None else {}
         explainer = ConceptExplainer.from_spec(spec, options=options, layers=layers or None,
                                                exclude_layers=exclude_layers or None, progress=not quiet,
-                                               index=index, n_references=references,
-                                               exact_references=exact_references)
+                                               index=index, exact_references=exact_references, **extra)
         result = explainer.explain(picture, target=spec.resolve_target(target), k=k, keep_neuron_maps=neuron_maps)
         result.image_info = replace(result.image_info, file=Path(image).name if image else "chelsea (scikit-image)")
         result.save(out_dir)
@@ -218,7 +218,7 @@ def explain_cmd(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
     index: str | None = typer.Option(None, help="A reference index of this model (`conceptree index`): "
                                                 "each concept's strongest reference images and suggested names."),
-    references: int = typer.Option(8, help="Reference images per concept (with --index)."),
+    references: int | None = typer.Option(None, help="Reference images per concept (with --index; default 8)."),
     exact_references: bool = typer.Option(False, help="Crop references from their own recomputed LRP pass "
                                                       "(exact, ~30 s) instead of the index's stored peaks."),
 ) -> None:
@@ -241,7 +241,7 @@ def demo_cmd(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
     index: str | None = typer.Option(None, help="A reference index of this model (`conceptree index`): "
                                                 "each concept's strongest reference images and suggested names."),
-    references: int = typer.Option(8, help="Reference images per concept (with --index)."),
+    references: int | None = typer.Option(None, help="Reference images per concept (with --index; default 8)."),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
     spec = _load_spec("default", None, None, [], None)
@@ -305,8 +305,8 @@ def index_cmd(
     labels: str | None = typer.Option(None, help="Class names, one per line."),
     out: str = typer.Option("conceptree-index", help="Index folder (index.json, relevance.npy); a rerun resumes."),
     target: str = typer.Option("predicted", help="Class each image is indexed for: predicted | label."),
-    batch_size: int = typer.Option(4, help="Images per LRP batch."),
-    shard_size: int = typer.Option(64, help="Images per task and shard file."),
+    batch_size: int | None = typer.Option(None, help="Images per LRP batch (default: the fastest measured, 4)."),
+    shard_size: int | None = typer.Option(None, help="Images per task and shard file (default 64)."),
     executor: str = typer.Option("auto", help="auto (Ray if installed) | ray | local (sequential, in-process)."),
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster, e.g. ray://host:10001 or auto."),
     workers: int | None = typer.Option(None, help="Concurrent tasks on a local Ray (default: the CPU count)."),
@@ -323,8 +323,9 @@ def index_cmd(
     model_source = ModelSource(config=str(Path(model_config).resolve()) if model_config else None,
                                spec=model or "default", weights=str(Path(weights).resolve()) if weights else None,
                                kwargs=_parse_kv(model_arg), labels=str(Path(labels).resolve()) if labels else None)
-    builder = IndexBuilder(target=target, batch_size=batch_size, shard_size=shard_size, executor=executor,
-                           ray_address=ray_address, workers=workers, progress=not quiet)
+    sizes = {k: v for k, v in {"batch_size": batch_size, "shard_size": shard_size}.items() if v is not None}
+    builder = IndexBuilder(target=target, executor=executor, ray_address=ray_address, workers=workers,
+                           progress=not quiet, **sizes)
     index = builder.build(source, model_source, out, overwrite=overwrite)
     if not quiet:
         rate = index.meta.get("build", {}).get("images_per_s")
