@@ -91,6 +91,16 @@ def _load_spec(model: str | None, model_config: str | None, weights, model_arg, 
     return spec
 
 
+def _model_source(model_config, model, weights, model_arg, labels):
+    """A picklable :class:`~conceptree.tasks.ModelSource` for worker tasks (absolute paths)."""
+    from .tasks import ModelSource
+
+    _check_one_model_source(model_config, model, weights, model_arg, labels)
+    return ModelSource(config=str(Path(model_config).resolve()) if model_config else None, spec=model or "default",
+                       weights=str(Path(weights).resolve()) if weights else None, kwargs=_parse_kv(model_arg),
+                       labels=str(Path(labels).resolve()) if labels else None)
+
+
 def _options(preset: str, features=None, concept_map=None, linkage=None, k_range=None, lam=None, max_neurons=None,
              coverage=None):
     """The preset's :class:`ConceptOptions` with the given flags on top (``max_neurons`` 0 = all,
@@ -268,14 +278,11 @@ def explain_many_cmd(
     index: str | None = typer.Option(None, help="A reference index of this model: references and names per concept."),
 ) -> None:
     """Explain every image of a folder, glob or list file (resumable; Ray when installed)."""
-    from .runs import ModelSource, explain_many
+    from .runs import explain_many
 
-    _check_one_model_source(model_config, model, weights, model_arg, labels)
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
-    source = ModelSource(config=str(Path(model_config).resolve()) if model_config else None, spec=model or "default",
-                         weights=str(Path(weights).resolve()) if weights else None, kwargs=_parse_kv(model_arg),
-                         labels=str(Path(labels).resolve()) if labels else None)
+    source = _model_source(model_config, model, weights, model_arg, labels)
     spec = source.load()  # a bad model fails here, once, before any task
     if index is not None:  # and so does an index of another model, rules, layers or preprocessing
         from .explainer import ConceptExplainer
@@ -315,14 +322,10 @@ def index_cmd(
 ) -> None:
     """Index a reference set: every neuron's relevance on every image (for references and names)."""
     from .index import IndexBuilder
-    from .runs import ModelSource
 
-    _check_one_model_source(model_config, model, weights, model_arg, labels)
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
-    model_source = ModelSource(config=str(Path(model_config).resolve()) if model_config else None,
-                               spec=model or "default", weights=str(Path(weights).resolve()) if weights else None,
-                               kwargs=_parse_kv(model_arg), labels=str(Path(labels).resolve()) if labels else None)
+    model_source = _model_source(model_config, model, weights, model_arg, labels)
     sizes = {k: v for k, v in {"batch_size": batch_size, "shard_size": shard_size}.items() if v is not None}
     builder = IndexBuilder(target=target, executor=executor, ray_address=ray_address, workers=workers,
                            progress=not quiet, **sizes)

@@ -144,14 +144,7 @@ class ConceptIndex:
     def relevance(self) -> np.ndarray:
         """``(images, neurons)`` float16, memory-mapped (rows of failed images are zero)."""
         if self._relevance is None:
-            try:
-                matrix = np.load(self.path / "relevance.npy", mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read {self.path / 'relevance.npy'} ({exc}); rebuild the index") from None
-            if matrix.shape != (len(self.images), self.n_neurons):
-                raise InputError(f"{self.path / 'relevance.npy'} has shape {matrix.shape}, index.json says "
-                                 f"{(len(self.images), self.n_neurons)}; rebuild the index")
-            self._relevance = matrix
+            self._relevance = self._matrix("relevance.npy")
         return self._relevance
 
     def summary(self) -> dict:
@@ -163,14 +156,19 @@ class ConceptIndex:
     def peaks(self) -> np.ndarray:
         """``(images, neurons)`` uint16 peak cells on :attr:`peak_grid`, memory-mapped."""
         if self._peaks is None:
-            try:
-                matrix = np.load(self.path / "peaks.npy", mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read {self.path / 'peaks.npy'} ({exc}); rebuild the index") from None
-            if matrix.shape != (len(self.images), self.n_neurons):
-                raise InputError(f"{self.path / 'peaks.npy'} has shape {matrix.shape}; rebuild the index")
-            self._peaks = matrix
+            self._peaks = self._matrix("peaks.npy")
         return self._peaks
+
+    def _matrix(self, name: str) -> np.ndarray:
+        """An ``(images, neurons)`` matrix of the folder, memory-mapped and checked."""
+        try:
+            matrix = np.load(self.path / name, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {self.path / name} ({exc}); rebuild the index") from None
+        if matrix.shape != (len(self.images), self.n_neurons):
+            raise InputError(f"{self.path / name} has shape {matrix.shape}, index.json says "
+                             f"{(len(self.images), self.n_neurons)}; rebuild the index")
+        return matrix
 
     def cell_size(self, columns: np.ndarray) -> np.ndarray:
         """Side of each neuron's layer cell in :attr:`peak_grid` cells (at least 1), ``(m,)`` int."""
