@@ -325,21 +325,20 @@ class ReferenceFinder:
     def find(self, concepts: Sequence, exclude_row: int | None = None) -> list[ConceptReferences]:
         """References and names of each concept (objects with ``rank``, ``neurons`` and ``groups()``)."""
         ranked = self.rank(concepts, exclude_row)
-        groups_by_row: dict[int, list[dict]] = {}
+        concepts_by_row: dict[int, list[int]] = {}  # the concepts each reference image serves, in order
         slot: dict[tuple[int, int], int] = {}
         for c, top in enumerate(ranked):
             for row, _ in top:
-                slot[(c, row)] = len(groups_by_row.setdefault(row, []))
-                groups_by_row[row].append(concepts[c].groups())
+                slot[(c, row)] = len(concepts_by_row.setdefault(row, []))
+                concepts_by_row[row].append(c)
         if self.exact:
-            maps = self.maps(sorted(groups_by_row), groups_by_row)
+            maps = self.maps(sorted(concepts_by_row),
+                             {row: [concepts[c].groups() for c in cs] for row, cs in concepts_by_row.items()})
         else:  # grid maps (56 x 56) from the stored peaks; the crop rule reads them at that grid
-            maps = {}
-            for row in sorted(groups_by_row):
-                shown = self.load(row, model_input=False)[1]
-                maps[row] = (shown, np.stack([
-                    peak_map(self.index, row, group_weights(self.index, concepts[c].neurons)[0])
-                    for c, top in enumerate(ranked) for r, _ in top if r == row]))
+            columns = [group_weights(self.index, concept.neurons)[0] for concept in concepts]
+            maps = {row: (self.load(row, model_input=False)[1],
+                          np.stack([peak_map(self.index, row, columns[c]) for c in cs]))
+                    for row, cs in sorted(concepts_by_row.items())}
         labels_cache: dict[int, tuple[np.ndarray, list[str]] | None] = {}
         colours_cache: dict[int, np.ndarray] = {}
         gh, gw = self.index.peak_grid
