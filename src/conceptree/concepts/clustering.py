@@ -27,8 +27,8 @@ DEFAULT_K_RANGE: tuple[int, int] = (15, 30)
 
 
 def linkage_matrix(dist: Distances, method: str = DEFAULT_METHOD) -> np.ndarray:
-    """Agglomerative clustering of a square distance matrix or a :class:`NeuronDistance`
-    (fastcluster; scipy fallback).
+    """Agglomerative clustering of a square distance matrix, a condensed one (overwritten) or a
+    :class:`NeuronDistance` (fastcluster; scipy fallback).
 
     Returns the ``(n-1, 4)`` scipy linkage matrix. ``ward`` on a non-Euclidean distance is
     the Lance-Williams Ward update ("Ward-like"); see :mod:`conceptree.concepts.distance`.
@@ -37,6 +37,8 @@ def linkage_matrix(dist: Distances, method: str = DEFAULT_METHOD) -> np.ndarray:
         raise InputError(f"unknown linkage {method!r}; use one of {', '.join(LINKAGES)}")
     if isinstance(dist, NeuronDistance):
         condensed = dist.condensed()
+    elif np.ndim(dist) == 1:  # already condensed (used as scratch memory and overwritten)
+        condensed = np.ascontiguousarray(dist, dtype=np.float64)
     else:
         condensed = squareform(dist, checks=False).astype(np.float64)
     try:

@@ -43,6 +43,11 @@ class Concept:
         Members per layer.
     index : np.ndarray
         Rows of the members in the :class:`NeuronMaps` that was clustered.
+    representative_index : int
+        Row of the representative in that :class:`NeuronMaps`.
+    concept_id : int or None
+        The concept's id in a model's concept dictionary (:mod:`conceptree.dictionary`): the
+        same on every image; None for concepts clustered on this image.
     """
 
     rank: int
@@ -53,6 +58,7 @@ class Concept:
     layer_histogram: dict[str, int]
     index: np.ndarray = field(repr=False)
     representative_index: int = -1
+    concept_id: int | None = None
 
     @property
     def size(self) -> int:
@@ -76,6 +82,7 @@ class Concept:
             "neurons": [asdict(n) for n in self.neurons],
             "layer_histogram": self.layer_histogram,
             "index": self.index.tolist(),
+            "concept_id": self.concept_id,
         }
 
     @classmethod
@@ -89,6 +96,7 @@ class Concept:
             layer_histogram={k: int(v) for k, v in data["layer_histogram"].items()},
             index=np.asarray(data["index"], dtype=np.int64),
             representative_index=int(data.get("representative_index", -1)),
+            concept_id=None if data.get("concept_id") is None else int(data["concept_id"]),
         )
 
 
@@ -116,6 +124,9 @@ class ConceptSet:
     k_range : tuple[int, int]
     timings : dict[str, float]
         Seconds per stage (distance, linkage+k search).
+    dictionary : dict or None
+        With a concept dictionary (``method == "dictionary"``): which one, the listing rule,
+        how many concepts were listed and their share (:mod:`conceptree.dictionary.concepts`).
     """
 
     concepts: list[Concept]
@@ -128,6 +139,7 @@ class ConceptSet:
     method: str
     k_range: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
+    dictionary: dict | None = None
 
     def labels(self, n: int) -> np.ndarray:
         """Concept rank (1..k) of each of the ``n`` neurons, 0 for inactive ones."""
@@ -146,6 +158,7 @@ class ConceptSet:
             "concepts": [c.to_dict() for c in self.concepts],
             "inactive": [asdict(n) for n in self.inactive],
             "timings": self.timings,
+            "dictionary": self.dictionary,
         }
 
     @classmethod
@@ -164,6 +177,7 @@ class ConceptSet:
             method=data["method"],
             k_range=tuple(data["k_range"]),
             timings=data.get("timings", {}),
+            dictionary=data.get("dictionary"),
         )
 
 
