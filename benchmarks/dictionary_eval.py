@@ -37,7 +37,7 @@ from conceptree.dictionary.concepts import dictionary_concepts
 from conceptree.evaluation.cub_parts import REGION_RULES, load_cub_parts, select
 from conceptree.evaluation.faithfulness import occlusion_drops, summarise_faithfulness
 from conceptree.evaluation.methods import disk_maps
-from conceptree.evaluation.runner import at_key, at_k_table, dataset_parts, score_method_maps, summarise
+from conceptree.evaluation.runner import at_k_table, at_key, dataset_parts, score_method_maps, summarise
 from conceptree.index import ConceptIndex
 from conceptree.models.loading import load_image, preprocess
 

@@ -151,6 +151,8 @@ def _output_folder(out: Path, overwrite: bool, files: tuple[str, ...]):
 # ---------------------------------------------------------------------- shared options
 MODEL_HELP = "default | timm:NAME | torchvision:NAME | dcne:PATH | pickle:PATH (or --model-config)."
 CONFIG_HELP = "Model configuration file (.json/.toml): spec, weights, kwargs, preprocessing, labels."
+DICTIONARY_HELP = ("A concept dictionary of this model (`conceptree dictionary`): read each image's concepts from it "
+                   "(same ids on every image, no clustering) instead of clustering per image.")
 
 
 def _device(name: str):
@@ -166,7 +168,7 @@ def _device(name: str):
 
 
 def _explain(image: str | None, spec, options, *, target, layers, exclude_layers, k, out, overwrite, quiet,
-             neuron_maps, device="cpu", index=None, references=None, exact_references=False) -> None:
+             neuron_maps, device="cpu", index=None, references=None, exact_references=False, dictionary=None) -> None:
     from .explainer import ConceptExplainer
     from .explanation import OUTPUT_FILES
     from .models.loading import load_image
@@ -181,7 +183,8 @@ def _explain(image: str | None, spec, options, *, target, layers, exclude_layers
         extra = {"n_references": references} if references is not None else {}
         explainer = ConceptExplainer.from_spec(spec, options=options, layers=layers or None,
                                                exclude_layers=exclude_layers or None, progress=not quiet,
-                                               index=index, exact_references=exact_references, **extra)
+                                               index=index, exact_references=exact_references, dictionary=dictionary,
+                                               **extra)
         result = explainer.explain(picture, target=spec.resolve_target(target), k=k, keep_neuron_maps=neuron_maps)
         result.image_info = replace(result.image_info, file=Path(image).name if image else "chelsea (scikit-image)")
         result.save(out_dir)
@@ -191,8 +194,9 @@ def _explain(image: str | None, spec, options, *, target, layers, exclude_layers
         for concept in result.concepts.concepts[:10]:
             rep = concept.representative
             name = f"  ~ {names[concept.rank]}" if names.get(concept.rank) else ""
+            cid = f"  D{concept.concept_id}" if concept.concept_id is not None else ""
             typer.echo(f"  #{concept.rank:<3} share {100 * concept.share:5.1f}%  {concept.size:5d} neurons  "
-                       f"rep {rep.layer}:{rep.channel}{name}")
+                       f"rep {rep.layer}:{rep.channel}{cid}{name}")
 
 
 @app.command("explain")
@@ -231,6 +235,7 @@ def explain_cmd(
     references: int | None = typer.Option(None, help="Reference images per concept (with --index; default 8)."),
     exact_references: bool = typer.Option(False, help="Crop references from their own recomputed LRP pass "
                                                       "(exact, ~30 s) instead of the index's stored peaks."),
+    dictionary: str | None = typer.Option(None, help=DICTIONARY_HELP),
 ) -> None:
     """Explain one image: concepts, maps and the report in --out."""
     spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
@@ -238,7 +243,7 @@ def explain_cmd(
     options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons, coverage)
     _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
              overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device, index=index,
-             references=references, exact_references=exact_references)
+             references=references, exact_references=exact_references, dictionary=dictionary)
 
 
 @app.command("demo")
@@ -252,11 +257,13 @@ def demo_cmd(
     index: str | None = typer.Option(None, help="A reference index of this model (`conceptree index`): "
                                                 "each concept's strongest reference images and suggested names."),
     references: int | None = typer.Option(None, help="Reference images per concept (with --index; default 8)."),
+    dictionary: str | None = typer.Option(None, help=DICTIONARY_HELP),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
     spec = _load_spec("default", None, None, [], None)
     _explain(None, spec, _options(preset, coverage=coverage), target="auto", layers=[], exclude_layers=[], k=None, out=out,
-             overwrite=overwrite, quiet=quiet, neuron_maps=False, device=device, index=index, references=references)
+             overwrite=overwrite, quiet=quiet, neuron_maps=False, device=device, index=index, references=references,
+             dictionary=dictionary)
 
 
 @app.command("explain-many")
@@ -276,6 +283,7 @@ def explain_many_cmd(
     max_retries: int = typer.Option(2, help="Retries of a task that crashes (not of a bad image)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
     index: str | None = typer.Option(None, help="A reference index of this model: references and names per concept."),
+    dictionary: str | None = typer.Option(None, help=DICTIONARY_HELP),
 ) -> None:
     """Explain every image of a folder, glob or list file (resumable; Ray when installed)."""
     from .runs import explain_many
@@ -284,14 +292,15 @@ def explain_many_cmd(
         raise InputError(f"--workers must be >= 1, got {workers}")
     source = _model_source(model_config, model, weights, model_arg, labels)
     spec = source.load()  # a bad model fails here, once, before any task
-    if index is not None:  # and so does an index of another model, rules, layers or preprocessing
+    if index is not None or dictionary is not None:  # and so does an index or dictionary of another model
         from .explainer import ConceptExplainer
 
-        ConceptExplainer.from_spec(spec, index=index)
-        index = str(Path(index).resolve())
+        ConceptExplainer.from_spec(spec, index=index, dictionary=dictionary)
+        index = str(Path(index).resolve()) if index is not None else None
+        dictionary = str(Path(dictionary).resolve()) if dictionary is not None else None
     result = explain_many(images, source, out, options=_options(preset, max_neurons=max_neurons), executor=executor,
                           ray_address=ray_address, workers=workers, max_retries=max_retries, progress=not quiet,
-                          index=index)
+                          index=index, dictionary=dictionary)
     if not quiet:
         ok = sum(r.status == "ok" for r in result.records)
         skipped = sum(r.status == "skipped" for r in result.records)
@@ -337,6 +346,32 @@ def index_cmd(
         for image in index.images:
             if not image.ok:
                 typer.echo(f"  failed: {image.path}: {image.error}")
+
+
+@app.command("dictionary")
+def dictionary_cmd(
+    index: str = typer.Argument(..., help="A reference index (`conceptree index`)."),
+    out: str = typer.Option("conceptree-dictionary", help="Dictionary folder (dictionary.json, labels.npy, linkage.npy)."),
+    k: int | None = typer.Option(None, help="Number of concepts (default: the measured default, 100)."),
+    location_weight: float | None = typer.Option(None, help="Weight of where the neurons' relevance peaks, next to "
+                                                            "their co-relevance (0: co-relevance only; default 1)."),
+    linkage: str = typer.Option("ward", help="ward | average | complete | single."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dictionary in --out."),
+    quiet: bool = typer.Option(False, help="No stage times."),
+) -> None:
+    """Cluster a model's neurons once over a reference index: concepts that are the same neurons on every image."""
+    from .dictionary import DictionaryBuilder
+
+    out_dir = Path(out)
+    if (out_dir / "dictionary.json").exists() and not overwrite:
+        raise InputError(f"{out_dir} already holds a dictionary; pass --overwrite or another --out")
+    params = {name: v for name, v in (("k", k), ("location_weight", location_weight)) if v is not None}
+    dictionary = DictionaryBuilder(method=linkage, progress=not quiet, **params).fit(index)
+    dictionary.save(out_dir)
+    if not quiet:
+        top = ", ".join(f"D{c.id} {100 * c.mean_share:.0f}%" for c in dictionary.concepts[:5])
+        typer.echo(f"{dictionary.k} concepts of {dictionary.n_neurons:,} neurons ({int((dictionary.labels < 0).sum())} "
+                   f"inactive) from {dictionary.params['images']} images -> {out_dir}; largest mean shares: {top}")
 
 
 @app.command("atlas")

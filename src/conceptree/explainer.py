@@ -28,6 +28,7 @@ from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
 from .concepts import find_concepts
 from .concepts.features import concept_maps, features_for, member_maps
 from .concepts.options import ConceptOptions, preset
+from .dictionary import ConceptDictionary, dictionary_concepts
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
 from .index.references import DEFAULT_REFERENCES, ReferenceFinder
@@ -89,6 +90,13 @@ class ConceptExplainer:
     exact_references : bool
         Draw each reference's region from its own recomputed LRP pass instead of the index's
         stored peaks (exact, one LRP pass per reference image; :mod:`conceptree.index.references`).
+    dictionary : ConceptDictionary or path, optional
+        A concept dictionary of this model, rules, layers and preprocessing
+        (:mod:`conceptree.dictionary`; checked here, one-line error otherwise). Each image's
+        concepts are then read from it instead of clustered: one LRP pass, each dictionary
+        concept's relevance (the sum of its members' ``r_p``) and the concise list
+        (:mod:`conceptree.dictionary.concepts`), with the same concept ids on every image.
+        ``options`` then only chooses the concept maps.
 
     Examples
     --------
@@ -113,6 +121,7 @@ class ConceptExplainer:
         index=None,
         n_references: int = DEFAULT_REFERENCES,
         exact_references: bool = False,
+        dictionary=None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}; "
@@ -140,6 +149,20 @@ class ConceptExplainer:
             raise InputError(f"n_references must be a positive int, got {n_references!r}")
         self.n_references = n_references
         self.exact_references = bool(exact_references)
+        self.dictionary = self._load_dictionary(dictionary)
+
+    def _load_dictionary(self, dictionary) -> ConceptDictionary | None:
+        if dictionary is None:
+            return None
+        if not isinstance(dictionary, ConceptDictionary):
+            if not isinstance(dictionary, (str, Path)):
+                raise InputError(f"dictionary must be a ConceptDictionary or a folder, got {type(dictionary).__name__}")
+            dictionary = ConceptDictionary(dictionary)
+        dictionary.check(self.model_info.hash, composite_key(self.engine.composite),
+                         [layer.name for layer in self.engine.layers], self.preprocessing.to_dict())
+        if self.index is not None:
+            dictionary.check_index(self.index)
+        return dictionary
 
     def _load_index(self, index) -> ConceptIndex | None:
         if index is None:
@@ -234,7 +257,8 @@ class ConceptExplainer:
         target : int or str, optional
             Class to explain: index or unique class name (default: the predicted class).
         k : int, optional
-            A fixed number of concepts instead of the silhouette search.
+            A fixed number of concepts instead of the silhouette search (with a dictionary: the
+            ``k`` strongest dictionary concepts instead of the concise list).
         keep_neuron_maps : bool
             Keep every clustered neuron's map (float16) in the result and in ``maps.npz``.
         neurons : NeuronMaps, optional
@@ -254,12 +278,19 @@ class ConceptExplainer:
         if attribution is None:
             attribution = self.engine.attribute(x, self.resolve_target(target))
         t1 = time.perf_counter()
-        if neurons is None:
-            neurons = features_for(self.engine, attribution, options, self.batch_size, self.progress)
-        elif not set(neurons.layers) <= {layer.name for layer in self.engine.layers}:
-            raise InputError("the precomputed neurons come from other layers than the engine's; recompute them")
-        t2 = time.perf_counter()
-        concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k)
+        if self.dictionary is not None:
+            if neurons is not None:
+                raise InputError("precomputed neurons are clustered per image; an explainer with a dictionary takes none")
+            t2 = time.perf_counter()
+            concepts, neurons = dictionary_concepts(self.dictionary, attribution, [layer.name for layer in self.engine.layers],
+                                                    k=k, map_size=options.distance.map_size)
+        else:
+            if neurons is None:
+                neurons = features_for(self.engine, attribution, options, self.batch_size, self.progress)
+            elif not set(neurons.layers) <= {layer.name for layer in self.engine.layers}:
+                raise InputError("the precomputed neurons come from other layers than the engine's; recompute them")
+            t2 = time.perf_counter()
+            concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k)
         t3 = time.perf_counter()
         maps = concept_maps(self.engine, attribution, concepts.concepts, options.concept_map, self.batch_size)
         t4 = time.perf_counter()

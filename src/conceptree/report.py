@@ -298,6 +298,26 @@ def _references_html(refs) -> str:
             f"<div class='name'>{name} <span class='meta'>· {' · '.join(facts)}</span></div>")
 
 
+def _id_label(concept) -> str:
+    """`` · D12`` for a concept of a dictionary (its id on every image), else nothing."""
+    return f" <span class='meta' title='concept id in the model&#39;s dictionary'>· D{concept.concept_id}</span>" \
+        if concept.concept_id is not None else ""
+
+
+def _source_line(concepts, n_neurons: int) -> str:
+    """Where the concepts come from: clustered on this image, or read from a dictionary."""
+    info = concepts.dictionary
+    if not info:
+        return f"{concepts.k} concepts from {n_neurons:,} neurons"
+    rule = info.get("rule", {})
+    listed = (f"the {concepts.k} strongest" if "k" in rule else
+              f"the {concepts.k} strongest, holding {100 * info.get('listed_share', 0):.0f}% of the relevance "
+              f"(the fewest reaching {100 * rule.get('share', 0):.0f}%, at most {rule.get('cap')})")
+    return (f"{listed} of the {info.get('k')} concepts of the model's dictionary "
+            f"({html.escape(str(info.get('path') or 'in memory'))}; same ids D0… on every image, no clustering), "
+            f"{n_neurons:,} member neurons")
+
+
 def write_html(explanation, path: str | Path) -> Path:
     """Write the self-contained report (all images inlined, no network, text escaped)."""
     esc = html.escape
@@ -309,7 +329,7 @@ def write_html(explanation, path: str | Path) -> Path:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>conceptree: {esc(explanation.target_name)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Why <em>{esc(explanation.target_name)}</em>? p = {explanation.probability:.3f}</h1>",
-        f"<p class='meta'>{concepts.k} concepts from {explanation.n_neurons:,} neurons of "
+        f"<p class='meta'>{_source_line(concepts, explanation.n_neurons)} of "
         f"{len(explanation.layers)} conv layers ({len(stages)} stages) · model {esc(explanation.model.spec)} · "
         f"image {esc(explanation.image_info.file or '(in memory)')}</p>",
         "<div class='top'>",
@@ -366,7 +386,7 @@ def write_html(explanation, path: str | Path) -> Path:
         hist = "".join(f"<tr><td>{esc(layer)}</td><td>{n}</td></tr>" for layer, n in concept.layer_histogram.items())
         parts.append(
             f"<div class='card' id='concept-{concept.rank}' style='width:{width}px'>"
-            f"<h3><span class='chip' style='background:{_hex(colour)}'></span>#{concept.rank} "
+            f"<h3><span class='chip' style='background:{_hex(colour)}'></span>#{concept.rank}{_id_label(concept)} "
             f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · "
             f"relevance {concept.relevance:.3g}</span></h3>"
             f"<div class='pair'><figure><img alt='concept {concept.rank} map' "
@@ -400,6 +420,7 @@ def write_html(explanation, path: str | Path) -> Path:
         "image": {"file": explanation.image_info.file, "hash": explanation.image_info.hash},
         "timings_s": explanation.timings,
         "reference index": explanation.index_info,
+        "concept dictionary": concepts.dictionary,
         "versions": explanation.versions,
     }
     parts.append(f"<h2>Parameters</h2><pre>{esc(json.dumps(params, indent=2, default=str))}</pre>")

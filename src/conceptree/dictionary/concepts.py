@@ -87,7 +87,7 @@ def dictionary_concepts(
     k: int | None = None,
     share: float = CONCISE_SHARE,
     cap: int = CONCISE_CAP,
-    map_size: tuple[int, int] = DEFAULT_MAP_SIZE,
+    map_size: tuple[int, int] | None = DEFAULT_MAP_SIZE,
 ) -> tuple[ConceptSet, NeuronMaps]:
     """The concepts of one image under a dictionary, and the listed members' own-layer maps.
 
@@ -116,23 +116,26 @@ def dictionary_concepts(
     by_concept = dictionary.concept_relevance(r)
     listed = concise_list(by_concept, share, cap, k)
     total = float(r.sum())
-    wanted: dict[str, list[int]] = {}
-    names = dictionary.neuron_names()
     member_cols = np.sort(np.concatenate([dictionary.concepts[int(c)].columns for c in listed]))
-    for col in member_cols:
-        layer, channel = names[int(col)].rsplit(":", 1)
-        wanted.setdefault(layer, []).append(int(channel))
-    neurons = layer_neuron_maps(attribution, layers, wanted, map_size)
-    row_of = {name: i for i, name in enumerate(neurons.names())}
+    wanted: dict[str, list[int]] = {}
+    for layer, (offset, channels) in dictionary.columns.items():
+        inside = member_cols[(member_cols >= offset) & (member_cols < offset + channels)]
+        if inside.size:
+            wanted[layer] = (inside - offset).tolist()
+    names = dictionary.neuron_names()
+    neurons = layer_neuron_maps(attribution, layers, wanted, map_size or DEFAULT_MAP_SIZE)
+    # neurons' rows follow the columns' order (layers in model order, channels ascending)
+    row_of_column = np.full(dictionary.n_neurons, -1, dtype=np.int64)
+    row_of_column[member_cols] = np.arange(member_cols.size)
+    layer_names = [neurons.layers[i] for i in neurons.layer_index.tolist()]
+    channels, relevances = neurons.channel.tolist(), neurons.relevance.tolist()
     concepts = []
     for rank, cid in enumerate(listed, start=1):
-        cols = dictionary.concepts[int(cid)].columns
-        rows = np.array([row_of[names[int(c)]] for c in cols], dtype=np.int64)
-        rel = neurons.relevance[rows]
-        order = np.lexsort((rows, -rel))
-        rows = rows[order]
-        members = [Neuron(neurons.layers[int(neurons.layer_index[i])], int(neurons.channel[i]), float(neurons.relevance[i]))
-                   for i in rows]
+        rows = row_of_column[dictionary.concepts[int(cid)].columns]
+        rows = rows[np.lexsort((rows, -neurons.relevance[rows]))]
+        members = [Neuron(layer_names[i], channels[i], relevances[i]) for i in rows.tolist()]
+        if rows.size and rows[0] < 0:  # pragma: no cover - the member columns were all selected above
+            raise RuntimeError("a dictionary member is missing from the neuron maps")
         value = float(by_concept[cid])
         concepts.append(Concept(rank=rank, relevance=value, share=value / total if total else 0.0,
                                 representative=members[0], neurons=members,

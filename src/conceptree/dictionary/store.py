@@ -137,10 +137,13 @@ class ConceptDictionary:
 
     def neuron_names(self) -> list[str]:
         """``"layer:channel"`` of every column."""
+        if getattr(self, "_names", None) is not None:
+            return list(self._names)
         names = [""] * self.n_neurons
         for layer, (offset, channels) in self.columns.items():
             for c in range(channels):
                 names[offset + c] = f"{layer}:{c}"
+        self._names = tuple(names)
         return names
 
     @property
@@ -233,7 +236,9 @@ class ConceptDictionary:
         r = np.asarray(neuron_relevance, dtype=np.float64)
         if r.shape[-1] != self.n_neurons:
             raise InputError(f"expected {self.n_neurons} neuron relevances (the dictionary's columns), got {r.shape[-1]}")
-        one_hot = np.zeros((self.n_neurons, self.k))
         active = self.labels >= 0
+        if r.ndim == 1:
+            return np.bincount(self.labels[active], weights=r[active], minlength=self.k)
+        one_hot = np.zeros((self.n_neurons, self.k))
         one_hot[np.flatnonzero(active), self.labels[active]] = 1.0
         return r @ one_hot

@@ -64,8 +64,10 @@ def folder_name(index: int, image: Path) -> str:
 
 
 def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, out: str, name: str,
-                      attempt_log: str | None = None, index: str | None = None) -> dict:
+                      attempt_log: str | None = None, files: dict[str, str] | None = None) -> dict:
     """Explain one image and move the complete explanation to ``out/name`` atomically.
+
+    ``files``: the explainer's ``index`` and ``dictionary`` folders, when given.
 
     Returns a plain record (``ImageRecord`` fields). A :class:`ConceptreeError` (the image's or
     the user's problem) becomes a ``failed`` record; other exceptions propagate, so that the
@@ -78,7 +80,7 @@ def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, 
     if attempt_log is not None:  # test hook: lets a test make the first attempt of a task fail
         _fail_first_attempt(attempt_log, name)
     try:
-        explainer = ConceptExplainer.from_spec(source.load(), options=options, index=index)
+        explainer = ConceptExplainer.from_spec(source.load(), options=options, **(files or {}))
         explanation = explainer.explain(image)
     except ConceptreeError as exc:
         return {"status": "failed", "error": str(exc), "seconds": time.perf_counter() - t0}
@@ -129,6 +131,7 @@ def explain_many(
     progress: bool = True,
     attempt_log: str | None = None,
     index: str | None = None,
+    dictionary: str | None = None,
 ) -> RunResult:
     """Explain every image into ``out/<index>-<name>/`` and write ``out/index.json`` + ``index.html``.
 
@@ -153,6 +156,9 @@ def explain_many(
         Retries of a task that raises an unexpected exception (a crash, a killed worker).
     index : path, optional
         A reference index of the model: each explanation lists its concepts' references.
+    dictionary : path, optional
+        A concept dictionary of the model: each image's concepts are read from it
+        (:mod:`conceptree.dictionary`), the same ids on every image.
     """
     from ..concepts.options import preset
 
@@ -180,7 +186,8 @@ def explain_many(
     bar = _progress(len(todo), len(records) - len(todo), progress)
     run = _run_ray if kind == "ray" else _run_local
     used = run(todo, source, options, out, max_retries, bar, ray_address=ray_address, workers=workers,
-               attempt_log=attempt_log, index=index)
+               attempt_log=attempt_log, files={k: str(v) for k, v in (("index", index), ("dictionary", dictionary))
+                                               if v is not None})
     if bar is not None:
         bar.close()
     result = RunResult(records, out, time.perf_counter() - t0, kind, used)
@@ -222,11 +229,11 @@ def _apply(record: ImageRecord, outcome: dict, attempts: int) -> None:
             setattr(record, key, outcome[key])
 
 
-def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None, index=None, **_) -> int:
+def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None, files=None, **_) -> int:
     for record in todo:
         for attempt in range(1, max_retries + 2):
             try:
-                outcome = explain_to_folder(source, options, record.image, str(out), record.folder, attempt_log, index)
+                outcome = explain_to_folder(source, options, record.image, str(out), record.folder, attempt_log, files)
                 _apply(record, outcome, attempt)
                 break
             except Exception as exc:  # noqa: BLE001 - retried, then recorded: the run goes on
@@ -237,7 +244,7 @@ def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None
 
 
 def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, workers=None, attempt_log=None,
-             index=None) -> int:
+             files=None) -> int:
     import torch
 
     with ray_session(ray_address) as ray:
@@ -246,7 +253,7 @@ def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, 
         gpus = 1 if torch.cuda.is_available() else 0
         task = ray.remote(num_cpus=cpus / n, num_gpus=gpus, max_retries=max_retries,
                           retry_exceptions=[RuntimeError, OSError, MemoryError])(_ray_task)
-        pending = {task.remote(source, options, r.image, str(out), r.folder, attempt_log, index): r for r in todo}
+        pending = {task.remote(source, options, r.image, str(out), r.folder, attempt_log, files): r for r in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             record = pending.pop(done[0])
@@ -259,14 +266,14 @@ def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, 
         return n
 
 
-def _ray_task(source, options, image, out, name, attempt_log, index=None):
+def _ray_task(source, options, image, out, name, attempt_log, files=None):
     """A Ray task: the worker's torch uses the CPUs Ray gave it (set here, in the worker only)."""
     import ray
     import torch
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(round(cpus))))
-    return explain_to_folder(source, options, image, out, name, attempt_log, index)
+    return explain_to_folder(source, options, image, out, name, attempt_log, files)
 
 
 def write_index(result: RunResult) -> None:
