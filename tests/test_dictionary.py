@@ -171,3 +171,39 @@ def test_dictionary_cli(setup, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "already holds a dictionary; pass --overwrite" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_evaluation_scores_a_dictionary_at_every_k(setup, tmp_path):
+    from conceptree.evaluation.runner import EvaluationConfig, _load_dictionaries, dictionary_maps
+
+    folder, source, _, dictionary = setup
+    spec = source.load()
+    explainer = ConceptExplainer.from_spec(spec)
+    attribution = explainer.attribute(folder / "astronaut.png")
+    native, by_k = dictionary_maps(explainer.engine, attribution, dictionary, (5, 10, 20))
+    listed = concise_list(dictionary.concept_relevance(neuron_relevance(attribution, dictionary)))
+    size = tuple(attribution.forward.input.shape[-2:])
+    assert native.shape == (len(listed), *size)
+    assert sorted(by_k) == [5, 10] and by_k[5].shape == (5, *size)  # K = 20 > the dictionary's 12 concepts
+    assert np.allclose(by_k[10][:5], by_k[5])  # the K strongest: nested
+    # each map keeps its concept's relevance (layer-group maps conserve the members' sum)
+    top = np.argsort(-dictionary.concept_relevance(neuron_relevance(attribution, dictionary)), kind="stable")[:5]
+    sums = by_k[5].reshape(5, -1).sum(1)
+    assert np.allclose(sums, dictionary.concept_relevance(neuron_relevance(attribution, dictionary))[top], rtol=1e-3, atol=1e-6)
+    dictionary.save(tmp_path / "d")
+    other = ModelSource(spec=SPEC, weights=_weights(tmp_path / "o.pth", 2), kwargs={"num_classes": 10}).load()
+    with pytest.raises(InputError, match="other model parameters"):
+        _load_dictionaries({"dictionary": str(tmp_path / "d")}, ConceptExplainer.from_spec(other).engine, other)
+    with pytest.raises(InputError, match="also a variant of ours"):
+        EvaluationConfig(dictionaries={"ours": str(tmp_path / "d")})
+
+
+def test_trace_flags_dictionary_concepts_new_by_id(setup):
+    folder, source, _, dictionary = setup
+    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary)
+    reference = explainer.explain(folder / "chelsea.png", k=3)
+    comparison = explainer.trace(reference, [folder / "hubble_deep_field.png"], explain_new=True)
+    own = explainer.explain(folder / "hubble_deep_field.png", target=reference.target.index)
+    ref_ids = {c.concept_id for c in reference.concepts.concepts}
+    flagged = {own.concepts.concepts[c.rank - 1].concept_id for c in comparison.images[0].new_concepts if c.new}
+    assert flagged == {c.concept_id for c in own.concepts.concepts} - ref_ids

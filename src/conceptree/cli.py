@@ -454,6 +454,8 @@ def evaluate_cmd(
     k_range: str | None = typer.Option(None, help="Our method: MIN:MAX searched by silhouette."),
     variant: list[str] = typer.Option([], help="Also score a variant of ours: 'NAME:key=value,...' with keys features, "
                                       "concept_map, max_neurons, lam, linkage, k_range, map_norm, term_norm (repeatable)."),
+    dictionary: list[str] = typer.Option([], help="Also score a concept dictionary of the model: NAME=FOLDER or FOLDER "
+                                         "(named 'dictionary'; repeatable)."),
     faithfulness_method: list[str] = typer.Option([], help="Measure faithfulness of these methods only (default: all)."),
     region_rule: list[str] = typer.Option(["disks", "slic"], help="Region rules (repeatable; the first is the headline)."),
     randomise_from: list[str] = typer.Option(["all"], help="Model-randomisation control: first module re-initialised, or all (repeatable)."),
@@ -486,8 +488,15 @@ def evaluate_cmd(
     for spec_variant in variant:
         name, options_variant = _parse_variant(spec_variant, options)
         ours[name] = options_variant
+    dictionaries = {}
+    for item in dictionary:
+        name, sep, folder = item.partition("=")
+        name, folder = (name, folder) if sep else ("dictionary", item)
+        if not name or not folder or name in dictionaries:
+            raise InputError(f"--dictionary {item!r}: expected NAME=FOLDER or FOLDER, each name once")
+        dictionaries[name] = folder
     config = EvaluationConfig(ours=ours, region_rules=tuple(region_rule), randomise=tuple(randomise_from), seed=seed,
-                              faithfulness_methods=tuple(faithfulness_method))
+                              faithfulness_methods=tuple(faithfulness_method), dictionaries=dictionaries)
     result = evaluate(data, ModelArgs(spec_text, weights, kwargs, labels, prep), out=out, dataset=dataset,
                       images=images, annotator=annotator, config=config, cache=cache, species=species,
                       per_species=per_species, limit=limit, workers=workers, executor=executor,

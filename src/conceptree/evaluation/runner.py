@@ -88,6 +88,10 @@ class EvaluationConfig:
         per photo).
     seed : int
         Seed of the random disks, the faithfulness controls and the randomisation.
+    dictionaries : dict[str, str]
+        Concept dictionaries of the model scored as methods, by name -> folder
+        (:mod:`conceptree.dictionary`): at each K the K dictionary concepts with the largest
+        relevance on the photo, each shown by its layer-group map; natively, the concise list.
     """
 
     ours: dict[str, ConceptOptions] = field(default_factory=lambda: {"ours": PRESETS["default"]})
@@ -97,12 +101,16 @@ class EvaluationConfig:
     faithfulness_k: int = 20
     faithfulness_methods: tuple[str, ...] = ()
     seed: int = 0
+    dictionaries: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.faithfulness_k not in self.ks:
             raise InputError(f"faithfulness K={self.faithfulness_k} must be one of the budgets {list(self.ks)}")
         if not self.region_rules:
             raise InputError("at least one region rule is needed")
+        clash = set(self.dictionaries) & set(self.ours)
+        if clash:
+            raise InputError(f"dictionary name {sorted(clash)[0]!r} is also a variant of ours; give it another name")
 
     def to_dict(self) -> dict:
         return {
@@ -110,6 +118,7 @@ class EvaluationConfig:
             "region_rules": list(self.region_rules), "randomise": list(self.randomise),
             "faithfulness_k": self.faithfulness_k,
             "faithfulness_methods": list(self.faithfulness_methods), "seed": self.seed,
+            "dictionaries": {name: str(path) for name, path in self.dictionaries.items()},
         }
 
 
@@ -394,6 +403,7 @@ def evaluate_images(
         rmodel = randomise_model(model, None if scope == "all" else scope, config.seed)
         randomised[scope] = CRPEngine(rmodel)
     parts = dataset_parts(images)
+    dictionaries = _load_dictionaries(config.dictionaries, engine, spec)
     fk = config.faithfulness_k
     run = EvaluationRun({rule: [] for rule in config.region_rules}, {}, {}, {name: [] for name in config.ours}, [])
     iterator = images
@@ -420,6 +430,9 @@ def evaluate_images(
                                          "largest_size_fraction": result.largest_size_fraction,
                                          "n_neurons": result.n_neurons})
             k_main = k_main or result.k
+        for name, dictionary in dictionaries.items():
+            native[name], by_k = dictionary_maps(engine, attribution, dictionary, config.ks)
+            restricted.update({at_key(name, k): m for k, m in by_k.items()})
         main_options = next(iter(config.ours.values()))
         for scope, r_engine in randomised.items():
             r_attr = r_engine.attribute(x, image.target)
@@ -442,6 +455,36 @@ def evaluate_images(
             run.scores[rule].append(score_method_maps(rule_image, maps_all, parts, cached, k_main, map_grid))
         run.subsets.append(getattr(image, "subset", ""))
     return run
+
+
+def _load_dictionaries(paths: dict[str, str], engine: CRPEngine, spec: ModelSpec) -> dict:
+    """The evaluated dictionaries, each checked against the evaluated model, rules, layers and preprocessing."""
+    from ..dictionary import ConceptDictionary
+    from ..index.store import composite_key
+    from ..models.loading import model_hash
+
+    out = {}
+    for name, path in paths.items():
+        dictionary = ConceptDictionary(path)
+        dictionary.check(model_hash(spec.model), composite_key(engine.composite), [layer.name for layer in engine.layers],
+                         spec.preprocessing.to_dict() if spec.preprocessing else None)
+        out[name] = dictionary
+    return out
+
+
+def dictionary_maps(engine: CRPEngine, attribution, dictionary, ks: tuple[int, ...]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """A dictionary's maps on one photo: its concise list's, and the K strongest concepts' for each K."""
+    from ..concepts.features import concept_maps
+    from ..dictionary import dictionary_concepts
+
+    layers = [layer.name for layer in engine.layers]
+    listed, _ = dictionary_concepts(dictionary, attribution, layers)
+    by_k = {}
+    for k in ks:
+        if k <= dictionary.k:
+            top, _ = dictionary_concepts(dictionary, attribution, layers, k=k)
+            by_k[k] = concept_maps(engine, attribution, top.concepts, "layer-group")
+    return concept_maps(engine, attribution, listed.concepts, "layer-group"), by_k
 
 
 def summarise(
