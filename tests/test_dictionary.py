@@ -207,3 +207,14 @@ def test_trace_flags_dictionary_concepts_new_by_id(setup):
     ref_ids = {c.concept_id for c in reference.concepts.concepts}
     flagged = {own.concepts.concepts[c.rank - 1].concept_id for c in comparison.images[0].new_concepts if c.new}
     assert flagged == {c.concept_id for c in own.concepts.concepts} - ref_ids
+
+
+def test_references_are_the_dictionary_lookup_when_built_from_this_index(setup):
+    folder, source, index, dictionary = setup
+    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, index=index, n_references=3)
+    explanation = explainer.explain(folder / "coffee.png")
+    row = index.row_of_pixels(explanation.image_info.hash)
+    assert row is not None  # coffee.png is in the index: it is left out of its own references
+    for concept, refs in zip(explanation.concepts.concepts, explanation.references):
+        stored = [r for r, _ in dictionary.concepts[concept.concept_id].references if r != row][:3]
+        assert [ref.row for ref in refs.references] == stored

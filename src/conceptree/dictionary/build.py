@@ -25,8 +25,9 @@ from .store import ConceptDictionary
 
 #: concepts of the default dictionary (chosen on the dev photos, docs/results/dictionary.md).
 DEFAULT_K = 100
-#: reference images stored per concept.
-DEFAULT_DICTIONARY_REFERENCES = 8
+#: reference images stored per concept (one more than an explanation shows, so that the
+#: explained photo itself can be left out).
+DEFAULT_DICTIONARY_REFERENCES = 9
 
 
 @dataclass
@@ -133,6 +134,7 @@ class DictionaryBuilder:
         params = {"features": "co-relevance + peak location" if self.location_weight > 0 else "co-relevance",
                   "location_weight": self.location_weight, "method": self.method, "k": self.k,
                   "images": int(rows.size), "rows": _row_ranges(rows), "index": index.summary(),
+                  "index_fingerprint": index.fingerprint(),
                   "active_neurons": n_active, "timings": self.timings_}
         return ConceptDictionary(key=index.key, columns=index.columns, labels=labels, linkage=linkage,
                                  params=params, references=references, mean_share=neuron_share)

@@ -322,9 +322,20 @@ class ReferenceFinder:
                 out[row] = (shown, layer_group_maps(batch.image(j), groups_by_row[row], tuple(shown.shape[:2])))
         return out
 
-    def find(self, concepts: Sequence, exclude_row: int | None = None) -> list[ConceptReferences]:
-        """References and names of each concept (objects with ``rank``, ``neurons`` and ``groups()``)."""
-        ranked = self.rank(concepts, exclude_row)
+    def find(self, concepts: Sequence, exclude_row: int | None = None,
+             ranked: list[list[tuple[int, float]]] | None = None) -> list[ConceptReferences]:
+        """References and names of each concept (objects with ``rank``, ``neurons`` and ``groups()``).
+
+        ``ranked``: each concept's ``(row, score)`` list found earlier (a concept dictionary's
+        stored references: a lookup instead of :meth:`rank`); ``exclude_row`` is left out of it
+        and it is cut to ``n``.
+        """
+        if ranked is None:
+            ranked = self.rank(concepts, exclude_row)
+        else:
+            if len(ranked) != len(concepts):
+                raise InputError(f"{len(ranked)} reference lists for {len(concepts)} concepts")
+            ranked = [[(int(r), float(v)) for r, v in top if r != exclude_row][: self.n] for top in ranked]
         concepts_by_row: dict[int, list[int]] = {}  # the concepts each reference image serves, in order
         slot: dict[tuple[int, int], int] = {}
         for c, top in enumerate(ranked):

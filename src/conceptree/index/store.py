@@ -5,10 +5,7 @@ An index folder holds
 ``relevance.npy``
     ``(images, neurons)`` float16, memory-mapped on load: ``r_p`` of every conv channel the
     explainer knows (columns in the engine's layer order, channels in order; ``neurons`` in
-    ``peaks.npy``
-    ``(images, neurons)`` uint16: the cell of :data:`PEAK_GRID` (over the model input) holding
-    each neuron's own-layer relevance peak on each image, ``row * 56 + col``.
-``index.json`` gives each layer's first column) for the class each image was indexed for.
+    ``index.json`` gives each layer's first column) for the class each image was indexed for.
 ``peaks.npy``
     ``(images, neurons)`` uint16: the cell of :data:`PEAK_GRID` (over the model input) holding
     each neuron's own-layer relevance peak on each image, ``row * 56 + col``.
@@ -177,6 +174,14 @@ class ConceptIndex:
             h, w = self.layer_sizes.get(layer, self.peak_grid)
             sizes[offset : offset + channels] = max(1, round(max(self.peak_grid[0] / h, self.peak_grid[1] / w)))
         return sizes[np.asarray(columns, dtype=np.int64)]
+
+    def fingerprint(self) -> str:
+        """SHA-1 of the key and every image's pixel hash, in row order: two indexes with the same
+        fingerprint have the same rows (what a dictionary's stored references refer to)."""
+        import hashlib
+
+        text = json.dumps(self.key, sort_keys=True) + "\n" + "\n".join(im.pixels_sha1 or "-" for im in self.images)
+        return hashlib.sha1(text.encode()).hexdigest()
 
     def export_metadata(self, path: str | Path) -> Path:
         """Write the index's small metadata (key, build summary, per image: path, hashes,
