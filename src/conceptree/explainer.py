@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .attribution import Attribution, Composite, CRPEngine
 from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
 from .concepts import find_concepts
