@@ -35,6 +35,9 @@ an index of it):
 - Trivial baseline: the same consistency when each reference's seed is drawn uniformly over
   its image (expected over 200 draws).
 - Targets (from the issue): ``share_beating_random >= 0.5`` and ``mean_lift > 0``.
+- ``--dictionary DICT`` (added for the concept dictionary, issue 25): the groups under test are
+  each photo's concise list from the dictionary instead of its per-image concepts; everything
+  else is unchanged (the same-pool control draws from the listed concepts' members).
 
 ``--exact-check N`` also recomputes, for the first N photos, every real concept's reference maps
 from each reference's own LRP pass (``exact_references``) and reports how far the seeds, crop
@@ -58,8 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "docs" / "models" / "bird.json"
 
 
-def explain_dev(data: Path, cache: Path, limit: int | None = None) -> list[dict]:
-    """The default explanation's concepts of every dev photo (cached as JSON)."""
+def explain_dev(data: Path, cache: Path, limit: int | None = None, dictionary: Path | None = None) -> list[dict]:
+    """The default explanation's concepts of every dev photo (cached as JSON); with a concept
+    dictionary, its concise list of each photo."""
     from conceptree import ConceptExplainer
     from conceptree.evaluation.cub_parts import load_cub_parts, select
 
@@ -67,7 +71,7 @@ def explain_dev(data: Path, cache: Path, limit: int | None = None) -> list[dict]
         return json.loads(cache.read_text())
     images, _ = load_cub_parts(data)
     dev = select(images, per_species=1)[:limit]
-    explainer = ConceptExplainer.from_config(CONFIG)
+    explainer = ConceptExplainer.from_config(CONFIG, dictionary=dictionary)
     out = []
     for i, image in enumerate(dev):
         t0 = time.perf_counter()
@@ -168,6 +172,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N dev photos (a dry run)")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache" / "references_control")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "references.json")
+    parser.add_argument("--dictionary", type=Path, default=None,
+                        help="test the concepts of this concept dictionary (each photo's concise list) instead")
     args = parser.parse_args()
     import torch
 
@@ -180,8 +186,9 @@ def main() -> None:
     index = ConceptIndex(args.index)
     prep = Preprocessing.from_dict(index.key["preprocessing"])
     size = (prep.crop or prep.resize,) * 2
-    dev = explain_dev(args.data, args.cache / f"dev_concepts_{args.data.resolve().name}_{args.limit or 'all'}.json",
-                      args.limit)
+    tag = f"_dict_{args.dictionary.resolve().name}" if args.dictionary else ""
+    dev = explain_dev(args.data, args.cache / f"dev_concepts_{args.data.resolve().name}_{args.limit or 'all'}{tag}.json",
+                      args.limit, args.dictionary)
     rng = np.random.default_rng(args.seed)
     groups = Groups(index.n_neurons)
     tests = []  # (photo, concept rank, real group, [random groups], own row)
