@@ -60,7 +60,15 @@ def test_explain_then_trace_from_python_alone(photos, tmp_path):
     first = explainer.explain(photos[0])
     traced = explainer.trace(first, photos[1:], explain_new=True)
     assert explainer.engine is engine  # traced once, reused by explain, trace and explain_new
-    assert len(traced.images) == 2 and all(len(im.new_concepts) > 0 for im in traced.images)
+    assert len(traced.images) == 2
+    ref_sets = [{(n.layer, n.channel) for n in c.neurons} for c in first.concepts.concepts]
+    for image, photo in zip(traced.images, photos[1:]):  # one flag per own concept, by the overlap rule
+        own = explainer.explain(photo, target=first.target.index)
+        assert [c.rank for c in image.new_concepts] == [c.rank for c in own.concepts.concepts]
+        for flag, concept in zip(image.new_concepts, own.concepts.concepts):
+            members = {(n.layer, n.channel) for n in concept.neurons}
+            best = max(len(members & s) / len(members) for s in ref_sets)
+            assert flag.best_overlap == pytest.approx(best) and flag.new == (best < 0.5)
     first.save(tmp_path / "ref")
     again = explainer.trace(tmp_path / "ref", [photos[0]])  # a saved explanation works the same
     assert [c.ratio for c in again.images[0].concepts] == pytest.approx([1.0] * first.concepts.k, rel=1e-5)

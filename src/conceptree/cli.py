@@ -561,8 +561,10 @@ def compare_cmd(
     weights: str | None = typer.Option(None, help="Local state dict (weights_only=True)."),
     model_arg: list[str] = typer.Option([], help="Architecture argument KEY=VALUE (repeatable)."),
     target: int | None = typer.Option(None, help="Class to follow (default: the reference's)."),
-    missing_fraction: float = typer.Option(0.5, help="Flag a concept missing below this ratio to the reference."),
-    new_overlap: float = typer.Option(0.5, help="Flag an image's own concept new when its overlap with every group is below this."),
+    missing_fraction: float | None = typer.Option(None, help="Flag a concept missing below this ratio to the reference "
+                                                             "(default 0.5, conceptree.compare.MISSING_FRACTION)."),
+    new_overlap: float | None = typer.Option(None, help="Flag an image's own concept new when its overlap with every group "
+                                                        "is below this (default 0.5, conceptree.compare.NEW_OVERLAP)."),
     explain_new: bool = typer.Option(True, help="Explain each image to find new concepts (costs one explanation each)."),
     max_neurons: int | None = typer.Option(None, help="Neurons clustered when explaining the images (default: the reference's)."),
     out: str = typer.Option("conceptree-compare", help="Output folder."),
@@ -587,8 +589,8 @@ def compare_cmd(
     explainer = ConceptExplainer.for_explanation(spec.model, ref, class_names=spec.class_names or None, **params)
     out_dir = Path(out)
     with _output_folder(out_dir, overwrite, OUTPUT_FILES):
-        result = explainer.trace(ref, images, target=target, missing_fraction=missing_fraction,
-                                 new_overlap=new_overlap, explain_new=explain_new)
+        thresholds = {k: v for k, v in (("missing_fraction", missing_fraction), ("new_overlap", new_overlap)) if v is not None}
+        result = explainer.trace(ref, images, target=target, explain_new=explain_new, **thresholds)
         result.save(out_dir)
     if not quiet:
         for im in result.images:

@@ -25,6 +25,13 @@ from .concepts.layer_maps import layer_group_maps
 from .errors import InputError
 from .explanation import Explanation
 
+#: a traced concept is ``missing`` on an image when its relevance there is below this fraction of
+#: the reference's (it lost more than half its evidence) ...
+MISSING_FRACTION = 0.5
+#: ... and an image's own concept is ``new`` when less than this fraction of its members lie in
+#: any one reference concept.
+NEW_OVERLAP = 0.5
+
 OUTPUT_FILES = ("comparison.json", "comparison_maps.npz", "comparison.html")
 
 
@@ -120,8 +127,8 @@ def compare(
     target: int | None = None,
     preprocessing=None,
     names: list[str] | None = None,
-    missing_fraction: float = 0.5,
-    new_overlap: float = 0.5,
+    missing_fraction: float = MISSING_FRACTION,
+    new_overlap: float = NEW_OVERLAP,
     explain_new: bool = False,
     max_neurons: int | None = None,
     progress: bool = False,
@@ -153,8 +160,8 @@ def trace_concepts(
     *,
     target: int | None = None,
     names: list[str] | None = None,
-    missing_fraction: float = 0.5,
-    new_overlap: float = 0.5,
+    missing_fraction: float = MISSING_FRACTION,
+    new_overlap: float = NEW_OVERLAP,
     explain_new: bool = False,
 ) -> Comparison:
     """The work of :meth:`ConceptExplainer.trace` (see there and the module docstring).

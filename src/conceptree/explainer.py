@@ -25,6 +25,7 @@ from torch import nn
 from ._version import __version__
 from .attribution import Attribution, Composite, CRPEngine
 from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
+from .compare import MISSING_FRACTION, NEW_OVERLAP, trace_concepts
 from .concepts import find_concepts
 from .concepts.features import concept_maps, features_for, member_maps
 from .concepts.options import ConceptOptions, preset
@@ -40,6 +41,7 @@ from .models.loading import (
     load_image,
     model_hash,
     preprocess,
+    resolve_target,
 )
 
 #: thumbnails of the most relevant members kept per concept (the report shows them).
@@ -225,12 +227,8 @@ class ConceptExplainer:
         return x, shown, name
 
     def resolve_target(self, target: int | str | None) -> int | None:
-        """None (the predicted class), a class index, or a unique class name."""
-        if target is None or isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            return None if target is None else int(target)
-        if isinstance(target, str):
-            return ModelSpec("", self.model, self.preprocessing, self.class_names).resolve_target(target)
-        raise InputError(f"target must be a class index, a class name or None, got {target!r}")
+        """None (the predicted class), a class index, or a unique class name (:func:`resolve_target`)."""
+        return resolve_target(target, self.class_names)
 
     def attribute(self, image, target: int | str | None = None) -> Attribution:
         """One LRP pass: relevance of every neuron and the class heatmap (:meth:`CRPEngine.attribute`)."""
@@ -344,8 +342,8 @@ class ConceptExplainer:
         *,
         target: int | None = None,
         names: Sequence[str] | None = None,
-        missing_fraction: float = 0.5,
-        new_overlap: float = 0.5,
+        missing_fraction: float = MISSING_FRACTION,
+        new_overlap: float = NEW_OVERLAP,
         explain_new: bool = False,
     ):
         """Follow a reference explanation's concepts (neuron groups) to other images.
@@ -369,8 +367,6 @@ class ConceptExplainer:
         -------
         Comparison
         """
-        from .compare import trace_concepts
-
         if not isinstance(explanation, Explanation):
             explanation = Explanation.load(explanation)
         if explanation.model.hash != self.model_info.hash:

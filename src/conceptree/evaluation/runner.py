@@ -308,11 +308,6 @@ def dataset_parts(images: list) -> list[str]:
     return sorted({name for im in images for name in im.region_masks()})
 
 
-def region_weights(image: AnnotatedImage, grid_hw: tuple[int, int], parts: list[str]) -> RegionWeights:
-    masks = image.region_masks()
-    return cell_weights([masks.get(r) for r in parts], (image.height, image.width), grid_hw)
-
-
 def score_maps(maps: np.ndarray, regions: RegionWeights, thresholds: tuple[int, ...] = THRESHOLDS) -> tuple[np.ndarray, np.ndarray]:
     """``(iou (T, P), pointing (P,))`` of one method's maps ``(n, h, w)``."""
     maps = np.asarray(maps, dtype=np.float32)

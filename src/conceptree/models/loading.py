@@ -77,23 +77,34 @@ class ModelSpec:
     class_names: list[str]
 
     def resolve_target(self, target: str | int | None) -> int | None:
-        """``auto`` -> None (predicted class); an index; or an exact/unique class name."""
-        if target is None or target == "auto":
-            return None
-        n = len(self.class_names)
-        if isinstance(target, int) or str(target).lstrip("-").isdigit():
-            index = int(target)
-            if not 0 <= index < n:
-                raise InputError(f"target {index} is outside the model's {n} classes (0..{n - 1})")
-            return index
-        lowered = str(target).lower()
-        exact = [i for i, name in enumerate(self.class_names) if name.lower() == lowered]
-        hits = exact or [i for i, name in enumerate(self.class_names) if lowered in name.lower()]
-        if len(hits) != 1:
-            raise InputError(
-                f"target name {target!r} matches {len(hits)} classes; give a class index or a unique name"
-            )
-        return hits[0]
+        """``auto`` -> None (predicted class); an index; or an exact/unique class name
+        (:func:`resolve_target`)."""
+        return resolve_target(target, self.class_names)
+
+
+def resolve_target(target: str | int | None, class_names: list[str]) -> int | None:
+    """``None``/``auto`` -> None (the predicted class); a class index (checked against the names
+    when there are any); or a class name, exact or a unique substring (case-insensitive).
+
+    The one place a user's target becomes a class index (the CLI, :class:`ModelSpec` and the
+    explainer use it); one-line errors for an index out of range or an ambiguous name.
+    """
+    if target is None or target == "auto":
+        return None
+    n = len(class_names)
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool) or str(target).lstrip("-").isdigit():
+        index = int(target)
+        if n and not 0 <= index < n:
+            raise InputError(f"target {index} is outside the model's {n} classes (0..{n - 1})")
+        return index
+    if not isinstance(target, str):
+        raise InputError(f"target must be a class index, a class name or None, got {target!r}")
+    lowered = target.lower()
+    exact = [i for i, name in enumerate(class_names) if name.lower() == lowered]
+    hits = exact or [i for i, name in enumerate(class_names) if lowered in name.lower()]
+    if len(hits) != 1:
+        raise InputError(f"target name {target!r} matches {len(hits)} classes; give a class index or a unique name")
+    return hits[0]
 
 
 def imagenet_names() -> list[str]:
