@@ -42,8 +42,18 @@ def _per_layer(base: type) -> type:
     return PerLayer
 
 
+def require_grad_cam():
+    """The pytorch-grad-cam package (an extra: ``pip install 'conceptree[eval]'``), one-line error without it."""
+    try:
+        import pytorch_grad_cam
+    except ImportError:
+        raise InputError("the evaluation's CAM and FullGrad baselines need pytorch-grad-cam; "
+                         "pip install 'conceptree[eval]'") from None
+    return pytorch_grad_cam
+
+
 def _per_layer_fullgrad():
-    from pytorch_grad_cam import FullGrad
+    FullGrad = require_grad_cam().FullGrad
     from pytorch_grad_cam.base_cam import BaseCAM
     from pytorch_grad_cam.utils.image import scale_accross_batch_and_channels
 
@@ -85,7 +95,7 @@ def cam_maps(method: str, model: nn.Module, x: torch.Tensor, target: int) -> np.
     target : int
         Class whose logit is explained.
     """
-    import pytorch_grad_cam
+    pytorch_grad_cam = require_grad_cam()
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if method not in CAM_METHODS:

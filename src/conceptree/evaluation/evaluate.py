@@ -146,7 +146,10 @@ def evaluate(
     from .cub_parts import select
     from .outputs import write_outputs
 
+    from .baselines import require_grad_cam
+
     t0 = time.perf_counter()
+    require_grad_cam()  # before any work: the baselines need the eval extra
     check_trained(model.spec, model.weights)
     if limit is not None and limit < 1:
         raise InputError(f"limit must be >= 1, got {limit}")
