@@ -61,3 +61,14 @@ def test_dcne_recovers_non_negative_parts():
 def test_top_neurons_orders_by_relevance_then_index():
     rel = np.array([0.1, 0.5, -2.0, 0.5, 0.3])
     assert top_neurons(rel, 3).tolist() == [1, 3, 4]
+
+
+def test_missing_grad_cam_is_a_one_line_error(monkeypatch):
+    import sys
+
+    from conceptree.errors import InputError
+    from conceptree.evaluation.baselines import require_grad_cam
+
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # as if the eval extra were not installed
+    with pytest.raises(InputError, match=r"pip install 'conceptree\[eval\]'"):
+        require_grad_cam()
