@@ -113,6 +113,11 @@ def test_explanation_with_a_dictionary_saves_and_reloads(setup, tmp_path):
     html = (tmp_path / "e" / "report.html").read_text()
     assert f"D{explanation.concepts.concepts[0].concept_id}" in html and "model&#x27;s dictionary" not in html
     assert "concepts of the model's dictionary" in html
+    # saving without rendering writes the data only; rendering the reloaded data gives the same page
+    explanation.save(tmp_path / "data", render=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["explanation.json", "maps.npz"]
+    Explanation.load(tmp_path / "data").render(tmp_path / "data")
+    assert (tmp_path / "data" / "report.html").read_text() == html
 
 
 def test_dictionary_of_another_model_or_index_refused(setup, tmp_path):

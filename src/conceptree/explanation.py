@@ -163,10 +163,9 @@ class Explanation:
                 "index": self.index_info, "concepts": [r.to_dict() for r in self.references]},
         }
 
-    def save(self, out: str | Path) -> Path:
-        """Write ``explanation.json``, ``maps.npz``, ``concepts.png`` and ``report.html`` into ``out``."""
-        from .report import concept_grid, write_html
-
+    def save(self, out: str | Path, *, render: bool = True) -> Path:
+        """Write the data (``explanation.json``, ``maps.npz``, reference crops) into ``out`` and,
+        with ``render``, the pictures (:meth:`render`: ``concepts.png``, ``report.html``)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "explanation.json").write_text(json.dumps(self.to_dict(), indent=2))
@@ -185,6 +184,17 @@ class Explanation:
         )
         if self.references is not None:
             _save_crops(self.references, out / "references")
+        if render:
+            self.render(out)
+        return out
+
+    def render(self, out: str | Path) -> Path:
+        """Draw ``concepts.png`` and the self-contained ``report.html`` into ``out`` (from the data
+        alone: a reloaded explanation renders the same)."""
+        from .report import concept_grid, write_html
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
         concept_grid(self, out / "concepts.png")
         write_html(self, out / "report.html")
         return out

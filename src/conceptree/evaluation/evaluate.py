@@ -143,10 +143,9 @@ def evaluate(
     -------
     EvaluationResult
     """
+    from .baselines import require_grad_cam
     from .cub_parts import select
     from .outputs import write_outputs
-
-    from .baselines import require_grad_cam
 
     t0 = time.perf_counter()
     require_grad_cam()  # before any work: the baselines need the eval extra
