@@ -94,7 +94,8 @@ def test_cli_round_trip_and_errors(tmp_path):
     ref = Explanation.load(tmp_path / "ref")
     again = data["images"][1]  # the reference image itself, preprocessed as the reference was
     assert [c["ratio"] for c in again["concepts"]] == pytest.approx([1.0] * ref.concepts.k, rel=1e-4)
-    assert "comparison" in (out / "comparison.html").read_text()
+    page = (out / "comparison.html").read_text()  # the default's maps are own-layer maps, and the page says so
+    assert "comparison" in page and "own-layer relevance maps" in page and "conditional maps" not in page
     proc = subprocess.run([*base, "compare", str(tmp_path / "ref"), str(tmp_path / "broken.jpg"), *model,
                            "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "cannot read image" in proc.stderr and not (tmp_path / "x").exists()

@@ -225,6 +225,9 @@ def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
         return image_data_uri(image if values is None else signed_overlay(image, values))
 
     ref = comparison.reference
+    kind = ("the sum of the concept's neurons' own-layer relevance maps, in input geometry"
+            if ref.options.concept_map == "layer-group" else "the input relevance through all the concept's neurons "
+            "(their conditional maps summed)")
     head = "".join(f"<th>{html.escape(im.name)}<br><small>p={im.probability:.2f}</small></th>" for im in comparison.images)
     rows = [f"<tr><th>reference<br><small>{html.escape(ref.target_name)}</small></th>"
             f"<td><img src='{_overlay_png(ref.image, None)}'></td>"
@@ -252,7 +255,7 @@ def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
 <style>body{{font-family:sans-serif;margin:1em}}td,th{{padding:4px;text-align:center;vertical-align:top;font-size:12px}}
 img{{width:170px}}.missing{{color:#b00}}</style></head><body>
 <h1>Concepts of {html.escape(ref.target_name)} traced on {len(comparison.images)} image(s)</h1>
-<p>Group map = sum of the concept's neurons' conditional maps on that image; ratio = group relevance there / in the
+<p>Group map = {kind} on that image; ratio = group relevance there / in the
 reference; <b>missing</b> = ratio &lt; {comparison.missing_fraction}.</p>
 <table><tr><th></th><th>reference</th>{head}</tr>{''.join(rows)}</table>
 <h2>New concepts</h2><ul>{''.join(new_lines) or '<li>none flagged (or not computed: explain_new=False)</li>'}</ul>
