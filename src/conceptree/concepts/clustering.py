@@ -15,7 +15,7 @@ import numpy as np
 from scipy.spatial.distance import squareform
 
 from ..errors import InputError
-from .distance import LINKAGES, NeuronDistance
+from .distance import NeuronDistance, check_linkage
 
 Distances = np.ndarray | NeuronDistance
 
@@ -33,8 +33,7 @@ def linkage_matrix(dist: Distances, method: str = DEFAULT_METHOD) -> np.ndarray:
     Returns the ``(n-1, 4)`` scipy linkage matrix. ``ward`` on a non-Euclidean distance is
     the Lance-Williams Ward update ("Ward-like"); see :mod:`conceptree.concepts.distance`.
     """
-    if method not in LINKAGES:
-        raise InputError(f"unknown linkage {method!r}; use one of {', '.join(LINKAGES)}")
+    check_linkage(method)
     if isinstance(dist, NeuronDistance):
         condensed = dist.condensed()
     elif np.ndim(dist) == 1:  # already condensed (used as scratch memory and overwritten)

@@ -11,7 +11,7 @@ import numpy as np
 from ..attribution.engine import NeuronMaps
 from ..errors import InputError
 from .clustering import DEFAULT_K_RANGE, DEFAULT_METHOD, cluster, cut_labels
-from .distance import LINKAGES, DistanceConfig, NeuronDistance
+from .distance import DistanceConfig, NeuronDistance, check_linkage
 
 
 @dataclass(frozen=True)
@@ -214,8 +214,7 @@ def find_concepts(
     ConceptSet
     """
     distance = distance or DistanceConfig()
-    if method not in LINKAGES:
-        raise InputError(f"unknown linkage {method!r}; use one of {', '.join(LINKAGES)}")
+    check_linkage(method)
     if distance.exact_ward is None:
         distance = replace(distance, exact_ward=method == "ward")
     order = canonical_order(neurons)

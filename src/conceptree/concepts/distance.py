@@ -25,6 +25,13 @@ MapNorm = Literal["none", "l2", "maxabs"]
 TermNorm = Literal["max", "p99"]
 LINKAGES = ("single", "complete", "average", "ward")
 
+
+def check_linkage(method: str) -> str:
+    """``method`` if it is one of :data:`LINKAGES`, else a one-line error naming them."""
+    if method not in LINKAGES:
+        raise InputError(f"unknown linkage {method!r}; use one of {', '.join(LINKAGES)}")
+    return method
+
 #: Maps are average-pooled to this size for the distance (and stored at it): one place for the default.
 DEFAULT_MAP_SIZE: tuple[int, int] = (56, 56)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import InputError
 from .clustering import DEFAULT_K_RANGE, DEFAULT_METHOD
-from .distance import LINKAGES, DistanceConfig
+from .distance import DistanceConfig, check_linkage
 
 FEATURES: tuple[str, ...] = ("layer", "input")
 CONCEPT_MAPS: tuple[str, ...] = ("layer-group", "group", "representative")
@@ -71,8 +71,7 @@ class ConceptOptions:
             raise InputError(f"unknown features {self.features!r}; use one of {', '.join(FEATURES)}")
         if self.concept_map not in CONCEPT_MAPS:
             raise InputError(f"unknown concept map {self.concept_map!r}; use one of {', '.join(CONCEPT_MAPS)}")
-        if self.method not in LINKAGES:
-            raise InputError(f"unknown linkage {self.method!r}; use one of {', '.join(LINKAGES)}")
+        check_linkage(self.method)
         if self.max_neurons is not None and self.max_neurons < 1:
             raise InputError(f"max_neurons must be >= 1 or None, got {self.max_neurons}")
         if self.coverage is not None and not 0.0 < self.coverage <= 1.0:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..concepts.clustering import cut_labels, linkage_matrix
-from ..concepts.distance import LINKAGES
+from ..concepts.distance import check_linkage
 from ..errors import InputError
 from ..index.store import ConceptIndex
 from .features import DEFAULT_LOCATION_WEIGHT, condensed_euclidean, neuron_features
@@ -65,8 +65,7 @@ class DictionaryBuilder:
             raise InputError(f"k must be a positive int, got {self.k!r}")
         if self.location_weight < 0:
             raise InputError(f"location_weight must be >= 0, got {self.location_weight}")
-        if self.method not in LINKAGES:
-            raise InputError(f"unknown linkage {self.method!r}; use one of {', '.join(LINKAGES)}")
+        check_linkage(self.method)
         if self.n_references < 0:
             raise InputError(f"n_references must be >= 0, got {self.n_references}")
 
