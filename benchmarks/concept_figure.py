@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from conceptree.concepts.options import PRESETS
 from conceptree.evaluation.cub_parts import load_cub_parts
-from conceptree.evaluation.runner import ModelArgs, input_neurons_path, load_input_neurons
+from conceptree.evaluation.runner import cache_model, input_neurons_path, load_input_neurons
 from conceptree.explainer import ConceptExplainer
 from conceptree.models.loading import load_image
 from conceptree.report import signed_overlay
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     cache = Path(args.cache)
-    model_args = ModelArgs.from_cache(cache)
+    model_args = cache_model(cache)
     prep = model_args.preprocessing
     spec = model_args.load()
     images = {im.image_id: im for im in load_cub_parts(args.data)[0]}

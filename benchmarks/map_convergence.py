@@ -25,7 +25,7 @@ from tqdm import tqdm
 from conceptree.attribution import CRPEngine
 from conceptree.concepts.layer_maps import layer_neuron_maps
 from conceptree.evaluation.cub_parts import load_cub_parts
-from conceptree.evaluation.runner import ModelArgs, _input
+from conceptree.evaluation.runner import _input, cache_model
 
 
 def correlations(maps: np.ndarray, rng: np.random.Generator, n_pairs: int = 20000) -> tuple[float, float]:
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     cache = Path(args.cache)
-    model_args = ModelArgs.from_cache(cache)
+    model_args = cache_model(cache)
     spec = model_args.load()
     engine = CRPEngine(spec.model)
     names = [layer.name for layer in engine.layers]

@@ -31,7 +31,7 @@ from conceptree.evaluation.occlusion import (
     occlude,
     summarise_occlusion,
 )
-from conceptree.evaluation.runner import ModelArgs, cache_path
+from conceptree.evaluation.runner import cache_model, cache_path
 from conceptree.explainer import ConceptExplainer
 from conceptree.models.loading import load_image
 
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     cache = Path(args.cache)
-    model_args = ModelArgs.from_cache(cache)
+    model_args = cache_model(cache)
     prep = model_args.preprocessing
     spec = model_args.load()
     explainer = ConceptExplainer.from_spec(spec, preprocessing=prep)  # traced once for every photo

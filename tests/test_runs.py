@@ -155,7 +155,7 @@ def test_evaluation_cache_on_ray_equals_the_local_one(tmp_path):
     import torchvision
 
     from conceptree.evaluation.cub_parts import load_cub_parts
-    from conceptree.evaluation.runner import ModelArgs, build_cache, cache_path
+    from conceptree.evaluation.runner import build_cache, cache_path
     from conceptree.models.loading import Preprocessing
 
     from .test_evaluate import write_dataset
@@ -163,8 +163,8 @@ def test_evaluation_cache_on_ray_equals_the_local_one(tmp_path):
     write_dataset(tmp_path / "cub", 2, 1)
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    args = ModelArgs("torchvision:resnet18", str(tmp_path / "r18.pth"), {}, None,
-                     Preprocessing(resize=64, crop=0, mean=(0.5,) * 3, std=(0.5,) * 3))
+    args = ModelSource(spec="torchvision:resnet18", weights=str(tmp_path / "r18.pth"),
+                       preprocessing=Preprocessing(resize=64, crop=0, mean=(0.5,) * 3, std=(0.5,) * 3))
     items, _ = load_cub_parts(tmp_path / "cub")
     build_cache(items, args, tmp_path / "local", workers=1, progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

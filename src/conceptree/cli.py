@@ -466,7 +466,8 @@ def evaluate_cmd(
     """Score concept maps, every baseline and chance controls against human part regions."""
     from .concepts.options import preset as get_preset
     from .evaluation.evaluate import check_trained, evaluate
-    from .evaluation.runner import EvaluationConfig, ModelArgs
+    from .evaluation.runner import EvaluationConfig
+    from .tasks import ModelSource
 
     _check_one_model_source(model_config, model, weights, model_arg)
     if model_config is not None:
@@ -497,7 +498,7 @@ def evaluate_cmd(
         dictionaries[name] = folder
     config = EvaluationConfig(ours=ours, region_rules=tuple(region_rule), randomise=tuple(randomise_from), seed=seed,
                               faithfulness_methods=tuple(faithfulness_method), dictionaries=dictionaries)
-    result = evaluate(data, ModelArgs(spec_text, weights, kwargs, labels, prep), out=out, dataset=dataset,
+    result = evaluate(data, ModelSource(spec=spec_text, weights=weights, kwargs=kwargs, labels=labels, preprocessing=prep), out=out, dataset=dataset,
                       images=images, annotator=annotator, config=config, cache=cache, species=species,
                       per_species=per_species, limit=limit, workers=workers, executor=executor,
                       ray_address=ray_address, thresholds=thresholds,

@@ -22,23 +22,43 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How a worker builds the model (picklable): a model config file or a spec with weights."""
+    """How a worker builds the model (picklable): a model config file or a spec with weights.
+
+    The one "how to load a model" type of every many-image job (explain-many, the index, the
+    evaluation cache). A model configuration *file* is parsed by
+    :class:`~conceptree.models.config.ModelConfig`; ``ModelSource(config=path)`` points at one.
+
+    Parameters
+    ----------
+    config : str, optional
+        A model configuration file (spec, weights, kwargs, preprocessing, labels); the fields
+        below are then unused, except ``preprocessing``.
+    spec, weights, kwargs, labels
+        As :func:`~conceptree.models.loading.load_model` takes them.
+    preprocessing : Preprocessing, optional
+        Replaces the model's own preprocessing.
+    """
 
     config: str | None = None
     spec: str = "default"
     weights: str | None = None
     kwargs: dict = field(default_factory=dict)
     labels: str | None = None
+    preprocessing: object | None = None  # models.loading.Preprocessing (not imported here: keeps this module light)
 
     def load(self):
         """The :class:`~conceptree.models.loading.ModelSpec`."""
         if self.config is not None:
             from .models.config import load_model_config
 
-            return load_model_config(self.config).load()
-        from .models.loading import load_model
+            spec = load_model_config(self.config).load()
+        else:
+            from .models.loading import load_model
 
-        return load_model(self.spec, self.weights, self.kwargs, self.labels)
+            spec = load_model(self.spec, self.weights, self.kwargs, self.labels)
+        if self.preprocessing is not None:
+            spec.preprocessing = self.preprocessing
+        return spec
 
 
 def collect_images(source: str | Path | Sequence[str | Path]) -> list[Path]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..tasks import ModelSource
 from .runner import (
     EvaluationConfig,
     EvaluationRun,
-    ModelArgs,
     build_cache,
     dataset_parts,
     evaluate_images,
@@ -54,6 +54,19 @@ def check_trained(spec: str, weights: str | None) -> None:
         raise InputError(f"{spec} without weights has random weights; evaluate a trained model (--weights FILE)")
 
 
+def spec_source(model: ModelSource) -> ModelSource:
+    """``model`` with a configuration file resolved into spec, weights, kwargs, labels and
+    preprocessing (what an evaluation cache's manifest records)."""
+    if model.config is None:
+        return model
+    from ..models.config import load_model_config
+
+    config = load_model_config(model.config)
+    preprocessing = model.preprocessing or config.load().preprocessing  # the file's overrides on the spec's own
+    return ModelSource(spec=config.spec, weights=config.weights, kwargs=config.kwargs, labels=config.labels,
+                       preprocessing=preprocessing)
+
+
 def read_thresholds(path: str | Path) -> dict[str, dict[str, int]]:
     """A dev run's ``thresholds.json`` (region rule -> method -> threshold percentile)."""
     try:
@@ -85,7 +98,7 @@ def load_items(data: str | Path, dataset: str = "cub-parts", images: str | Path 
 
 def evaluate(
     data: str | Path,
-    model: ModelArgs,
+    model: ModelSource,
     *,
     out: str | Path,
     dataset: str = "cub-parts",
@@ -110,7 +123,7 @@ def evaluate(
     ----------
     data : path
         ``cub_parts`` folder (``dataset="cub-parts"``) or CUB-expert saliency folder.
-    model : ModelArgs
+    model : ModelSource
         How to load the classifier (picklable: worker processes load it themselves).
         Random weights are refused: evaluate a trained model.
     out : path
@@ -149,6 +162,7 @@ def evaluate(
 
     t0 = time.perf_counter()
     require_grad_cam()  # before any work: the baselines need the eval extra
+    model = spec_source(model)
     check_trained(model.spec, model.weights)
     if limit is not None and limit < 1:
         raise InputError(f"limit must be >= 1, got {limit}")

@@ -18,7 +18,8 @@ from ..attribution.graph import canonize
 from ..concepts.features import features_for
 from ..concepts.options import PRESETS, ConceptOptions
 from ..errors import InputError
-from ..models.loading import ModelSpec, Preprocessing, load_image, load_model, preprocess
+from ..models.loading import ModelSpec, Preprocessing, load_image, preprocess
+from ..tasks import ModelSource
 from .controls import randomise_model
 from .cub_parts import REGION_RULES
 from .faithfulness import FaithfulnessResult, occlusion_drops, summarise_faithfulness
@@ -38,32 +39,15 @@ from .protocol import (
 )
 
 
-@dataclass(frozen=True)
-class ModelArgs:
-    """How to load the classifier (picklable, so worker processes can load it themselves)."""
-
-    spec: str
-    weights: str | None
-    kwargs: dict = field(default_factory=dict)
-    labels: str | None = None
-    preprocessing: Preprocessing | None = None
-
-    @classmethod
-    def from_cache(cls, cache_dir: str | Path) -> ModelArgs:
-        """The model an evaluation cache was built with (its ``manifest.json``)."""
-        path = Path(cache_dir) / "manifest.json"
-        if not path.is_file():
-            raise InputError(f"{path} not found; point at a cache written by conceptree evaluate")
-        manifest = json.loads(path.read_text())
-        prep = manifest["preprocessing"]
-        prep = Preprocessing.from_dict(prep) if prep else None
-        return cls(manifest["model"], manifest["weights"], manifest["kwargs"], None, prep)
-
-    def load(self) -> ModelSpec:
-        spec = load_model(self.spec, self.weights, self.kwargs, self.labels)
-        if self.preprocessing is not None:
-            spec.preprocessing = self.preprocessing
-        return spec
+def cache_model(cache_dir: str | Path) -> ModelSource:
+    """The model an evaluation cache was built with (its ``manifest.json``)."""
+    path = Path(cache_dir) / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"{path} not found; point at a cache written by conceptree evaluate")
+    manifest = json.loads(path.read_text())
+    prep = manifest["preprocessing"]
+    return ModelSource(spec=manifest["model"], weights=manifest["weights"], kwargs=manifest["kwargs"],
+                       preprocessing=Preprocessing.from_dict(prep) if prep else None)
 
 
 @dataclass(frozen=True)
@@ -147,7 +131,7 @@ def _input(image: AnnotatedImage, spec: ModelSpec) -> torch.Tensor:
     return x
 
 
-def _cache_chunk(model_args: ModelArgs, images: list[AnnotatedImage], cache_dir: Path, threads: int | None = None,
+def _cache_chunk(model_args: ModelSource, images: list[AnnotatedImage], cache_dir: Path, threads: int | None = None,
                  on_done=None) -> dict[str, float]:
     """Compute and store the maps of ``images``, loading and canonizing the model once.
 
@@ -169,7 +153,7 @@ def _cache_chunk(model_args: ModelArgs, images: list[AnnotatedImage], cache_dir:
     return seconds
 
 
-def check_manifest(cache_dir: Path, model_args: ModelArgs) -> None:
+def check_manifest(cache_dir: Path, model_args: ModelSource) -> None:
     """Write ``manifest.json`` on first use; refuse a cache built with another model or settings."""
     from .image_maps import CACHE_VERSION
 
@@ -195,7 +179,7 @@ def check_manifest(cache_dir: Path, model_args: ModelArgs) -> None:
 
 def build_cache(
     images: list[AnnotatedImage],
-    model_args: ModelArgs,
+    model_args: ModelSource,
     cache_dir: str | Path,
     workers: int = 1,
     progress: bool = True,
@@ -381,7 +365,7 @@ def _grey(spec: ModelSpec) -> torch.Tensor:
 
 def evaluate_images(
     images: list[AnnotatedImage],
-    model_args: ModelArgs,
+    model_args: ModelSource,
     cache_dir: str | Path,
     config: EvaluationConfig = EvaluationConfig(),
     progress: bool = True,
