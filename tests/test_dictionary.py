@@ -223,3 +223,19 @@ def test_references_are_the_dictionary_lookup_when_built_from_this_index(setup):
     for concept, refs in zip(explanation.concepts.concepts, explanation.references):
         stored = [r for r, _ in dictionary.concepts[concept.concept_id].references if r != row][:3]
         assert [ref.row for ref in refs.references] == stored
+
+
+def test_explain_many_with_a_dictionary(setup, tmp_path):
+    import json
+
+    from conceptree.runs import explain_many
+
+    folder, source, _, dictionary = setup
+    path = dictionary.save(tmp_path / "d")
+    result = explain_many([folder / "chelsea.png", folder / "rocket.png"], source, tmp_path / "run", executor="local",
+                          progress=False, dictionary=str(path))
+    assert [r.status for r in result.records] == ["ok", "ok"]
+    for record in result.records:
+        data = json.loads((tmp_path / "run" / record.folder / "explanation.json").read_text())
+        assert data["concept_set"]["method"] == "dictionary"
+        assert all(c["concept_id"] is not None for c in data["concept_set"]["concepts"])
