@@ -352,9 +352,9 @@ def index_cmd(
 def dictionary_cmd(
     index: str = typer.Argument(..., help="A reference index (`conceptree index`)."),
     out: str = typer.Option("conceptree-dictionary", help="Dictionary folder (dictionary.json, labels.npy, linkage.npy)."),
-    k: int | None = typer.Option(None, help="Number of concepts (default: the measured default, 100)."),
+    k: int | None = typer.Option(None, help="Number of concepts (default: the measured default, 50)."),
     location_weight: float | None = typer.Option(None, help="Weight of where the neurons' relevance peaks, next to "
-                                                            "their co-relevance (0: co-relevance only; default 1)."),
+                                                            "their co-relevance (0: co-relevance only; default 3)."),
     linkage: str = typer.Option("ward", help="ward | average | complete | single."),
     overwrite: bool = typer.Option(False, help="Replace an existing dictionary in --out."),
     quiet: bool = typer.Option(False, help="No stage times."),

@@ -24,7 +24,7 @@ from .features import DEFAULT_LOCATION_WEIGHT, condensed_euclidean, neuron_featu
 from .store import ConceptDictionary
 
 #: concepts of the default dictionary (chosen on the dev photos, docs/results/dictionary.md).
-DEFAULT_K = 100
+DEFAULT_K = 50
 #: reference images stored per concept (one more than an explanation shows, so that the
 #: explained photo itself can be left out).
 DEFAULT_DICTIONARY_REFERENCES = 9

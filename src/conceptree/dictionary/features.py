@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 
 #: location weight β of the default dictionary (chosen on the dev photos, docs/results/dictionary.md).
-DEFAULT_LOCATION_WEIGHT = 1.0
+DEFAULT_LOCATION_WEIGHT = 3.0
 
 
 def neuron_features(
