@@ -146,36 +146,30 @@ class ConceptExplainer:
         if names and n_classes is not None and len(names) != n_classes:
             raise InputError(f"class_names has {len(names)} names but the model has {n_classes} classes")
         self.class_names = names
-        self.index = self._load_index(index)
+        self.index = self._open_checked(index, ConceptIndex, "index")
         if isinstance(n_references, bool) or not isinstance(n_references, int) or n_references < 1:
             raise InputError(f"n_references must be a positive int, got {n_references!r}")
         self.n_references = n_references
         self.exact_references = bool(exact_references)
-        self.dictionary = self._load_dictionary(dictionary)
+        self.dictionary = self._open_checked(dictionary, ConceptDictionary, "dictionary")
+        if self.dictionary is not None and self.index is not None:
+            self.dictionary.check_index(self.index)
+        # the dictionary's stored references are rows of this index when it was built from it
+        self._stored_references = (self.dictionary is not None and self.index is not None
+                                   and self.dictionary.params.get("index_fingerprint") == self.index.fingerprint)
 
-    def _load_dictionary(self, dictionary) -> ConceptDictionary | None:
-        if dictionary is None:
+    def _open_checked(self, value, kind: type, name: str):
+        """``value`` (None, a ``kind`` or a folder) opened and checked against this explainer's
+        model, rules, layers and preprocessing (an index or a dictionary; one-line errors)."""
+        if value is None:
             return None
-        if not isinstance(dictionary, ConceptDictionary):
-            if not isinstance(dictionary, (str, Path)):
-                raise InputError(f"dictionary must be a ConceptDictionary or a folder, got {type(dictionary).__name__}")
-            dictionary = ConceptDictionary(dictionary)
-        dictionary.check(self.model_info.hash, composite_key(self.engine.composite),
-                         [layer.name for layer in self.engine.layers], self.preprocessing.to_dict())
-        if self.index is not None:
-            dictionary.check_index(self.index)
-        return dictionary
-
-    def _load_index(self, index) -> ConceptIndex | None:
-        if index is None:
-            return None
-        if not isinstance(index, ConceptIndex):
-            if not isinstance(index, (str, Path)):
-                raise InputError(f"index must be a ConceptIndex or a folder, got {type(index).__name__}")
-            index = ConceptIndex(index)
-        index.check(self.model_info.hash, composite_key(self.engine.composite), [layer.name for layer in self.engine.layers],
-                    self.preprocessing.to_dict())
-        return index
+        if not isinstance(value, kind):
+            if not isinstance(value, (str, Path)):
+                raise InputError(f"{name} must be a {kind.__name__} or a folder, got {type(value).__name__}")
+            value = kind(value)
+        value.check(self.model_info.hash, composite_key(self.engine.composite),
+                    [layer.name for layer in self.engine.layers], self.preprocessing.to_dict())
+        return value
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -298,7 +292,7 @@ class ConceptExplainer:
             finder = ReferenceFinder(self.engine, self.preprocessing, self.index, n=self.n_references,
                                      exact=self.exact_references)
             ranked = None
-            if self.dictionary is not None and self.dictionary.params.get("index_fingerprint") == self.index.fingerprint():
+            if self._stored_references:
                 stored = [self.dictionary.concepts[c.concept_id].references for c in concepts.concepts]
                 if all(len(top) > self.n_references for top in stored):  # enough to leave this photo out
                     ranked = stored  # the dictionary's references: a lookup, ranked by the concept's share there

@@ -133,7 +133,7 @@ class DictionaryBuilder:
         params = {"features": "co-relevance + peak location" if self.location_weight > 0 else "co-relevance",
                   "location_weight": self.location_weight, "method": self.method, "k": self.k,
                   "images": int(rows.size), "rows": _row_ranges(rows), "index": index.summary(),
-                  "index_fingerprint": index.fingerprint(),
+                  "index_fingerprint": index.fingerprint,
                   "active_neurons": n_active, "timings": self.timings_}
         return ConceptDictionary(key=index.key, columns=index.columns, labels=labels, linkage=linkage,
                                  params=params, references=references, mean_share=neuron_share)

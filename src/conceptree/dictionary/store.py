@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..index.store import key_difference
+from ..index.store import key_difference, key_mismatch
 
 #: version of the folder layout (``dictionary.json["format"]``).
 DICTIONARY_FORMAT = 1
@@ -105,8 +105,7 @@ class ConceptDictionary:
                  mean_share: np.ndarray | None = None) -> None:
         self.path = Path(path) if path is not None else None
         if path is not None:
-            self._load(self.path)
-            return
+            key, columns, labels, linkage, params, references, mean_share = _read(self.path)
         if key is None or columns is None or labels is None or mean_share is None:
             raise InputError("a ConceptDictionary needs a folder, or key, columns, labels and mean_share")
         self.key, self.columns, self.params = key, dict(columns), dict(params or {})
@@ -179,34 +178,10 @@ class ConceptDictionary:
         self.path = path
         return path
 
-    def _load(self, path: Path) -> None:
-        try:
-            meta = json.loads((path / "dictionary.json").read_text())
-        except FileNotFoundError:
-            raise InputError(f"no concept dictionary at {path} (dictionary.json missing); build one with "
-                             "`conceptree dictionary INDEX --out DICT`") from None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path / 'dictionary.json'} ({exc}); rebuild the dictionary") from None
-        if meta.get("format") != DICTIONARY_FORMAT:
-            raise InputError(f"{path} is a dictionary of format {meta.get('format')}, this conceptree reads "
-                             f"{DICTIONARY_FORMAT}; rebuild it with `conceptree dictionary`")
-        try:
-            labels = np.load(path / "labels.npy")
-            linkage = np.load(path / "linkage.npy")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read the arrays of {path} ({exc}); rebuild the dictionary") from None
-        refs = {int(c["id"]): [(int(r), float(s)) for r, s in c.get("references", [])] for c in meta["concepts"]}
-        self.__init__(key=meta["key"], columns={n["layer"]: (int(n["offset"]), int(n["channels"])) for n in meta["neurons"]},
-                      labels=labels, linkage=linkage, params=meta.get("params", {}), references=refs,
-                      mean_share=np.asarray(meta["mean_share"], dtype=np.float64))
-        self.path = path
-
     # ------------------------------------------------------------------ compatibility
     def check(self, model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None) -> None:
         """Refuse (one line) a dictionary of another model, rules, layers or preprocessing."""
-        expected = json.loads(json.dumps({**self.key, "model_hash": model_hash, "composite": composite,
-                                          "layers": list(layers), "preprocessing": preprocessing}))
-        diff = key_difference(expected, self.key)
+        diff = key_mismatch(self.key, model_hash, composite, layers, preprocessing)
         if diff:
             raise InputError(f"the concept dictionary at {self.path} was built with other {', '.join(diff)} than this "
                              "explainer; build one from an index of this model (`conceptree dictionary`)")
@@ -242,3 +217,26 @@ class ConceptDictionary:
         one_hot = np.zeros((self.n_neurons, self.k))
         one_hot[np.flatnonzero(active), self.labels[active]] = 1.0
         return r @ one_hot
+
+
+def _read(path: Path) -> tuple:
+    """The constructor's arguments from a dictionary folder (one-line errors when it is missing or stale)."""
+    try:
+        meta = json.loads((path / "dictionary.json").read_text())
+    except FileNotFoundError:
+        raise InputError(f"no concept dictionary at {path} (dictionary.json missing); build one with "
+                         "`conceptree dictionary INDEX --out DICT`") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path / 'dictionary.json'} ({exc}); rebuild the dictionary") from None
+    if meta.get("format") != DICTIONARY_FORMAT:
+        raise InputError(f"{path} is a dictionary of format {meta.get('format')}, this conceptree reads "
+                         f"{DICTIONARY_FORMAT}; rebuild it with `conceptree dictionary`")
+    try:
+        labels = np.load(path / "labels.npy")
+        linkage = np.load(path / "linkage.npy")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the arrays of {path} ({exc}); rebuild the dictionary") from None
+    columns = {n["layer"]: (int(n["offset"]), int(n["channels"])) for n in meta["neurons"]}
+    references = {int(c["id"]): [(int(r), float(v)) for r, v in c.get("references", [])] for c in meta["concepts"]}
+    return (meta["key"], columns, labels, linkage, meta.get("params", {}), references,
+            np.asarray(meta["mean_share"], dtype=np.float64))

@@ -452,18 +452,20 @@ def _load_dictionaries(paths: dict[str, str], engine: CRPEngine, spec: ModelSpec
 
 
 def dictionary_maps(engine: CRPEngine, attribution, dictionary, ks: tuple[int, ...]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """A dictionary's maps on one photo: its concise list's, and the K strongest concepts' for each K."""
-    from ..concepts.features import concept_maps
-    from ..dictionary import dictionary_concepts
+    """A dictionary's maps on one photo: its concise list's, and the K strongest concepts' for each K.
 
-    layers = [layer.name for layer in engine.layers]
-    listed, _ = dictionary_concepts(dictionary, attribution, layers)
-    by_k = {}
-    for k in ks:
-        if k <= dictionary.k:
-            top, _ = dictionary_concepts(dictionary, attribution, layers, k=k)
-            by_k[k] = concept_maps(engine, attribution, top.concepts, "layer-group")
-    return concept_maps(engine, attribution, listed.concepts, "layer-group"), by_k
+    The concise list and every K are prefixes of one order (decreasing relevance), so the maps
+    of the longest prefix are computed once and sliced.
+    """
+    from ..concepts.features import concept_maps
+    from ..dictionary import concise_list, dictionary_concepts, neuron_relevance
+
+    n_listed = len(concise_list(dictionary.concept_relevance(neuron_relevance(attribution, dictionary))))
+    fitting = [k for k in ks if k <= dictionary.k]
+    top, _ = dictionary_concepts(dictionary, attribution, [layer.name for layer in engine.layers],
+                                 k=max([n_listed, *fitting]))
+    maps = concept_maps(engine, attribution, top.concepts, "layer-group")
+    return maps[:n_listed], {k: maps[:k] for k in fitting}
 
 
 def summarise(

@@ -24,6 +24,8 @@ the exact map instead (``exact_crops``) costs one LRP pass per reference image, 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,14 @@ def index_key(model_hash: str, composite: dict, layers: list[str], preprocessing
     key = {"model_hash": model_hash, "composite": composite, "layers": list(layers),
            "preprocessing": preprocessing, "target": target, "format": INDEX_FORMAT}
     return json.loads(json.dumps(key))  # the JSON form (lists, not tuples): equal after a reload
+
+
+def key_mismatch(key: dict, model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None) -> list[str]:
+    """Names of the fields of a stored ``key`` that differ from an explainer's model hash,
+    composite (as :func:`composite_key` gives it), layers and preprocessing."""
+    expected = json.loads(json.dumps({**key, "model_hash": model_hash, "composite": composite,
+                                      "layers": list(layers), "preprocessing": preprocessing}))
+    return key_difference(expected, key)
 
 
 def key_difference(expected: dict, found: dict) -> list[str]:
@@ -175,11 +185,10 @@ class ConceptIndex:
             sizes[offset : offset + channels] = max(1, round(max(self.peak_grid[0] / h, self.peak_grid[1] / w)))
         return sizes[np.asarray(columns, dtype=np.int64)]
 
+    @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-1 of the key and every image's pixel hash, in row order: two indexes with the same
         fingerprint have the same rows (what a dictionary's stored references refer to)."""
-        import hashlib
-
         text = json.dumps(self.key, sort_keys=True) + "\n" + "\n".join(im.pixels_sha1 or "-" for im in self.images)
         return hashlib.sha1(text.encode()).hexdigest()
 
@@ -197,9 +206,7 @@ class ConceptIndex:
     # ------------------------------------------------------------------ compatibility
     def check(self, model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None) -> None:
         """Refuse (one line) an index made with another model, rules, layers or preprocessing."""
-        expected = json.loads(json.dumps({**self.key, "model_hash": model_hash, "composite": composite,
-                                          "layers": list(layers), "preprocessing": preprocessing}))
-        diff = key_difference(expected, self.key)
+        diff = key_mismatch(self.key, model_hash, composite, layers, preprocessing)
         if diff:
             raise InputError(f"the index at {self.path} was built with other {', '.join(diff)} than this explainer; "
                              "rebuild it with `conceptree index` for this model and options")
