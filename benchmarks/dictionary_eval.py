@@ -14,7 +14,6 @@ Run it alone on the machine (it is one heavy job: ~30 min on 2 cores).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from dataclasses import replace
@@ -22,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageEnhance
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 from tqdm import tqdm
@@ -37,38 +34,12 @@ from conceptree.dictionary.concepts import dictionary_concepts
 from conceptree.evaluation.cub_parts import REGION_RULES, load_cub_parts, select
 from conceptree.evaluation.faithfulness import occlusion_drops, summarise_faithfulness
 from conceptree.evaluation.methods import disk_maps
+from conceptree.evaluation.nuisance import CHANGES, changed_input
 from conceptree.evaluation.runner import at_k_table, at_key, dataset_parts, score_method_maps, summarise
 from conceptree.index import ConceptIndex
 from conceptree.models.loading import load_image, preprocess
 
-CHANGES = ("jpeg90", "shift2", "resize+5", "resize-5", "brightness+5", "brightness-5")
 K = 20
-
-
-def changed_input(picture: Image.Image, change: str, prep) -> torch.Tensor:
-    """The model input of the photo under one nuisance change (rules in docs/results/dictionary.md)."""
-    if change == "jpeg90":
-        buf = io.BytesIO()
-        picture.save(buf, format="JPEG", quality=90)
-        buf.seek(0)
-        picture = Image.open(buf).convert("RGB")
-    elif change.startswith("brightness"):
-        picture = ImageEnhance.Brightness(picture).enhance(1.05 if change.endswith("+5") else 0.95)
-    x, _ = preprocess(picture, prep)
-    if change == "shift2":
-        x = F.pad(x[..., 2:, 2:], (0, 2, 0, 2), mode="replicate")
-    elif change.startswith("resize"):
-        h, w = x.shape[-2:]
-        if change.endswith("+5"):  # content 5 % larger: the centre 1/1.05 of the frame, upsampled
-            ch, cw = round(h / 1.05), round(w / 1.05)
-            top, left = (h - ch) // 2, (w - cw) // 2
-            x = F.interpolate(x[..., top : top + ch, left : left + cw], size=(h, w), mode="bilinear", align_corners=False)
-        else:  # content 5 % smaller, edges replicated
-            sh, sw = round(h * 0.95), round(w * 0.95)
-            small = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
-            top, left = (h - sh) // 2, (w - sw) // 2
-            x = F.pad(small, (left, w - sw - left, top, h - sh - top), mode="replicate")
-    return x
 
 
 def per_image_concepts(explainer, attribution):

@@ -138,7 +138,9 @@ class ConceptExplainer:
         self.preprocessing = preprocessing or IMAGENET_PREPROCESSING
         self.batch_size = batch_size
         self.progress = progress
-        self.engine = CRPEngine(model, composite, layers, exclude_layers)
+        # float64 LRP: the same relevances, hence the same concepts, on any thread count (options.precision)
+        self.engine = CRPEngine(model, composite, layers, exclude_layers,
+                                dtype=torch.float64 if self.options.precision == "float64" else None)
         self.model = model
         self.model_info = ModelInfo(model_spec, model_hash(model))
         n_classes = self._count_classes()
@@ -282,7 +284,8 @@ class ConceptExplainer:
             elif not set(neurons.layers) <= {layer.name for layer in self.engine.layers}:
                 raise InputError("the precomputed neurons come from other layers than the engine's; recompute them")
             t2 = time.perf_counter()
-            concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k)
+            concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k,
+                                     stability=options.stability, k_rule=options.k_rule)
         t3 = time.perf_counter()
         maps = concept_maps(self.engine, attribution, concepts.concepts, options.concept_map, self.batch_size)
         t4 = time.perf_counter()
@@ -309,8 +312,8 @@ class ConceptExplainer:
             target=Prediction(attribution.target, names[attribution.target], float(probs[attribution.target])),
             top5=predictions,
             concepts=concepts,
-            concept_maps=maps,
-            heatmap=attribution.heatmap.cpu().numpy(),
+            concept_maps=np.asarray(maps, dtype=np.float32),
+            heatmap=attribution.heatmap.float().cpu().numpy(),
             image=np.asarray(shown, dtype=np.uint8),
             model=self.model_info,
             image_info=image_info,

@@ -15,92 +15,26 @@ import numpy as np
 from scipy.spatial.distance import squareform
 
 from ..errors import InputError
-from .distance import NeuronDistance, check_linkage
+from .distance import NeuronDistance
+from .linkage import DEFAULT_METHOD, cut_labels, linkage_matrix
+from .stability import CutStability, StabilityConfig, cut_stability, weighted_stability
 
 Distances = np.ndarray | NeuronDistance
 
 #: The defaults of the clustering, in one place (:class:`~conceptree.concepts.options.ConceptOptions`
-#: and every function below use them): Ward linkage on the exact-Ward distance, k searched in
-#: 15..30 by silhouette (chosen on the CUB dev photos, docs/results/concept_ablation.md).
-DEFAULT_METHOD = "ward"
+#: and every function below use them): Ward linkage (:data:`~conceptree.concepts.linkage.DEFAULT_METHOD`)
+#: on the exact-Ward distance, k searched in 15..30 by silhouette (chosen on the CUB dev photos,
+#: docs/results/concept_ablation.md).
 DEFAULT_K_RANGE: tuple[int, int] = (15, 30)
-
-
-def linkage_matrix(dist: Distances, method: str = DEFAULT_METHOD) -> np.ndarray:
-    """Agglomerative clustering of a square distance matrix, a condensed one (overwritten) or a
-    :class:`NeuronDistance` (fastcluster; scipy fallback).
-
-    Returns the ``(n-1, 4)`` scipy linkage matrix. ``ward`` on a non-Euclidean distance is
-    the Lance-Williams Ward update ("Ward-like"); see :mod:`conceptree.concepts.distance`.
-    """
-    check_linkage(method)
-    if isinstance(dist, NeuronDistance):
-        condensed = dist.condensed()
-    elif np.ndim(dist) == 1:  # already condensed (used as scratch memory and overwritten)
-        condensed = np.ascontiguousarray(dist, dtype=np.float64)
-    else:
-        condensed = squareform(dist, checks=False).astype(np.float64)
-    try:
-        import fastcluster
-    except ImportError:  # pragma: no cover - fastcluster is a dependency
-        from scipy.cluster.hierarchy import linkage
-
-        return linkage(condensed, method=method)
-    return _fastcluster_in_place(fastcluster, condensed, method)
-
-
-def _fastcluster_in_place(fastcluster, condensed: np.ndarray, method: str) -> np.ndarray:
-    """fastcluster's linkage using ``condensed`` as scratch memory (it is overwritten).
-
-    ``fastcluster.linkage(..., preserve_input=False)`` 1.3 still copies its input first
-    (``array(X, subok=True)``): measured here, +0.27 GB peak at n = 8,512, which doubles the
-    memory of the clustering. Its C entry point with the same arguments avoids the copy; if
-    that private name ever disappears, fall back to the public call.
-    """
-    wrap, methods = getattr(fastcluster, "linkage_wrap", None), getattr(fastcluster, "mthidx", None)
-    if wrap is None or methods is None or condensed.dtype != np.float64 or not condensed.flags.c_contiguous:
-        return fastcluster.linkage(condensed, method=method, preserve_input=False)
-    n = int(round((1 + np.sqrt(1 + 8 * len(condensed))) / 2))
-    linkage = np.empty((n - 1, 4), dtype=np.float64)
-    if n > 1:
-        wrap(n, condensed, linkage, methods[method])
-    return linkage
-
-
-def cut_labels(Z: np.ndarray, ks: list[int]) -> dict[int, np.ndarray]:
-    """Partitions of the dendrogram into exactly ``k`` clusters for each ``k`` in ``ks``.
-
-    Replays the merges with a union-find (ties in merge heights cannot change the count,
-    unlike ``fcluster(criterion="maxclust")``). Labels are 0..k-1 in order of each cluster's
-    first neuron.
-    """
-    n = Z.shape[0] + 1
-    parent = np.arange(2 * n - 1)
-    wanted = {k for k in ks if 1 <= k <= n}
-    result: dict[int, np.ndarray] = {}
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def snapshot() -> np.ndarray:
-        roots = np.array([root(i) for i in range(n)])
-        _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
-        order = np.argsort(np.argsort(first))
-        return order[inverse]
-
-    clusters = n
-    if clusters in wanted:
-        result[clusters] = snapshot()
-    for step, (a, b, _, _) in enumerate(Z):
-        parent[int(a)] = n + step
-        parent[int(b)] = n + step
-        clusters -= 1
-        if clusters in wanted:
-            result[clusters] = snapshot()
-    return result
+#: How k is chosen in the range: "silhouette" (the largest mean silhouette) or "stability" (the
+#: largest k whose concepts' relevance-weighted stability is at least 0.75, else the most
+#: stable k); rule and comparison in docs/results/stability.md.
+K_RULES: tuple[str, ...] = ("silhouette", "stability")
+DEFAULT_K_RULE = "silhouette"
+#: Up to this many neurons the clustering keeps the square distance (n² float64, 128 MB at
+#: 4,000, 512 MB at 8,000) and reads the silhouettes and the stability draws from it; above it
+#: the distance is streamed twice and no stability is computed (memory).
+KEEP_CONDENSED_MAX = 8000
 
 
 def nested_silhouettes(dist: Distances, labels_by_k: dict[int, np.ndarray]) -> dict[int, float]:
@@ -160,18 +94,49 @@ class ClusterResult:
         Number of clusters.
     silhouette_by_k : dict[int, float]
         Mean silhouette of every k scored.
+    stability : CutStability or None
+        Per-cluster stability of every k scored (None when not computed).
+    stability_by_k : dict[int, float]
+        Relevance-weighted mean stability of every k scored.
     """
 
     linkage: np.ndarray
     labels: np.ndarray
     k: int
     silhouette_by_k: dict[int, float] = field(default_factory=dict)
+    stability: CutStability | None = None
+    stability_by_k: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def concept_stability(self) -> np.ndarray | None:
+        """Stability of each cluster label of the chosen cut, ``(k,)`` (None when not computed)."""
+        return None if self.stability is None else self.stability.scores.get(self.k)
+
+
+def choose_k(ks: list[int], silhouette: dict[int, float], stability: dict[int, float], rule: str) -> int:
+    """The k of ``ks`` that ``rule`` picks (:data:`K_RULES`; ties go to the smaller k)."""
+    if rule == "silhouette" or not stability:
+        return max(ks, key=lambda kk: (silhouette.get(kk, -np.inf), -kk))
+    if rule == "stability":
+        finite = [kk for kk in ks if np.isfinite(stability.get(kk, np.nan))]
+        stable = [kk for kk in finite if stability[kk] >= 0.75]
+        if stable:
+            return max(stable)
+        return max(finite, key=lambda kk: (stability[kk], -kk)) if finite else min(ks)
+    raise InputError(f"unknown k rule {rule!r}; use one of {', '.join(K_RULES)}")
 
 
 def cluster(
-    dist: Distances, method: str = DEFAULT_METHOD, k_range: tuple[int, int] = DEFAULT_K_RANGE, k: int | None = None
+    dist: Distances,
+    method: str = DEFAULT_METHOD,
+    k_range: tuple[int, int] = DEFAULT_K_RANGE,
+    k: int | None = None,
+    *,
+    stability: StabilityConfig | None = None,
+    weights: np.ndarray | None = None,
+    k_rule: str = DEFAULT_K_RULE,
 ) -> ClusterResult:
-    """Cluster ``n`` neurons and pick k by the largest mean silhouette in ``k_range``.
+    """Cluster ``n`` neurons and pick k in ``k_range`` by silhouette (or by stability).
 
     Parameters
     ----------
@@ -182,29 +147,50 @@ def cluster(
         Inclusive range searched; clipped to ``[2, n-1]``. Ties go to the smaller k.
     k : int, optional
         Fixed number of clusters (no search).
+    stability : StabilityConfig, optional
+        Also score every cluster of every k scored by Hennig's subsampling Jaccard
+        (:mod:`conceptree.concepts.stability`; up to :data:`KEEP_CONDENSED_MAX` points).
+    weights : np.ndarray, optional
+        ``(n,)`` weight of each point in a cut's mean stability (the neurons' relevance).
+    k_rule : {"silhouette", "stability"}
+        How k is chosen in the range (:data:`K_RULES`; "stability" needs ``stability``).
     """
+    if k_rule not in K_RULES:
+        raise InputError(f"unknown k rule {k_rule!r}; use one of {', '.join(K_RULES)}")
+    if k_rule == "stability" and (stability is None or stability.resamples == 0) and k is None:
+        raise InputError("k_rule='stability' needs stability draws; set stability resamples >= 1 or use k_rule='silhouette'")
     n = dist.n if isinstance(dist, NeuronDistance) else len(dist)
     if n == 0:
         return ClusterResult(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), 0, {})
     if n == 1:
         return ClusterResult(np.zeros((0, 4)), np.zeros(1, dtype=np.int64), 1, {})
-    Z = linkage_matrix(dist, method)
+    kept = False
+    if n <= KEEP_CONDENSED_MAX:  # one distance pass: its square feeds the silhouettes and the draws
+        condensed = dist.condensed() if isinstance(dist, NeuronDistance) else squareform(dist, checks=False).astype(np.float64)
+        dist = squareform(condensed)
+        Z = linkage_matrix(condensed, method)
+        del condensed
+        kept = True
+    else:
+        Z = linkage_matrix(dist, method)
     if k is not None:
         if not 1 <= k <= n:
             raise InputError(f"k={k} is outside 1..{n} (the number of active neurons)")
-        labels = cut_labels(Z, [k])[k]
-        scores = nested_silhouettes(dist, {k: labels}) if 2 <= k <= n - 1 else {}
-        return ClusterResult(Z, labels, k, scores)
-    low, high = k_range
-    if low > high or low < 1:
-        raise InputError(f"k range {low}:{high} is empty; use MIN:MAX with 1 <= MIN <= MAX")
-    low, high = max(2, low), min(high, n - 1)
-    if low > high:  # too few neurons for the range: take the largest feasible k
-        k = max(1, min(k_range[1], n - 1))
-        labels = cut_labels(Z, [k])[k]
-        return ClusterResult(Z, labels, k, {})
-    ks = list(range(low, high + 1))
+        ks = [k]
+    else:
+        low, high = k_range
+        if low > high or low < 1:
+            raise InputError(f"k range {low}:{high} is empty; use MIN:MAX with 1 <= MIN <= MAX")
+        low, high = max(2, low), min(high, n - 1)
+        ks = list(range(low, high + 1)) if low <= high else [max(1, min(k_range[1], n - 1))]
     cuts = cut_labels(Z, ks)
-    scores = nested_silhouettes(dist, cuts)
-    best = max(ks, key=lambda kk: (scores[kk], -kk))
-    return ClusterResult(Z, cuts[best], best, scores)
+    scores = nested_silhouettes(dist, {kk: v for kk, v in cuts.items() if 2 <= kk <= n - 1})
+    stab = None
+    stab_by_k: dict[int, float] = {}
+    if stability is not None and stability.resamples > 0 and kept:
+        stab = cut_stability(dist, cuts, method, stability)
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+        for kk, labels in cuts.items():
+            stab_by_k[kk] = weighted_stability(stab.scores[kk], np.bincount(labels, weights=np.abs(w), minlength=kk))
+    best = ks[0] if len(ks) == 1 else choose_k(ks, scores, stab_by_k, k_rule)
+    return ClusterResult(Z, cuts[best], best, scores, stab, stab_by_k)

@@ -10,8 +10,10 @@ import numpy as np
 
 from ..attribution.engine import NeuronMaps
 from ..errors import InputError
-from .clustering import DEFAULT_K_RANGE, DEFAULT_METHOD, cluster, cut_labels
+from .clustering import DEFAULT_K_RANGE, DEFAULT_K_RULE, KEEP_CONDENSED_MAX, cluster
 from .distance import DistanceConfig, NeuronDistance, check_linkage
+from .linkage import DEFAULT_METHOD, cut_labels
+from .stability import StabilityConfig, stability_label
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Concept:
     concept_id : int or None
         The concept's id in a model's concept dictionary (:mod:`conceptree.dictionary`): the
         same on every image; None for concepts clustered on this image.
+    stability : float or None
+        Hennig's subsampling Jaccard of the concept (:mod:`conceptree.concepts.stability`;
+        ≥ 0.75 stable, ≤ 0.5 fragile); None when not computed.
     """
 
     rank: int
@@ -59,10 +64,16 @@ class Concept:
     index: np.ndarray = field(repr=False)
     representative_index: int = -1
     concept_id: int | None = None
+    stability: float | None = None
 
     @property
     def size(self) -> int:
         return len(self.neurons)
+
+    @property
+    def stability_label(self) -> str:
+        """``"stable"``, ``"weak"``, ``"fragile"`` or ``"unknown"`` (:func:`stability_label`)."""
+        return stability_label(self.stability)
 
     def groups(self) -> dict[str, list[int]]:
         """The members as ``layer -> channels`` (input of :meth:`CRPEngine.group_maps`)."""
@@ -83,6 +94,7 @@ class Concept:
             "layer_histogram": self.layer_histogram,
             "index": self.index.tolist(),
             "concept_id": self.concept_id,
+            "stability": self.stability,
         }
 
     @classmethod
@@ -97,6 +109,7 @@ class Concept:
             index=np.asarray(data["index"], dtype=np.int64),
             representative_index=int(data.get("representative_index", -1)),
             concept_id=None if data.get("concept_id") is None else int(data["concept_id"]),
+            stability=None if data.get("stability") is None else float(data["stability"]),
         )
 
 
@@ -127,6 +140,12 @@ class ConceptSet:
     dictionary : dict or None
         With a concept dictionary (``method == "dictionary"``): which one, the listing rule,
         how many concepts were listed and their share (:mod:`conceptree.dictionary.concepts`).
+    k_rule : str
+        How k was chosen (:data:`~conceptree.concepts.clustering.K_RULES`).
+    stability : dict or None
+        How the concepts' stability was estimated (``config``), the relevance-weighted mean
+        stability of every k scored (``by_k``) and the draws' wall time (``seconds``); None
+        when not computed.
     """
 
     concepts: list[Concept]
@@ -140,6 +159,8 @@ class ConceptSet:
     k_range: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
     dictionary: dict | None = None
+    k_rule: str = DEFAULT_K_RULE
+    stability: dict | None = None
 
     def labels(self, n: int) -> np.ndarray:
         """Concept rank (1..k) of each of the ``n`` neurons, 0 for inactive ones."""
@@ -159,6 +180,8 @@ class ConceptSet:
             "inactive": [asdict(n) for n in self.inactive],
             "timings": self.timings,
             "dictionary": self.dictionary,
+            "k_rule": self.k_rule,
+            "stability": self.stability,
         }
 
     @classmethod
@@ -178,6 +201,8 @@ class ConceptSet:
             k_range=tuple(data["k_range"]),
             timings=data.get("timings", {}),
             dictionary=data.get("dictionary"),
+            k_rule=data.get("k_rule", DEFAULT_K_RULE),
+            stability=data.get("stability"),
         )
 
 
@@ -192,6 +217,9 @@ def find_concepts(
     method: str = DEFAULT_METHOD,
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     k: int | None = None,
+    *,
+    stability: StabilityConfig | None = None,
+    k_rule: str = DEFAULT_K_RULE,
 ) -> ConceptSet:
     """Cluster the neurons of one explanation into concepts.
 
@@ -208,6 +236,10 @@ def find_concepts(
         Inclusive range of k searched by silhouette (default :data:`~conceptree.concepts.clustering.DEFAULT_K_RANGE`).
     k : int, optional
         A fixed number of concepts instead of the search.
+    stability : StabilityConfig, optional
+        Score each concept's stability (:mod:`conceptree.concepts.stability`; None: not scored).
+    k_rule : {"silhouette", "stability"}
+        How k is chosen in ``k_range`` (:data:`~conceptree.concepts.clustering.K_RULES`).
 
     Returns
     -------
@@ -225,10 +257,18 @@ def find_concepts(
     t0 = time.perf_counter()
     dist = NeuronDistance(neurons.maps[active], neurons.relevance[active], distance)
     t1 = time.perf_counter()
-    result = cluster(dist, method, k_range, k)
+    result = cluster(dist, method, k_range, k, stability=stability, weights=neurons.relevance[active], k_rule=k_rule)
     t2 = time.perf_counter()
     del dist
-    concepts = _build_concepts(neurons, active, result.labels, result.k, order)
+    concepts = _build_concepts(neurons, active, result.labels, result.k, order, result.concept_stability)
+    summary = None
+    if result.stability is not None:
+        summary = {"config": result.stability.config.to_dict(), "by_k": {str(kk): v for kk, v in result.stability_by_k.items()},
+                   "seconds": result.stability.seconds}
+    elif stability is not None and stability.resamples > 0 and len(active) > KEEP_CONDENSED_MAX:
+        summary = {"config": stability.to_dict(), "by_k": {}, "seconds": 0.0,
+                   "skipped": f"{len(active)} neurons are more than the {KEEP_CONDENSED_MAX} whose distance is kept "
+                              "for the draws (memory); cluster fewer (max_neurons) to score stability"}
     return ConceptSet(
         concepts=concepts,
         inactive=[_neuron(neurons, int(i)) for i in inactive],
@@ -240,6 +280,8 @@ def find_concepts(
         method=method,
         k_range=tuple(k_range),
         timings={"distance_s": t1 - t0, "linkage_and_k_s": t2 - t1},
+        k_rule=k_rule,
+        stability=summary,
     )
 
 
@@ -247,8 +289,9 @@ def _neuron(neurons: NeuronMaps, i: int) -> Neuron:
     return Neuron(neurons.layers[int(neurons.layer_index[i])], int(neurons.channel[i]), float(neurons.relevance[i]))
 
 
-def _build_concepts(neurons: NeuronMaps, active: np.ndarray, labels: np.ndarray, k: int, order: np.ndarray) -> list[Concept]:
-    """Concepts from cluster labels of the active rows, ranked by decreasing relevance."""
+def _build_concepts(neurons: NeuronMaps, active: np.ndarray, labels: np.ndarray, k: int, order: np.ndarray,
+                    stability: np.ndarray | None = None) -> list[Concept]:
+    """Concepts from cluster labels of the active rows (and each label's stability), ranked by decreasing relevance."""
     total = float(np.sum(neurons.relevance))
     concepts = []
     for label in range(k):
@@ -267,6 +310,7 @@ def _build_concepts(neurons: NeuronMaps, active: np.ndarray, labels: np.ndarray,
                 layer_histogram=dict(Counter(layer_names)),
                 index=by_relevance.astype(np.int64),
                 representative_index=rep,
+                stability=None if stability is None or not np.isfinite(stability[label]) else float(stability[label]),
             )
         )
     position = {int(row): i for i, row in enumerate(order)}

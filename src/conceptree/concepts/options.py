@@ -21,10 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..errors import InputError
-from .clustering import DEFAULT_K_RANGE, DEFAULT_METHOD
+from .clustering import DEFAULT_K_RANGE, DEFAULT_K_RULE, K_RULES
 from .distance import DistanceConfig, check_linkage
+from .linkage import DEFAULT_METHOD
+from .stability import StabilityConfig
 
 FEATURES: tuple[str, ...] = ("layer", "input")
+#: Compute type of the LRP pass whose relevances feed the clustering (rounded to float32 after).
+PRECISIONS: tuple[str, ...] = ("float64", "float32")
 CONCEPT_MAPS: tuple[str, ...] = ("layer-group", "group", "representative")
 
 
@@ -54,7 +58,17 @@ class ConceptOptions:
     method : str
         Linkage.
     k_range : (int, int)
-        k searched by silhouette.
+        k searched in this range.
+    k_rule : {"silhouette", "stability"}
+        How k is chosen in the range (:data:`~conceptree.concepts.clustering.K_RULES`).
+    stability : StabilityConfig
+        Hennig's subsampling stability of every concept (``resamples=0``: none);
+        :mod:`conceptree.concepts.stability`.
+    precision : {"float64", "float32"}
+        Compute type of the explainer's LRP pass. ``"float64"`` (default) gives the same
+        features, hence the same concepts, on any CPU thread count (float32's sums differ in
+        the last bits between thread counts and LRP's z+ divisions amplify that to 1e-4 of a
+        neuron's relevance, enough to move a cut); ``"float32"`` is faster (docs/results/stability.md).
     """
 
     features: str = "layer"
@@ -65,8 +79,17 @@ class ConceptOptions:
     distance: DistanceConfig = field(default_factory=DistanceConfig)
     method: str = DEFAULT_METHOD
     k_range: tuple[int, int] = DEFAULT_K_RANGE
+    k_rule: str = DEFAULT_K_RULE
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    precision: str = "float64"
 
     def __post_init__(self) -> None:
+        if self.k_rule not in K_RULES:
+            raise InputError(f"unknown k rule {self.k_rule!r}; use one of {', '.join(K_RULES)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.k_rule == "stability" and self.stability.resamples == 0:
+            raise InputError("k_rule='stability' needs stability resamples >= 1")
         if self.features not in FEATURES:
             raise InputError(f"unknown features {self.features!r}; use one of {', '.join(FEATURES)}")
         if self.concept_map not in CONCEPT_MAPS:
@@ -85,17 +108,22 @@ class ConceptOptions:
             "features": self.features, "concept_map": self.concept_map, "max_neurons": self.max_neurons,
             "coverage": self.coverage, "pool_below_map_size": self.pool_below_map_size,
             "distance": self.distance.to_dict(), "method": self.method, "k_range": list(self.k_range),
+            "k_rule": self.k_rule, "stability": self.stability.to_dict(), "precision": self.precision,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ConceptOptions:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (options saved before stability existed read as made:
+        float32, no stability draws)."""
         distance = dict(data.get("distance", {}))
         if distance.get("map_size") is not None:
             distance["map_size"] = tuple(distance["map_size"])
         return cls(features=data["features"], concept_map=data["concept_map"], max_neurons=data["max_neurons"],
                    coverage=data.get("coverage"), pool_below_map_size=bool(data.get("pool_below_map_size", False)),
-                   distance=DistanceConfig(**distance), method=data["method"], k_range=tuple(data["k_range"]))
+                   distance=DistanceConfig(**distance), method=data["method"], k_range=tuple(data["k_range"]),
+                   k_rule=data.get("k_rule", DEFAULT_K_RULE),
+                   stability=StabilityConfig(**data.get("stability", {"resamples": 0})),
+                   precision=data.get("precision", "float32"))
 
 
 #: Named option sets: ``default`` (this library's choice) and ``paper`` (input-level maps of

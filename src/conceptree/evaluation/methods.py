@@ -63,7 +63,9 @@ def ours_maps(
     """Concepts of one photo under ``options``, their maps, and the cuts at every K."""
     if neurons is None:
         neurons = features_for(engine, attribution, options)
-    concepts = find_concepts(neurons, options.distance, options.method, options.k_range)
+    # stability draws only where they choose k (the scores are not part of the evaluation)
+    concepts = find_concepts(neurons, options.distance, options.method, options.k_range,
+                             stability=options.stability if options.k_rule == "stability" else None, k_rule=options.k_rule)
     maps = concept_maps(engine, attribution, concepts.concepts, options.concept_map)
     at_k = {}
     n_active = len(concepts.active_index)
