@@ -76,6 +76,30 @@ def test_a_task_that_fails_once_is_retried(photos, tmp_path, executor):
     assert not list(result.out.glob(".tmp-*"))  # nothing half-written left behind
 
 
+def test_a_killed_ray_worker_leaves_no_temporary_folder(photos, tmp_path):
+    """SIGKILL of the worker mid-save: Ray retries the task and no temporary folder is left."""
+    log = tmp_path / "attempts"
+    log.mkdir()
+    (log / "KILL").write_text("1")
+    result = explain_many([photos / "chelsea.png"], ModelSource(), tmp_path / "run", options=OPTIONS, executor="ray",
+                          workers=1, progress=False, attempt_log=str(log))
+    (record,) = result.records
+    assert (log / f"{record.folder}.attempted").exists()  # the first attempt ran and was killed
+    assert record.status == "ok" and (result.out / record.folder / "explanation.json").is_file()
+    assert not list(result.out.glob(".tmp-*"))
+
+
+def test_a_retry_removes_the_folder_its_killed_attempt_left(photos, tmp_path):
+    from conceptree.runs.explain_many import explain_to_folder
+
+    out = tmp_path / "run"
+    (out / ".tmp-0000-chelsea-dead0000").mkdir(parents=True)  # a SIGKILLed attempt at this image
+    (out / ".tmp-0001-coffee-live0000").mkdir()  # another image's attempt, still running
+    outcome = explain_to_folder(ModelSource(), OPTIONS, str(photos / "chelsea.png"), str(out), "0000-chelsea")
+    assert outcome["status"] == "ok" and (out / "0000-chelsea" / "explanation.json").is_file()
+    assert sorted(p.name for p in out.glob(".tmp-*")) == [".tmp-0001-coffee-live0000"]
+
+
 def test_an_interrupted_run_resumes_and_skips_finished_images(photos, tmp_path):
     out = tmp_path / "run"
     first = explain_many([photos / "chelsea.png"], ModelSource(), out, options=OPTIONS, executor="local", progress=False)

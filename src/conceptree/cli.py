@@ -102,14 +102,18 @@ def _model_source(model_config, model, weights, model_arg, labels):
 
 
 def _options(preset: str, features=None, concept_map=None, linkage=None, k_range=None, lam=None, max_neurons=None,
-             coverage=None):
+             coverage=None, stability=None, k_rule=None, precision=None):
     """The preset's :class:`ConceptOptions` with the given flags on top (``max_neurons`` 0 = all,
-    ``coverage`` 1 = no cut)."""
+    ``coverage`` 1 = no cut, ``stability`` = draws, 0 = none)."""
     from .concepts.options import preset as get_preset
 
     options = get_preset(preset)
+    if stability is not None:
+        if stability < 0:
+            raise InputError(f"--stability {stability} must be >= 0 (draws; 0 = no stability scores)")
+        options = options.replace(stability=replace(options.stability, resamples=stability))
     overrides = {"features": features, "concept_map": concept_map, "method": linkage,
-                 "k_range": _k_range(k_range) if k_range else None}
+                 "k_range": _k_range(k_range) if k_range else None, "k_rule": k_rule, "precision": precision}
     options = options.replace(**{key: v for key, v in overrides.items() if v is not None})
     if max_neurons is not None:
         options = options.replace(max_neurons=None if max_neurons == 0 else max_neurons)
@@ -195,8 +199,9 @@ def _explain(image: str | None, spec, options, *, target, layers, exclude_layers
             rep = concept.representative
             name = f"  ~ {names[concept.rank]}" if names.get(concept.rank) else ""
             cid = f"  D{concept.concept_id}" if concept.concept_id is not None else ""
+            stab = f"  {concept.stability_label} {concept.stability:.2f}" if concept.stability is not None else ""
             typer.echo(f"  #{concept.rank:<3} share {100 * concept.share:5.1f}%  {concept.size:5d} neurons  "
-                       f"rep {rep.layer}:{rep.channel}{cid}{name}")
+                       f"rep {rep.layer}:{rep.channel}{cid}{stab}{name}")
 
 
 @app.command("explain")
@@ -216,8 +221,11 @@ def explain_cmd(
     concept_map: str | None = typer.Option(None, help="Each concept's map: layer-group | group | representative."),
     lam: float | None = typer.Option(None, help="Weight of the map distance, 1-lam: relevance (default: the preset's)."),
     linkage: str | None = typer.Option(None, help="ward | average | complete | single (default: the preset's)."),
-    k_range: str | None = typer.Option(None, help="MIN:MAX searched by silhouette (default: the preset's)."),
+    k_range: str | None = typer.Option(None, help="MIN:MAX searched (default: the preset's)."),
     k: int | None = typer.Option(None, help="Fixed number of concepts (skips the search)."),
+    k_rule: str | None = typer.Option(None, help="How k is chosen in the range: silhouette | stability (default: the preset's)."),
+    stability: int | None = typer.Option(None, help="Draws of each concept's stability score; 0 = none (default: the preset's)."),
+    precision: str | None = typer.Option(None, help="LRP pass in float64 (the same concepts on any thread count) | float32 (faster)."),
     max_neurons: int | None = typer.Option(None, help="Cluster the N neurons with the largest |r_p|; 0 = all (default: the preset's)."),
     coverage: float | None = typer.Option(None, help="Also stop at the strongest neurons that cover this fraction of sum |r_p|; 1 = no cut (default: the preset's)."),
     resize: int | None = typer.Option(None, help="Resize the shorter side (default: the model's)."),
@@ -240,7 +248,8 @@ def explain_cmd(
     """Explain one image: concepts, maps and the report in --out."""
     spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
                       interpolation)
-    options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons, coverage)
+    options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons, coverage, stability, k_rule,
+                       precision)
     _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
              overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device, index=index,
              references=references, exact_references=exact_references, dictionary=dictionary)

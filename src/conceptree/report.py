@@ -102,12 +102,14 @@ def concept_colours(k: int) -> np.ndarray:
     return np.asarray(palette[order[np.arange(k) % len(order)]], np.float32)
 
 
-def concept_overview(image: np.ndarray, concept_maps: np.ndarray, sigma: float = 4.0) -> np.ndarray:
+def concept_overview(image: np.ndarray, concept_maps: np.ndarray, sigma: float = 4.0,
+                     faded: np.ndarray | None = None) -> np.ndarray:
     """The photo coloured by which concept carries the most positive relevance at each place.
 
     Each concept map's positive part is smoothed (Gaussian, ``sigma`` px); each pixel takes the
     colour of the largest one, with an opacity that grows with that relevance (so places where
-    no concept has positive relevance keep the photo). Returns ``(H, W, 3)`` uint8.
+    no concept has positive relevance keep the photo). ``faded`` ``(k,)`` bool marks concepts
+    drawn at a third of that opacity (fragile ones). Returns ``(H, W, 3)`` uint8.
     """
     if len(concept_maps) == 0:
         return image.copy()
@@ -117,6 +119,8 @@ def concept_overview(image: np.ndarray, concept_maps: np.ndarray, sigma: float =
     strength = stack.max(axis=0)
     top = float(np.percentile(strength, 99)) or float(strength.max()) or 1.0
     alpha = np.clip(strength / top, 0.0, 1.0)[..., None] * 0.75
+    if faded is not None and np.any(faded):
+        alpha = alpha * np.where(np.asarray(faded, bool)[winner], 1.0 / 3.0, 1.0)[..., None]
     colour = concept_colours(len(concept_maps))[winner]
     out = image.astype(np.float32) / 255.0 * (1.0 - alpha) + colour * alpha
     return (out * 255).round().astype(np.uint8)
@@ -134,20 +138,31 @@ def _figure_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def silhouette_figure(silhouette_by_k: dict[int, float], k: int):
-    """Mean silhouette vs k with the chosen k marked (a ``matplotlib.figure.Figure``), or None."""
+def silhouette_figure(silhouette_by_k: dict[int, float], k: int, stability_by_k: dict[int, float] | None = None,
+                      k_rule: str = "silhouette"):
+    """Mean silhouette (and the cut's mean stability, when scored) vs k with the chosen k marked
+    (a ``matplotlib.figure.Figure``), or None."""
     if not silhouette_by_k:
         return None
     from matplotlib.figure import Figure
 
     ks = sorted(silhouette_by_k)
-    fig = Figure(figsize=(5, 2.6))
+    fig = Figure(figsize=(5.6, 2.6))
     ax = fig.subplots()
-    ax.plot(ks, [silhouette_by_k[x] for x in ks], marker=".")
-    ax.axvline(k, color="red", linestyle="--", label=f"chosen k = {k}")
+    ax.plot(ks, [silhouette_by_k[x] for x in ks], marker=".", label="mean silhouette")
+    ax.axvline(k, color="red", linestyle="--", label=f"chosen k = {k} (by {k_rule})")
     ax.set_xlabel("number of concepts k")
     ax.set_ylabel("mean silhouette")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if stability_by_k:
+        twin = ax.twinx()
+        sk = sorted(stability_by_k)
+        line = twin.plot(sk, [stability_by_k[x] for x in sk], marker=".", color="#2ca02c",
+                         label="stability (relevance-weighted)")
+        twin.set_ylabel("mean stability")
+        twin.set_ylim(0, 1)
+        handles, labels = handles + line, labels + [line[0].get_label()]
+    ax.legend(handles, labels, fontsize=8, loc="best")
     return fig
 
 
@@ -187,7 +202,8 @@ def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
     for i, concept in enumerate(explanation.concepts.concepts):
         axes[i + 1].imshow(signed_overlay(explanation.image, maps[i]))
         rep = concept.representative
-        axes[i + 1].set_title(f"#{concept.rank} {100 * concept.share:.1f}% n={concept.size}\n{rep.layer}:{rep.channel}",
+        stab = f" s={concept.stability:.2f}" if concept.stability is not None else ""
+        axes[i + 1].set_title(f"#{concept.rank} {100 * concept.share:.1f}% n={concept.size}{stab}\n{rep.layer}:{rep.channel}",
                               fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -220,6 +236,8 @@ details{font-size:12px;margin-top:6px}summary{cursor:pointer;color:#245}
 .refs img{width:100%;aspect-ratio:1;object-fit:cover;display:block;border-radius:2px}
 .refs figcaption{font-size:10px;color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .name{font-size:13px;margin-top:6px}.name b{color:#222}
+.stab{font-weight:bold}.stab.stable{color:#1a7f37}.stab.weak{color:#9a6700}.stab.fragile{color:#b2182b}
+.card.fragile{opacity:.72}.legend a.fragile{opacity:.45}
 .scale{font-size:11px;color:#555}.scale b{color:#b2182b}.scale i{color:#2166ac;font-style:normal;font-weight:bold}
 """
 
@@ -304,6 +322,16 @@ def _id_label(concept) -> str:
         if concept.concept_id is not None else ""
 
 
+def _stability_html(concept) -> str:
+    """`` · stable 0.91`` (or weak / fragile) for a concept whose stability was scored, else nothing."""
+    if concept.stability is None:
+        return ""
+    label = concept.stability_label
+    return (f" · <span class='stab {label}' title='share of its neurons clustered together again when part of "
+            f"the neurons are left out (Hennig&#39;s Jaccard; stable &ge; 0.75, fragile &le; 0.5)'>"
+            f"{label} {concept.stability:.2f}</span>")
+
+
 def _source_line(concepts, n_neurons: int) -> str:
     """Where the concepts come from: clustered on this image, or read from a dictionary."""
     info = concepts.dictionary
@@ -325,6 +353,7 @@ def write_html(explanation, path: str | Path) -> Path:
     image = explanation.image
     colours = concept_colours(concepts.k)
     stages = explanation.stages()
+    fragile = np.array([c.stability_label == "fragile" for c in concepts.concepts], dtype=bool)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>conceptree: {esc(explanation.target_name)}</title><style>{_STYLE}</style></head><body>",
@@ -341,13 +370,13 @@ def write_html(explanation, path: str | Path) -> Path:
         "<figcaption>class heatmap: <span class='scale'><b>red</b> supports, <i>blue</i> speaks against the "
         "class</span></figcaption></figure>",
         f"<figure class='panel'><img alt='concept overview' "
-        f"src='{image_data_uri(concept_overview(image, explanation.concept_maps))}'>"
+        f"src='{image_data_uri(concept_overview(image, explanation.concept_maps, faded=fragile))}'>"
         "<figcaption>which concept carries the most positive relevance at each place (click a number to jump to "
-        "its card)</figcaption><div class='legend'>",
+        f"its card){'; fragile concepts faded' if fragile.any() else ''}</figcaption><div class='legend'>",
     ]
-    for concept, colour in zip(concepts.concepts, colours):
-        parts.append(f"<a href='#concept-{concept.rank}' style='background:{_hex(colour)};color:{_text_on(colour)}'>"
-                     f"#{concept.rank} {_pct(concept.share)}</a>")
+    for concept, colour, weak in zip(concepts.concepts, colours, fragile):
+        parts.append(f"<a href='#concept-{concept.rank}' class='{'fragile' if weak else ''}' "
+                     f"style='background:{_hex(colour)};color:{_text_on(colour)}'>#{concept.rank} {_pct(concept.share)}</a>")
     parts.append("</div></figure></div>")
 
     shown = {"layer-group": "where its neurons carry relevance at their own layers",
@@ -358,6 +387,14 @@ def write_html(explanation, path: str | Path) -> Path:
                  f"beside it the photo kept where the concept's top {int(100 * REGION_MASS)}% of positive relevance "
                  "lies. Share = the concept's relevance / all neurons'. Depth = its members per network stage "
                  "(S1 shallow … deep).</p>")
+    if concepts.stability and concepts.stability.get("by_k"):
+        config = concepts.stability.get("config", {})
+        parts.append(f"<p class='meta'>Stability = how much of the concept is clustered together again when "
+                     f"{100 * (1 - config.get('fraction', 0)):.0f}% of the neurons are left out, averaged over "
+                     f"{config.get('resamples')} draws (Hennig's Jaccard): <span class='stab stable'>stable</span> "
+                     "&ge; 0.75, <span class='stab fragile'>fragile</span> &le; 0.5 (faded). On the CUB dev photos, "
+                     "stable concepts mostly reappear after a JPEG re-save, a 2-pixel shift, a 5% resize or a 5% "
+                     "brightness change and fragile ones rarely do (docs/results/stability.md).</p>")
     if explanation.references is not None:
         info = explanation.index_info or {}
         parts.append(f"<p class='meta'>Each card also shows where else the concept is strongest among the "
@@ -385,10 +422,10 @@ def write_html(explanation, path: str | Path) -> Path:
                           for n in concept.neurons)
         hist = "".join(f"<tr><td>{esc(layer)}</td><td>{n}</td></tr>" for layer, n in concept.layer_histogram.items())
         parts.append(
-            f"<div class='card' id='concept-{concept.rank}' style='width:{width}px'>"
+            f"<div class='card{' fragile' if fragile[i] else ''}' id='concept-{concept.rank}' style='width:{width}px'>"
             f"<h3><span class='chip' style='background:{_hex(colour)}'></span>#{concept.rank}{_id_label(concept)} "
             f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · "
-            f"relevance {concept.relevance:.3g}</span></h3>"
+            f"relevance {concept.relevance:.3g}{_stability_html(concept)}</span></h3>"
             f"<div class='pair'><figure><img alt='concept {concept.rank} map' "
             f"src='{image_data_uri(signed_overlay(image, cmap))}'><figcaption>map</figcaption></figure>"
             f"<figure><img alt='concept {concept.rank} region' src='{image_data_uri(masked_photo(image, sign * cmap))}'>"
@@ -407,9 +444,11 @@ def write_html(explanation, path: str | Path) -> Path:
     dendro = dendrogram_figure(concepts.linkage, concepts.k)
     if dendro is not None:
         parts.append(f"<h2>Dendrogram</h2><img alt='dendrogram' src='{_figure_uri(dendro)}'>")
-    sil = silhouette_figure(concepts.silhouette_by_k, concepts.k)
+    by_k = {int(k): v for k, v in ((concepts.stability or {}).get("by_k") or {}).items()}
+    sil = silhouette_figure(concepts.silhouette_by_k, concepts.k, by_k, concepts.k_rule)
     if sil is not None:
-        parts.append(f"<h2>Silhouette vs k</h2><img alt='silhouette' src='{_figure_uri(sil)}'>")
+        title = "Silhouette and stability vs k" if by_k else "Silhouette vs k"
+        parts.append(f"<h2>{title}</h2><img alt='silhouette' src='{_figure_uri(sil)}'>")
     params = {
         "options": explanation.options.to_dict(),
         "distance (resolved)": concepts.distance.to_dict(),

@@ -6,17 +6,18 @@ renamed into place when complete, so a killed worker or an interrupted run leave
 half-written folder. A rerun skips the images whose folder exists (resumable). A user error on
 one image (unreadable file, wrong size: a :class:`ConceptreeError`) is recorded in the index
 and the run goes on; any other exception is retried (``max_retries`` times, by Ray or by the
-in-process loop) and recorded if it persists. ``index.json`` and ``index.html`` list every
-image with its status.
+in-process loop) and recorded if it persists; a retried attempt first removes the temporary
+folder of the attempt it replaces (a worker killed mid-save leaves one). ``index.json`` and
+``index.html`` list every image with its status.
 
 Without Ray installed (or with ``executor="local"``) the same function runs sequentially in
-this process. The per-image work is deterministic (no random state, nothing shared), so Ray
-and the sequential run write bit-identical explanations when each Ray task uses as many torch
-threads as the sequential run (a local Ray with ``workers=1``; tested). With another thread
-count the floating-point sums round differently (about 1e-6 of a map's maximum), and Ward's
-merges, which meet many near-ties, can then cut different concepts: measured on three photos
-with 1 vs 2 threads, k went from 29 to 27 on one of them. Compare runs made with equal
-threads per task.
+this process. The per-image work is deterministic (no random state but the stability draws'
+fixed seed, nothing shared), and with the default ``precision="float64"`` it does not depend on
+the torch or BLAS thread count either (:mod:`conceptree.concepts.distance`; tested with 1 and 2
+threads), so Ray and the sequential run write the same concepts. With ``precision="float32"``
+the sums round differently per thread count (up to 1e-4 of a neuron's relevance after LRP's
+divisions) and Ward's merges, which meet many near-ties, can cut different concepts (measured
+before float64: k 29 vs 27 on one of three photos with 1 vs 2 threads).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import html
 import json
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Sequence
@@ -77,8 +79,10 @@ def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, 
 
     t0 = time.perf_counter()
     final = Path(out) / name
+    for stale in Path(out).glob(f".tmp-{name}-*"):  # an earlier attempt at this image was killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     if attempt_log is not None:  # test hook: lets a test make the first attempt of a task fail
-        _fail_first_attempt(attempt_log, name)
+        _fail_first_attempt(attempt_log, name, out)
     try:
         explainer = ConceptExplainer.from_spec(source.load(), options=options, **(files or {}))
         explanation = explainer.explain(image)
@@ -95,11 +99,18 @@ def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, 
             "seconds": time.perf_counter() - t0}
 
 
-def _fail_first_attempt(log: str, name: str) -> None:
+def _fail_first_attempt(log: str, name: str, out: str) -> None:
+    """Test hook: the first attempt at ``name`` raises, or, with a ``KILL`` file in ``log``, dies
+    mid-save as a SIGKILLed worker does (a partial temporary folder left behind)."""
     path = Path(log) / f"{name}.attempted"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("1")
+        if (Path(log) / "KILL").exists():
+            partial = Path(out) / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+            partial.mkdir(parents=True)
+            (partial / "maps.npz").write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected failure of the first attempt at {name}")
 
 
@@ -190,6 +201,8 @@ def explain_many(
                                                if v is not None})
     if bar is not None:
         bar.close()
+    for stale in out.glob(".tmp-*"):  # every task has ended: what is left was a killed attempt's
+        shutil.rmtree(stale, ignore_errors=True)
     result = RunResult(records, out, time.perf_counter() - t0, kind, used)
     write_index(result)
     return result
