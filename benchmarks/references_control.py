@@ -38,6 +38,9 @@ an index of it):
 - ``--dictionary DICT`` (added for the concept dictionary, issue 25): the groups under test are
   each photo's concise list from the dictionary instead of its per-image concepts; everything
   else is unchanged (the same-pool control draws from the listed concepts' members).
+- ``by_stability`` (added for issue 22): the same statistic for the concepts labelled stable,
+  weak and fragile by the explainer's stability score (does a concept that reappears under
+  resampling also show one part on its references?).
 
 ``--exact-check N`` also recomputes, for the first N photos, every real concept's reference maps
 from each reference's own LRP pass (``exact_references``) and reports how far the seeds, crop
@@ -81,7 +84,7 @@ def explain_dev(data: Path, cache: Path, limit: int | None = None, dictionary: P
         active = [n for c in explanation.concepts.concepts for n in c.neurons]
         out.append({"file": str(image.path.relative_to(data)), "species": image.species,
                     "pixels_sha1": explanation.image_info.hash,
-                    "concepts": [{"rank": c.rank, "share": c.share,
+                    "concepts": [{"rank": c.rank, "share": c.share, "stability": c.stability,
                                   "neurons": [[n.layer, n.channel, n.relevance] for n in c.neurons]}
                                  for c in explanation.concepts.concepts],
                     "pool": [[n.layer, n.channel, n.relevance] for n in active],
@@ -186,7 +189,8 @@ def main() -> None:
     index = ConceptIndex(args.index)
     prep = Preprocessing.from_dict(index.key["preprocessing"])
     size = (prep.crop or prep.resize,) * 2
-    tag = f"_dict_{args.dictionary.resolve().name}" if args.dictionary else ""
+    # the explainer's options changed with issue 22 (float64 LRP, stability scores): a new cache
+    tag = f"_dict_{args.dictionary.resolve().name}" if args.dictionary else "_stability"
     dev = explain_dev(args.data, args.cache / f"dev_concepts_{args.data.resolve().name}_{args.limit or 'all'}{tag}.json",
                       args.limit, args.dictionary)
     rng = np.random.default_rng(args.seed)
@@ -221,6 +225,7 @@ def main() -> None:
             offset, channels = index.columns[rep_layer]
             singles = [groups.add([offset + int(c)], [1.0]) for c in rng.choice(channels, size=args.random)]
             tests.append({"file": photo["file"], "rank": concept["rank"], "share": concept["share"],
+                          "stability": concept.get("stability"),
                           "size": len(neurons), "real": real, "random": randoms, "same_pool": pooled, "own": own,
                           "rep": rep, "singles": singles})
     print(f"{len(tests)} concepts of {len(dev)} photos, {len(groups.columns)} groups", flush=True)
@@ -279,6 +284,7 @@ def main() -> None:
                 picks.append(pick if pick < len(uniform[r]) else -1)
             sims.append(consistency(picks, args.top))
         per_concept.append({"file": test["file"], "rank": test["rank"], "share": test["share"], "size": test["size"],
+                            "stability": test["stability"],
                             "consistency": real, "random_mean": float(rand.mean()), "random_p95": float(np.quantile(rand, 0.95)),
                             "p": p, "same_pool_mean": float(pool.mean()), "same_pool_p": p_pool,
                             "uniform_seed": float(np.mean(sims)), "representative": rep,
@@ -309,6 +315,14 @@ def main() -> None:
         "share_beating_random_top5": float(np.mean([c["p"] < 0.05 for c in per_concept if c["rank"] <= 5])),
         "mean_lift_top5": float(np.mean([c["consistency"] - c["random_mean"] for c in per_concept if c["rank"] <= 5])),
     }
+    from conceptree.concepts.stability import stability_label
+
+    by_band: dict[str, list[dict]] = {}
+    for c in per_concept:
+        by_band.setdefault(stability_label(c["stability"]), []).append(c)
+    summary["by_stability"] = {band: {"concepts": len(cs), "share_beating_random": float(np.mean([c["p"] < 0.05 for c in cs])),
+                                      "mean_lift": float(np.mean([c["consistency"] - c["random_mean"] for c in cs]))}
+                               for band, cs in sorted(by_band.items())}
     print(json.dumps(summary, indent=1), flush=True)
     exact = exact_check(args, index, prep, size, dev, tests, top_rows, part_of) if args.exact_check else None
     from conceptree.evaluation.cub_parts import REGIONS
