@@ -393,7 +393,7 @@ class CRPEngine:
             raise ctx.unsupported(f"{what} {name if what == 'function' else '.' + name + '()'}")
         rule = factory(ctx)
         self._validated.add(node)
-        if node.target in self._pointwise and not getattr(rule, "channels_last", False):
+        if node.target in self._pointwise and not (rule is not None and rule.channels_last):
             raise UnsupportedModelError(
                 f"layer '{node.target}' was read as a pointwise layer on channels-last maps but its input has "
                 f"shape {tuple(ctx.x.shape)}; exclude it with exclude_layers=[{node.target!r}]"
@@ -402,7 +402,7 @@ class CRPEngine:
 
     def _node_layout(self, forward: ForwardPass, node: fx.Node, rel: Tensor) -> Tensor:
         """Relevance given channels-first ``(B, C, h, w)`` in the node's own layout."""
-        if getattr(forward.rules.get(node), "channels_last", False):
+        if _is_channels_last(forward.rules.get(node)):
             return rel.permute(0, 2, 3, 1)
         return rel
 
@@ -525,7 +525,7 @@ class CRPEngine:
             rel = recorded.get(node)
             if rel is None:
                 rel = torch.zeros((n, layer.channels, 1, 1), dtype=self.dtype, device=self.device)
-            elif getattr(forward.rules.get(node), "channels_last", False):
+            elif _is_channels_last(forward.rules.get(node)):
                 rel = rel.permute(0, 3, 1, 2)  # pointwise layer: stored channels-first like a conv
             out[layer.name] = rel
         return out
@@ -623,7 +623,7 @@ class CRPEngine:
         height, width = forward.input.shape[-2:]
         fine = set()
         for node, shape in forward.shapes.items():
-            if len(shape) != 4 or getattr(forward.rules.get(node), "channels_last", False):
+            if len(shape) != 4 or _is_channels_last(forward.rules.get(node)):
                 continue
             h, w = int(shape[2]), int(shape[3])
             if h > size[0] and w > size[1] and abs(h * width - w * height) <= max(height, width):
@@ -840,7 +840,7 @@ class CRPEngine:
         shaped = {}
         for node, mask in masks.items():
             extra = len(forward.shapes[node]) - 2
-            if getattr(forward.rules.get(node), "channels_last", False):
+            if _is_channels_last(forward.rules.get(node)):
                 shaped[node] = mask.reshape(mask.shape[0], *([1] * extra), mask.shape[1])
             else:
                 shaped[node] = mask.reshape(*mask.shape, *([1] * extra))
@@ -860,3 +860,8 @@ def _channel_indices(layer: str, channels: Sequence[int], n_channels: int) -> Te
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_channels):
         raise InputError(f"channel index out of range for layer {layer!r} with {n_channels} channels")
     return idx
+
+
+def _is_channels_last(rule: R.Rule | None) -> bool:
+    """Whether a node's rule works on channels-last activations (no rule: no)."""
+    return rule is not None and rule.channels_last

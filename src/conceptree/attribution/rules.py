@@ -39,6 +39,9 @@ class Rule:
     """Maps a relevance batch at a node's output to its tensor inputs."""
 
     inputs: tuple[fx.Node, ...] = ()
+    #: The node's activations are channels-last ``(N, H, W, C)`` (a dense layer applied per
+    #: position, :class:`PointwiseLinearRule`): the engine permutes its layer relevance.
+    channels_last: bool = False
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         raise NotImplementedError
