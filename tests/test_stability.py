@@ -147,7 +147,7 @@ def test_find_concepts_scores_every_concept_and_k():
     result = find_concepts(neurons, DistanceConfig(map_size=None), k_range=(3, 8), stability=StabilityConfig(resamples=4))
     assert all(c.stability is not None and 0.0 <= c.stability <= 1.0 for c in result.concepts)
     assert sorted(int(k) for k in result.stability["by_k"]) == list(range(3, 9))
-    assert result.stability["config"] == {"resamples": 4, "fraction": 0.8, "seed": 0}
+    assert result.stability["config"] == {"resamples": 4, "fraction": 0.5, "seed": 0}
     again = ConceptSet.from_dict(result.to_dict(), result.linkage, result.active_index)
     assert [c.stability for c in again.concepts] == [c.stability for c in result.concepts]
     by_stability = find_concepts(neurons, DistanceConfig(map_size=None), k_range=(3, 8),
