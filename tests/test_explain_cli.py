@@ -70,6 +70,10 @@ def test_cli_help_lists_commands():
         (lambda p: None, ["explain", "x.jpg", "--features", "pixels"], "unknown features 'pixels'"),
         (lambda p: None, ["explain", "x.jpg", "--concept-map", "mean"], "unknown concept map 'mean'"),
         (lambda p: None, ["explain", "x.jpg", "--coverage", "1.5"], "coverage must be in (0, 1]"),
+        (lambda p: None, ["explain", "x.jpg", "--stability", "-1"], "--stability -1 must be >= 0"),
+        (lambda p: None, ["explain", "x.jpg", "--k-rule", "gap"], "unknown k rule 'gap'"),
+        (lambda p: None, ["explain", "x.jpg", "--k-rule", "stability", "--stability", "0"], "needs stability resamples"),
+        (lambda p: None, ["explain", "x.jpg", "--precision", "half"], "unknown precision 'half'"),
     ],
 )
 def test_cli_bad_input_one_line_error(tmp_path, setup, args, message):

@@ -285,6 +285,8 @@ def explain_many_cmd(
     labels: str | None = typer.Option(None, help="Class names, one per line."),
     preset: str = typer.Option("default", help="default | paper."),
     max_neurons: int | None = typer.Option(None, help="Cluster the N strongest neurons; 0 = all (default: the preset's)."),
+    stability: int | None = typer.Option(None, help="Draws of each concept's stability score; 0 = none (default: the preset's)."),
+    precision: str | None = typer.Option(None, help="LRP pass in float64 (the same concepts on any thread count) | float32."),
     out: str = typer.Option("conceptree-many", help="Run folder: one explanation folder per image, index.json/html."),
     executor: str = typer.Option("auto", help="auto (Ray if installed) | ray | local (sequential, in-process)."),
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster, e.g. ray://host:10001 or auto."),
@@ -307,7 +309,8 @@ def explain_many_cmd(
         ConceptExplainer.from_spec(spec, index=index, dictionary=dictionary)
         index = str(Path(index).resolve()) if index is not None else None
         dictionary = str(Path(dictionary).resolve()) if dictionary is not None else None
-    result = explain_many(images, source, out, options=_options(preset, max_neurons=max_neurons), executor=executor,
+    result = explain_many(images, source, out, options=_options(preset, max_neurons=max_neurons, stability=stability, precision=precision),
+                          executor=executor,
                           ray_address=ray_address, workers=workers, max_retries=max_retries, progress=not quiet,
                           index=index, dictionary=dictionary)
     if not quiet:
