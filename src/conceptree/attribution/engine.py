@@ -400,7 +400,13 @@ class CRPEngine:
             )
         return rule
 
-    def _node_layout(self, forward: ForwardPass, node: fx.Node, rel: Tensor) -> Tensor:
+    def node_of_layer(self, layer: str) -> fx.Node:
+        """The graph node whose output channels are the neurons of a selected ``layer``."""
+        if layer not in self._node_by_layer:
+            raise InputError(f"layer {layer!r} is not among the engine's selected layers")
+        return self._node_by_layer[layer]
+
+    def node_layout(self, forward: ForwardPass, node: fx.Node, rel: Tensor) -> Tensor:
         """Relevance given channels-first ``(B, C, h, w)`` in the node's own layout."""
         if _is_channels_last(forward.rules.get(node)):
             return rel.permute(0, 2, 3, 1)
@@ -466,6 +472,60 @@ class CRPEngine:
         if result is None:
             result = forward.input.new_zeros((batch, *forward.input.shape[1:]))
         return result, recorded
+
+    def propagate_absorbing(
+        self,
+        forward: ForwardPass,
+        start: Mapping[fx.Node, Tensor],
+        absorb: Mapping[fx.Node, Tensor],
+    ) -> tuple[Tensor, dict[fx.Node, Tensor]]:
+        """Propagate relevance from ``start`` down, absorbing what *arrives* at marked channels.
+
+        At each node of ``absorb`` the relevance arriving from above is split: the part on the
+        marked channels (``absorb[node]``, a 0/1 tensor in the node's layout broadcastable to
+        ``(B, *activation.shape[1:])``) is summed per channel and not propagated further; the
+        rest goes on, together with the node's own ``start`` (which is never absorbed at its own
+        node). :func:`conceptree.concepts.graph.concept_flows` builds concept-to-concept flows on it.
+
+        Returns
+        -------
+        input_relevance : Tensor
+            ``(B, C, H, W)``: relevance that reached the input without meeting a marked channel.
+        absorbed : dict
+            Node -> ``(B, channels)`` relevance absorbed at each marked channel of that node.
+        """
+        pending: dict[fx.Node, Tensor] = {}
+        starts = dict(start)
+        absorbed: dict[fx.Node, Tensor] = {}
+        batch = next(iter(start.values())).shape[0]
+        first = max(self._index[node] for node in start)
+        result: Tensor | None = None
+        for node in reversed(self._nodes[: first + 1]):
+            arrival = pending.pop(node, None)
+            own = starts.pop(node, None)
+            if arrival is None and own is None:
+                continue
+            if arrival is not None and node in absorb:
+                taken = arrival * absorb[node]
+                if taken.ndim == 4:
+                    dims = (1, 2) if _is_channels_last(forward.rules.get(node)) else (2, 3)
+                    absorbed[node] = taken.sum(dims)
+                else:
+                    absorbed[node] = taken.reshape(batch, -1)
+                arrival = arrival - taken
+            rel = own if arrival is None else arrival if own is None else arrival + own
+            if node.op == "placeholder":
+                result = rel
+                continue
+            rule = forward.rules.get(node)
+            if rule is None:
+                raise UnsupportedModelError(f"relevance reached node '{node.name}' which has no LRP rule")
+            for inp, rel_in in rule.backward(rel):
+                previous = pending.get(inp)
+                pending[inp] = rel_in if previous is None else previous + rel_in
+        if result is None:
+            result = forward.input.new_zeros((batch, *forward.input.shape[1:]))
+        return result, absorbed
 
     def _resolve_target(self, logits: Tensor, target: int | None) -> int:
         if target is None:
@@ -683,7 +743,7 @@ class CRPEngine:
                 masked = rel.new_zeros((chunk.numel(), *rel.shape[1:]))
                 rows = torch.arange(chunk.numel(), device=self.device)
                 masked[rows, chunk_dev] = rel[0, chunk_dev]
-                start = {node: self._node_layout(forward, node, masked)}
+                start = {node: self.node_layout(forward, node, masked)}
             input_rel, stopped = self.propagate(forward, start, stop=stop)
             if pool_below is None:
                 yield MapBatch(layer, chunk, input_rel.sum(1))
@@ -792,7 +852,7 @@ class CRPEngine:
                         start[node] = rel.new_zeros((len(chunk), *rel.shape))
                     start[node][row, idx] = rel[idx]
             if start:
-                start = {node: self._node_layout(attribution.forward, node, rel) for node, rel in start.items()}
+                start = {node: self.node_layout(attribution.forward, node, rel) for node, rel in start.items()}
                 input_rel, _ = self.propagate(attribution.forward, start)
                 out[first : first + len(chunk)] = input_rel.sum(1)
         return out
