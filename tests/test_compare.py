@@ -105,11 +105,10 @@ def test_cli_round_trip_and_errors(tmp_path):
 
 
 def test_explain_reuses_precomputed_neurons(setup):
-    from conceptree.attribution import CRPEngine
     from conceptree.explain import neuron_features, strongest_neurons
 
     model, x, ref = setup
-    engine = CRPEngine(model)
+    engine = ConceptExplainer(model, options=SMALL).engine  # the explainer's own engine (its precision)
     attribution = engine.attribute(x, 3)
     wanted = strongest_neurons(engine, attribution, 300)
     assert sum(len(v) for v in wanted.values()) == 300

@@ -463,15 +463,20 @@ class CRPEngine:
             if node.op == "placeholder":
                 result = rel
                 continue
-            rule = forward.rules.get(node)
-            if rule is None:
-                raise UnsupportedModelError(f"relevance reached node '{node.name}' which has no LRP rule")
-            for inp, rel_in in rule.backward(rel):
-                previous = pending.get(inp)
-                pending[inp] = rel_in if previous is None else previous + rel_in
+            self._backward_into(forward, node, rel, pending)
         if result is None:
             result = forward.input.new_zeros((batch, *forward.input.shape[1:]))
         return result, recorded
+
+    @staticmethod
+    def _backward_into(forward: ForwardPass, node: fx.Node, rel: Tensor, pending: dict[fx.Node, Tensor]) -> None:
+        """One rule's backward step: ``rel`` at ``node``'s output added to its inputs' pending relevance."""
+        rule = forward.rules.get(node)
+        if rule is None:
+            raise UnsupportedModelError(f"relevance reached node '{node.name}' which has no LRP rule")
+        for inp, rel_in in rule.backward(rel):
+            previous = pending.get(inp)
+            pending[inp] = rel_in if previous is None else previous + rel_in
 
     def propagate_absorbing(
         self,
@@ -517,12 +522,7 @@ class CRPEngine:
             if node.op == "placeholder":
                 result = rel
                 continue
-            rule = forward.rules.get(node)
-            if rule is None:
-                raise UnsupportedModelError(f"relevance reached node '{node.name}' which has no LRP rule")
-            for inp, rel_in in rule.backward(rel):
-                previous = pending.get(inp)
-                pending[inp] = rel_in if previous is None else previous + rel_in
+            self._backward_into(forward, node, rel, pending)
         if result is None:
             result = forward.input.new_zeros((batch, *forward.input.shape[1:]))
         return result, absorbed

@@ -143,9 +143,9 @@ class ConceptSet:
     k_rule : str
         How k was chosen (:data:`~conceptree.concepts.clustering.K_RULES`).
     stability : dict or None
-        How the concepts' stability was estimated (``config``), the relevance-weighted mean
-        stability of every k scored (``by_k``) and the draws' wall time (``seconds``); None
-        when not computed.
+        How the concepts' stability was estimated (``config``) and the relevance-weighted mean
+        stability of every k scored (``by_k``); None when not computed (the draws' wall time is
+        ``timings["stability_s"]``).
     """
 
     concepts: list[Concept]
@@ -263,10 +263,9 @@ def find_concepts(
     concepts = _build_concepts(neurons, active, result.labels, result.k, order, result.concept_stability)
     summary = None
     if result.stability is not None:
-        summary = {"config": result.stability.config.to_dict(), "by_k": {str(kk): v for kk, v in result.stability_by_k.items()},
-                   "seconds": result.stability.seconds}
+        summary = {"config": result.stability.config.to_dict(), "by_k": {str(kk): v for kk, v in result.stability_by_k.items()}}
     elif stability is not None and stability.resamples > 0 and len(active) > KEEP_CONDENSED_MAX:
-        summary = {"config": stability.to_dict(), "by_k": {}, "seconds": 0.0,
+        summary = {"config": stability.to_dict(), "by_k": {},
                    "skipped": f"{len(active)} neurons are more than the {KEEP_CONDENSED_MAX} whose distance is kept "
                               "for the draws (memory); cluster fewer (max_neurons) to score stability"}
     return ConceptSet(
@@ -279,7 +278,8 @@ def find_concepts(
         distance=distance,
         method=method,
         k_range=tuple(k_range),
-        timings={"distance_s": t1 - t0, "linkage_and_k_s": t2 - t1},
+        timings={"distance_s": t1 - t0, "linkage_and_k_s": t2 - t1,
+                 "stability_s": result.stability.seconds if result.stability is not None else 0.0},
         k_rule=k_rule,
         stability=summary,
     )
