@@ -21,7 +21,7 @@ Rules (written before the run) and the results: docs/results/stability.md. For e
 One heavy job (~1 h on 2 cores with ``--before-photos 20``): run it alone. The paper preset
 (input-level maps of the 2,000 strongest neurons, ~5 min per photo) runs on a few photos:
 
-    python benchmarks/stability_eval.py --data ../shared/data/cub_parts --limit 3 --paper-photos 3 \
+    python benchmarks/stability_eval.py --data ../shared/data/cub_parts --limit 2 --paper-photos 2 \
         --before-photos 0 --reference-photos 0 --out docs/results/stability_paper.json
 """
 
