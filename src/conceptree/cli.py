@@ -102,7 +102,7 @@ def _model_source(model_config, model, weights, model_arg, labels):
 
 
 def _options(preset: str, features=None, concept_map=None, linkage=None, k_range=None, lam=None, max_neurons=None,
-             coverage=None, stability=None, k_rule=None, precision=None):
+             coverage=None, stability=None, k_rule=None, precision=None, graph=None):
     """The preset's :class:`ConceptOptions` with the given flags on top (``max_neurons`` 0 = all,
     ``coverage`` 1 = no cut, ``stability`` = draws, 0 = none)."""
     from .concepts.options import preset as get_preset
@@ -113,7 +113,8 @@ def _options(preset: str, features=None, concept_map=None, linkage=None, k_range
             raise InputError(f"--stability {stability} must be >= 0 (draws; 0 = no stability scores)")
         options = options.replace(stability=replace(options.stability, resamples=stability))
     overrides = {"features": features, "concept_map": concept_map, "method": linkage,
-                 "k_range": _k_range(k_range) if k_range else None, "k_rule": k_rule, "precision": precision}
+                 "k_range": _k_range(k_range) if k_range else None, "k_rule": k_rule, "precision": precision,
+                 "graph": graph}
     options = options.replace(**{key: v for key, v in overrides.items() if v is not None})
     if max_neurons is not None:
         options = options.replace(max_neurons=None if max_neurons == 0 else max_neurons)
@@ -226,6 +227,8 @@ def explain_cmd(
     k_rule: str | None = typer.Option(None, help="How k is chosen in the range: silhouette | stability (default: the preset's)."),
     stability: int | None = typer.Option(None, help="Draws of each concept's stability score; 0 = none (default: the preset's)."),
     precision: str | None = typer.Option(None, help="LRP pass in float64 (the same concepts on any thread count) | float32 (faster)."),
+    graph: bool | None = typer.Option(None, "--graph/--no-graph", help="Also compute the concept graph: what each "
+                                                                      "concept is made of (default: the preset's, on)."),
     max_neurons: int | None = typer.Option(None, help="Cluster the N neurons with the largest |r_p|; 0 = all (default: the preset's)."),
     coverage: float | None = typer.Option(None, help="Also stop at the strongest neurons that cover this fraction of sum |r_p|; 1 = no cut (default: the preset's)."),
     resize: int | None = typer.Option(None, help="Resize the shorter side (default: the model's)."),
@@ -249,7 +252,7 @@ def explain_cmd(
     spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
                       interpolation)
     options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons, coverage, stability, k_rule,
-                       precision)
+                       precision, graph)
     _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
              overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device, index=index,
              references=references, exact_references=exact_references, dictionary=dictionary)
@@ -287,6 +290,8 @@ def explain_many_cmd(
     max_neurons: int | None = typer.Option(None, help="Cluster the N strongest neurons; 0 = all (default: the preset's)."),
     stability: int | None = typer.Option(None, help="Draws of each concept's stability score; 0 = none (default: the preset's)."),
     precision: str | None = typer.Option(None, help="LRP pass in float64 (the same concepts on any thread count) | float32."),
+    graph: bool | None = typer.Option(None, "--graph/--no-graph", help="Also compute the concept graph: what each "
+                                                                      "concept is made of (default: the preset's, on)."),
     out: str = typer.Option("conceptree-many", help="Run folder: one explanation folder per image, index.json/html."),
     executor: str = typer.Option("auto", help="auto (Ray if installed) | ray | local (sequential, in-process)."),
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster, e.g. ray://host:10001 or auto."),
@@ -309,7 +314,8 @@ def explain_many_cmd(
         ConceptExplainer.from_spec(spec, index=index, dictionary=dictionary)
         index = str(Path(index).resolve()) if index is not None else None
         dictionary = str(Path(dictionary).resolve()) if dictionary is not None else None
-    result = explain_many(images, source, out, options=_options(preset, max_neurons=max_neurons, stability=stability, precision=precision),
+    result = explain_many(images, source, out, options=_options(preset, max_neurons=max_neurons, stability=stability, precision=precision,
+                                                                   graph=graph),
                           executor=executor,
                           ray_address=ray_address, workers=workers, max_retries=max_retries, progress=not quiet,
                           index=index, dictionary=dictionary)

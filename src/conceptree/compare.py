@@ -5,7 +5,10 @@ neurons' ``r_p`` there), its share of the image's total, the ratio to the refere
 group's map (of the same kind as the reference's concept maps: the members' own-layer maps,
 or the sum of their conditional maps). A concept is flagged **missing** when
 its ratio falls below ``missing_fraction`` (default 0.5: it lost more than half its
-relevance). With ``explain_new=True`` the other image is explained too, and each of its own
+relevance). When the reference has a concept graph (:mod:`conceptree.concepts.graph`), the
+flows between the reference's concepts are computed on each image too, and a concept **lost a
+part** ``D`` when ``D`` supplied at least ``EDGE_SHARE`` of it on the reference and less than
+``missing_fraction`` of that share on the image (the paper's missing concept, one level deeper). With ``explain_new=True`` the other image is explained too, and each of its own
 concepts is flagged **new** when, for every reference group, most of its neurons (more than
 ``1 - new_overlap``) lie outside that group.
 """
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .concepts.graph import EDGE_SHARE, ConceptFlows, concept_flows
 from .concepts.layer_maps import layer_group_maps
 from .errors import InputError
 from .explanation import Explanation
@@ -72,6 +76,8 @@ class ImageComparison:
     group_maps: np.ndarray  # (k, H, W)
     image: np.ndarray  # (H, W, 3) uint8 as fed to the model
     new_concepts: list[NewConcept] = field(default_factory=list)
+    flows: ConceptFlows | None = None
+    lost_parts: dict[int, list[int]] = field(default_factory=dict)  # rank -> ranks of the parts it lost
 
     def to_dict(self) -> dict:
         return {
@@ -80,7 +86,21 @@ class ImageComparison:
             "concepts": [asdict(c) for c in self.concepts],
             "missing": [c.rank for c in self.concepts if c.missing],
             "new_concepts": [asdict(c) for c in self.new_concepts],
+            "concept_flows": None if self.flows is None else self.flows.to_dict(),
+            "lost_parts": {str(rank): parts for rank, parts in self.lost_parts.items()},
         }
+
+
+def lost_parts(reference: ConceptFlows, here: ConceptFlows, ranks: list[int],
+               fraction: float = MISSING_FRACTION) -> dict[int, list[int]]:
+    """Per concept (by rank), the parts it lost on an image: edges ``>= EDGE_SHARE`` on the
+    reference whose share there is below ``fraction`` of the reference's."""
+    lost: dict[int, list[int]] = {}
+    for c in range(reference.k):
+        parts = [ranks[d] for d, share in reference.made_of(c) if here.flows[c, d] < fraction * share]
+        if parts:
+            lost[ranks[c]] = parts
+    return lost
 
 
 @dataclass
@@ -200,6 +220,10 @@ def trace_concepts(
             maps = layer_group_maps(attribution, groups, tuple(x.shape[-2:]))
         else:
             maps = engine.group_maps(attribution, groups).cpu().numpy()
+        flows = lost = None
+        if reference.flows is not None:
+            flows = concept_flows(engine, attribution, ref_concepts)
+            lost = lost_parts(reference.flows, flows, [c.rank for c in ref_concepts], missing_fraction)
         probs = torch.softmax(attribution.logits.double(), 0)
         news: list[NewConcept] = []
         if explain_new:
@@ -213,7 +237,7 @@ def trace_concepts(
                                        ref_concepts[best].rank if best is not None else None,
                                        best_overlap, bool(best_overlap < new_overlap)))
         results.append(ImageComparison(name, target, float(probs[target]), int(attribution.logits.argmax()), total,
-                                       traces, maps, np.asarray(shown, np.uint8), news))
+                                       traces, maps, np.asarray(shown, np.uint8), news, flows, lost or {}))
     return Comparison(reference, results, missing_fraction, new_overlap)
 
 
@@ -225,6 +249,23 @@ def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
         return image_data_uri(image if values is None else signed_overlay(image, values))
 
     ref = comparison.reference
+    ranks = [c.rank for c in ref.concepts.concepts]
+
+    def _parts_reference(k: int) -> str:
+        if ref.flows is None:
+            return ""
+        made = ", ".join(f"#{ranks[d]} {100 * s:.0f}%" for d, s in ref.flows.made_of(k))
+        return f"<br><small>made of {made or '(no concept &ge; 5%)'}</small>"
+
+    def _parts_here(im: ImageComparison, k: int) -> str:
+        if ref.flows is None or im.flows is None:
+            return ""
+        lost = set(im.lost_parts.get(ranks[k], []))
+        made = ", ".join(f"<span class='{'lost' if ranks[d] in lost else ''}'>#{ranks[d]} {100 * im.flows.flows[k, d]:.0f}%"
+                         "</span>" for d, _ in ref.flows.made_of(k))
+        note = f" <b class='missing'>lost {', '.join(f'#{r}' for r in sorted(lost))}</b>" if lost else ""
+        return f"<br><small>parts here: {made or '-'}{note}</small>"
+
     kind = ("the sum of the concept's neurons' own-layer relevance maps, in input geometry"
             if ref.options.concept_map == "layer-group" else "the input relevance through all the concept's neurons "
             "(their conditional maps summed)")
@@ -238,13 +279,17 @@ def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
             trace = im.concepts[k]
             flag = " <b class='missing'>missing</b>" if trace.missing else ""
             cells.append(f"<td><img src='{_overlay_png(im.image, im.group_maps[k])}'><br>"
-                         f"ratio {trace.ratio:.2f}, share {100 * trace.share:.1f}%{flag}</td>")
+                         f"ratio {trace.ratio:.2f}, share {100 * trace.share:.1f}%{flag}{_parts_here(im, k)}</td>")
         rep = concept.representative
         rows.append(
             f"<tr><th>#{concept.rank}<br><small>{100 * concept.share:.1f}%, {concept.size} neurons<br>"
             f"rep {html.escape(rep.layer)}:{rep.channel}</small></th>"
-            f"<td><img src='{_overlay_png(ref.image, ref.concept_maps[k])}'></td>{''.join(cells)}</tr>"
+            f"<td><img src='{_overlay_png(ref.image, ref.concept_maps[k])}'>{_parts_reference(k)}</td>{''.join(cells)}</tr>"
         )
+    parts_note = ("" if ref.flows is None else
+                  f" Made of / parts here: the share of the concept's relevance that flows into each of the concepts it "
+                  f"is made of on the reference (&ge; {100 * EDGE_SHARE:.0f}%), on the reference and on each image; "
+                  f"<b class='lost'>lost</b> = below {comparison.missing_fraction} of the reference's share.")
     new_lines = []
     for im in comparison.images:
         for c in im.new_concepts:
@@ -253,10 +298,10 @@ def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
                                  f"best overlap {100 * c.best_overlap:.0f}% with reference #{c.best_reference_rank}</li>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>conceptree comparison</title>
 <style>body{{font-family:sans-serif;margin:1em}}td,th{{padding:4px;text-align:center;vertical-align:top;font-size:12px}}
-img{{width:170px}}.missing{{color:#b00}}</style></head><body>
+img{{width:170px}}.missing,.lost{{color:#b00}}</style></head><body>
 <h1>Concepts of {html.escape(ref.target_name)} traced on {len(comparison.images)} image(s)</h1>
 <p>Group map = {kind} on that image; ratio = group relevance there / in the
-reference; <b>missing</b> = ratio &lt; {comparison.missing_fraction}.</p>
+reference; <b>missing</b> = ratio &lt; {comparison.missing_fraction}.{parts_note}</p>
 <table><tr><th></th><th>reference</th>{head}</tr>{''.join(rows)}</table>
 <h2>New concepts</h2><ul>{''.join(new_lines) or '<li>none flagged (or not computed: explain_new=False)</li>'}</ul>
 </body></html>"""

@@ -28,6 +28,7 @@ from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
 from .compare import MISSING_FRACTION, NEW_OVERLAP, trace_concepts
 from .concepts import find_concepts
 from .concepts.features import concept_maps, features_for, member_maps
+from .concepts.graph import concept_flows
 from .concepts.options import ConceptOptions, preset
 from .dictionary import ConceptDictionary, dictionary_concepts
 from .errors import InputError
@@ -288,6 +289,10 @@ class ConceptExplainer:
                                      stability=options.stability, k_rule=options.k_rule)
         t3 = time.perf_counter()
         maps = concept_maps(self.engine, attribution, concepts.concepts, options.concept_map, self.batch_size)
+        flows = None
+        t_graph = time.perf_counter()
+        if options.graph:
+            flows = concept_flows(self.engine, attribution, concepts.concepts)
         t4 = time.perf_counter()
         image_hash = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
         references = None
@@ -301,7 +306,7 @@ class ConceptExplainer:
                     ranked = stored  # the dictionary's references: a lookup, ranked by the concept's share there
             references = finder.find(concepts.concepts, exclude_row=self.index.row_of_pixels(image_hash), ranked=ranked)
         timings = {"attribution_s": t1 - t0, "neuron_maps_s": t2 - t1, "clustering_s": t3 - t2,
-                   "concept_maps_s": t4 - t3, "references_s": time.perf_counter() - t4,
+                   "concept_maps_s": t_graph - t3, "graph_s": t4 - t_graph, "references_s": time.perf_counter() - t4,
                    "total_s": time.perf_counter() - t0}
         probs = torch.softmax(attribution.logits.double(), 0)
         names = self.class_names or [str(i) for i in range(probs.numel())]
@@ -330,6 +335,7 @@ class ConceptExplainer:
             neuron_names=neurons.names() if keep_neuron_maps else None,
             references=references,
             index_info=self.index.summary() if self.index is not None else None,
+            flows=flows,
         )
 
     def trace(

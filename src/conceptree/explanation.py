@@ -17,6 +17,7 @@ import numpy as np
 
 from .attribution import Composite
 from .concepts import ConceptSet
+from .concepts.graph import ConceptFlows
 from .concepts.options import ConceptOptions
 from .errors import InputError
 from .index.references import ConceptReferences
@@ -100,6 +101,9 @@ class Explanation:
         an index, cropped to its region, and suggested names (explainers with an index).
     index_info : dict, optional
         The index used (path, images, neurons, target rule).
+    flows : ConceptFlows, optional
+        The concept graph: what each concept is made of (:mod:`conceptree.concepts.graph`;
+        rows and columns in the order of ``concepts.concepts``), when ``options.graph``.
     """
 
     target: Prediction
@@ -123,6 +127,7 @@ class Explanation:
     neuron_names: list[str] | None = None
     references: list[ConceptReferences] | None = None
     index_info: dict | None = None
+    flows: ConceptFlows | None = None
 
     @property
     def target_name(self) -> str:
@@ -161,6 +166,7 @@ class Explanation:
             "concept_set": self.concepts.to_dict(),
             "references": None if self.references is None else {
                 "index": self.index_info, "concepts": [r.to_dict() for r in self.references]},
+            "concept_flows": None if self.flows is None else self.flows.to_dict(),
         }
 
     def save(self, out: str | Path, *, render: bool = True) -> Path:
@@ -235,6 +241,7 @@ class Explanation:
             neuron_names=arrays["neuron_names"].tolist() if "neuron_names" in arrays else None,
             references=_load_references(data.get("references"), directory / "references"),
             index_info=(data.get("references") or {}).get("index"),
+            flows=ConceptFlows.from_dict(data["concept_flows"]) if data.get("concept_flows") else None,
         )
 
 

@@ -24,6 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .colours import colormap, concept_colours, hex_colour, text_colour
+from .concepts.graph import EDGE_SHARE
+from .report_graph import graph_svg
+
 #: colormap of signed maps (red = positive relevance, blue = negative), symmetric around zero.
 SIGNED_CMAP = "RdBu_r"
 #: fraction of a concept's positive relevance inside its "most relevant region".
@@ -31,12 +35,6 @@ REGION_MASS = 0.5
 
 
 # ---------------------------------------------------------------------- pictures (numpy + PIL)
-def _colormap(name: str):
-    from matplotlib import colormaps
-
-    return colormaps[name]
-
-
 def image_data_uri(rgb: np.ndarray, quality: int = 90) -> str:
     """``(H, W, 3)`` uint8 -> ``data:image/jpeg;base64,...`` (photo composites: JPEG is ~6x smaller
     than PNG at no visible loss; plots stay PNG)."""
@@ -69,7 +67,7 @@ def signed_overlay(image: np.ndarray, values: np.ndarray, limit: float | None = 
     values = _resize(np.asarray(values, np.float32), image.shape[:2])
     lim = limit or float(np.percentile(np.abs(values), 99.5)) or float(np.abs(values).max()) or 1.0
     scaled = np.clip(values / lim, -1.0, 1.0)
-    colour = _colormap(SIGNED_CMAP)((scaled + 1.0) / 2.0)[..., :3]
+    colour = colormap(SIGNED_CMAP)((scaled + 1.0) / 2.0)[..., :3]
     alpha = np.clip(np.abs(scaled) * 2.0, 0.0, 0.92)[..., None]
     out = image.astype(np.float32) / 255.0 * (1.0 - alpha) + colour * alpha
     return (out * 255).round().astype(np.uint8)
@@ -93,13 +91,6 @@ def masked_photo(image: np.ndarray, values: np.ndarray, mass: float = REGION_MAS
     grey = image.astype(np.float32).mean(axis=2, keepdims=True)
     dimmed = 0.25 * grey + 20.0
     return (image * keep + dimmed * (1.0 - keep)).round().astype(np.uint8)
-
-
-def concept_colours(k: int) -> np.ndarray:
-    """A distinct colour per concept (tab20, then tab20b), ``(k, 3)`` floats in [0, 1]."""
-    palette = np.concatenate([_colormap("tab20").colors, _colormap("tab20b").colors])[:, :3]
-    order = np.r_[0:20:2, 1:20:2, 20:40]  # the strong tab20 colours first
-    return np.asarray(palette[order[np.arange(k) % len(order)]], np.float32)
 
 
 def concept_overview(image: np.ndarray, concept_maps: np.ndarray, sigma: float = 4.0,
@@ -237,20 +228,12 @@ details{font-size:12px;margin-top:6px}summary{cursor:pointer;color:#245}
 .refs figcaption{font-size:10px;color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .name{font-size:13px;margin-top:6px}.name b{color:#222}
 .stab{font-weight:bold}.stab.stable{color:#1a7f37}.stab.weak{color:#9a6700}.stab.fragile{color:#b2182b}
+.flows{font-size:12px;margin:4px 0}.flows a{text-decoration:none}.graphbox{overflow-x:auto}
 .card.fragile{opacity:.72}.legend a.fragile{opacity:.45}
 .scale{font-size:11px;color:#555}.scale b{color:#b2182b}.scale i{color:#2166ac;font-style:normal;font-weight:bold}
 """
 
 _STAGE_COLOURS = ["#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b", "#041a3a"]
-
-
-def _hex(rgb: np.ndarray) -> str:
-    return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgb[:3])
-
-
-def _text_on(rgb: np.ndarray) -> str:
-    """Black or white text, whichever reads better on ``rgb`` (relative luminance)."""
-    return "#000" if float(np.dot(rgb[:3], [0.2126, 0.7152, 0.0722])) > 0.45 else "#fff"
 
 
 def _pct(share: float) -> str:
@@ -332,6 +315,21 @@ def _stability_html(concept) -> str:
             f"{label} {concept.stability:.2f}</span>")
 
 
+def _flows_html(flows, concepts, c: int) -> str:
+    """The card's "made of: #11 34% · …" and "feeds: …" lines, as links to the other cards."""
+    if flows is None:
+        return ""
+
+    def links(pairs) -> str:
+        return " · ".join(f"<a href='#concept-{concepts[d].rank}'>#{concepts[d].rank}</a> {_pct(s)}" for d, s in pairs)
+
+    made, feeds = flows.made_of(c), flows.feeds(c)
+    rest = (f"own lower members {_pct(flows.self_share[c])}, through no concept to the input "
+            f"{_pct(flows.to_input[c])}")
+    return (f"<div class='flows'><b>made of</b>: {links(made) or 'no concept &ge; 5%'} "
+            f"<span class='meta'>({rest})</span><br><b>feeds</b>: {links(feeds) or 'no concept &ge; 5%'}</div>")
+
+
 def _source_line(concepts, n_neurons: int) -> str:
     """Where the concepts come from: clustered on this image, or read from a dictionary."""
     info = concepts.dictionary
@@ -376,7 +374,7 @@ def write_html(explanation, path: str | Path) -> Path:
     ]
     for concept, colour, weak in zip(concepts.concepts, colours, fragile):
         parts.append(f"<a href='#concept-{concept.rank}' class='{'fragile' if weak else ''}' "
-                     f"style='background:{_hex(colour)};color:{_text_on(colour)}'>#{concept.rank} {_pct(concept.share)}</a>")
+                     f"style='background:{hex_colour(colour)};color:{text_colour(colour)}'>#{concept.rank} {_pct(concept.share)}</a>")
     parts.append("</div></figure></div>")
 
     shown = {"layer-group": "where its neurons carry relevance at their own layers",
@@ -386,7 +384,9 @@ def write_html(explanation, path: str | Path) -> Path:
                  "(<span class='scale'><b>red</b> positive, <i>blue</i> negative</span>, symmetric around zero); "
                  f"beside it the photo kept where the concept's top {int(100 * REGION_MASS)}% of positive relevance "
                  "lies. Share = the concept's relevance / all neurons'. Depth = its members per network stage "
-                 "(S1 shallow … deep).</p>")
+                 "(S1 shallow … deep)."
+                 + (" Made of / feeds: the concepts its relevance flows into / comes from "
+                    "(<a href='#graph'>the concept graph</a>)." if explanation.flows is not None else "") + "</p>")
     if concepts.stability and concepts.stability.get("by_k"):
         config = concepts.stability.get("config", {})
         parts.append(f"<p class='meta'>Stability = how much of the concept is clustered together again when "
@@ -423,7 +423,7 @@ def write_html(explanation, path: str | Path) -> Path:
         hist = "".join(f"<tr><td>{esc(layer)}</td><td>{n}</td></tr>" for layer, n in concept.layer_histogram.items())
         parts.append(
             f"<div class='card{' fragile' if fragile[i] else ''}' id='concept-{concept.rank}' style='width:{width}px'>"
-            f"<h3><span class='chip' style='background:{_hex(colour)}'></span>#{concept.rank}{_id_label(concept)} "
+            f"<h3><span class='chip' style='background:{hex_colour(colour)}'></span>#{concept.rank}{_id_label(concept)} "
             f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · "
             f"relevance {concept.relevance:.3g}{_stability_html(concept)}</span></h3>"
             f"<div class='pair'><figure><img alt='concept {concept.rank} map' "
@@ -432,6 +432,7 @@ def write_html(explanation, path: str | Path) -> Path:
             f"<figcaption>most relevant region{'' if sign > 0 else ' (of its negative relevance)'}</figcaption></figure>"
             "</div>"
             f"{_references_html(references[i])}"
+            f"{_flows_html(explanation.flows, concepts.concepts, i)}"
             f"{bar}<div class='meta'>{esc(depth_caption)}</div>"
             f"<div class='thumbs'>{''.join(thumbs)}</div>"
             f"<div class='meta'>most relevant members (representative {esc(rep.layer)}:{rep.channel}, "
@@ -441,6 +442,18 @@ def write_html(explanation, path: str | Path) -> Path:
             f"<th>relevance</th></tr>{neurons}</table></details></div>"
         )
     parts.append("</div>")
+    graph = graph_svg(explanation)
+    if graph:
+        top3 = explanation.flows.top_incoming(3)
+        parts.append(
+            "<h2 id='graph'>What each concept is made of</h2><p class='meta'>Each concept's relevance, followed down "
+            "the network with the same LRP rules, until it arrives at the neurons of another concept (absorbed "
+            "there: &ldquo;made of&rdquo;), at its own lower neurons, or at the input through neurons of no concept "
+            "(conceptree.concepts.graph). Rows: the concepts' relevance-weighted mean network stage, deep on top. "
+            f"Edges: flows &ge; {_pct(EDGE_SHARE)} of the upper concept's relevance, drawn in its colour; node size: "
+            "share; click a node for its card. Across concepts, the three largest incoming edges carry "
+            f"{_pct(float(np.nanmedian(top3)))} of what a concept draws from other concepts (median).</p>"
+            f"<div class='graphbox'>{graph}</div>")
     dendro = dendrogram_figure(concepts.linkage, concepts.k)
     if dendro is not None:
         parts.append(f"<h2>Dendrogram</h2><img alt='dendrogram' src='{_figure_uri(dendro)}'>")

@@ -59,6 +59,14 @@ class ForwardPass:
     shapes: dict[fx.Node, torch.Size]
     channels_last_rules: bool = False
 
+    def cast(self, dtype: torch.dtype) -> ForwardPass:
+        """The same pass with every rule's tensors in ``dtype`` (:meth:`Rule.cast`; e.g. float32
+        batches of a float64 pass, where the float64 concepts are not needed to the last bit)."""
+        if self.input.dtype == dtype:
+            return self
+        return ForwardPass(self.input.to(dtype), self.logits, {node: rule.cast(dtype) for node, rule in self.rules.items()},
+                           self.shapes, self.channels_last_rules)
+
     def use_channels_last(self) -> None:
         """Switch every rule to channels-last storage, once (before batches of conditional maps)."""
         if not self.channels_last_rules:
@@ -487,8 +495,8 @@ class CRPEngine:
         """Propagate relevance from ``start`` down, absorbing what *arrives* at marked channels.
 
         At each node of ``absorb`` the relevance arriving from above is split: the part on the
-        marked channels (``absorb[node]``, a 0/1 tensor in the node's layout broadcastable to
-        ``(B, *activation.shape[1:])``) is summed per channel and not propagated further; the
+        marked channels (``absorb[node]``, a 0/1 tensor with one value per channel, in the
+        node's layout: ``(1, C, 1, 1)``, ``(1, 1, 1, C)`` or ``(1, C)``) is summed per channel and not propagated further; the
         rest goes on, together with the node's own ``start`` (which is never absorbed at its own
         node). :func:`conceptree.concepts.graph.concept_flows` builds concept-to-concept flows on it.
 
@@ -511,13 +519,13 @@ class CRPEngine:
             if arrival is None and own is None:
                 continue
             if arrival is not None and node in absorb:
-                taken = arrival * absorb[node]
-                if taken.ndim == 4:
+                mask = absorb[node]
+                if arrival.ndim == 4:
                     dims = (1, 2) if _is_channels_last(forward.rules.get(node)) else (2, 3)
-                    absorbed[node] = taken.sum(dims)
+                    absorbed[node] = arrival.sum(dims) * mask.reshape(1, -1)
                 else:
-                    absorbed[node] = taken.reshape(batch, -1)
-                arrival = arrival - taken
+                    absorbed[node] = (arrival * mask).reshape(batch, -1)
+                arrival = arrival * (1 - mask)
             rel = own if arrival is None else arrival if own is None else arrival + own
             if node.op == "placeholder":
                 result = rel

@@ -9,6 +9,7 @@ lets one forward pass serve any number of conditional maps.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 
@@ -53,6 +54,24 @@ class Rule:
         maps, where the faster transposed convolutions repay the copies; a pass that serves
         one backward per image (:meth:`CRPEngine.attribute`, ``attribute_batch``) skips it.
         """
+
+    def cast(self, dtype: torch.dtype) -> Rule:
+        """A shallow copy whose floating tensors (also inside lists, tuples and nested rules)
+        are cast to ``dtype``, memory format kept: the same rule for a cheaper batched pass."""
+        new = copy.copy(self)
+        for key, value in vars(self).items():
+            setattr(new, key, _cast(value, dtype))
+        return new
+
+
+def _cast(value, dtype: torch.dtype):
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, Rule):
+        return value.cast(dtype)
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
 
 
 class PassRule(Rule):

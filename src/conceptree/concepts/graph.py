@@ -53,7 +53,7 @@ class ConceptFlows:
     leak : np.ndarray
         ``(k,)`` ``1 -`` everything above (bias terms, stabilisers).
     relevance : np.ndarray
-        ``(k,)`` ``R_C``.
+        ``(k,)`` ``R_C`` on the attribution the flows were computed on.
     """
 
     flows: np.ndarray
@@ -96,7 +96,16 @@ class ConceptFlows:
                    np.asarray(data["leak"], float), np.asarray(data["relevance"], float))
 
 
-def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch_size: int = 16) -> ConceptFlows:
+#: compute type of the flows' batched propagation (None: the attribution's own). Shares are
+#: reported to 1 %; float32 holds them to ~1e-8 (tested to 1e-5) at a sixth of float64's time on
+#: this CPU, cast included (``benchmarks/results/graph_time.json``).
+FLOW_DTYPE = torch.float32
+#: concepts propagated together: the fastest of 1, 2, 4, 8 in the same file (small batches stay in cache).
+FLOW_BATCH = 2
+
+
+def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch_size: int = FLOW_BATCH,
+                  dtype: torch.dtype | None = FLOW_DTYPE) -> ConceptFlows:
     """First-passage flows between the concepts of one explanation (module docstring).
 
     Parameters
@@ -109,6 +118,8 @@ def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch
         The explanation's concepts (members as ``layer -> channels``).
     batch_size : int
         Concepts propagated together.
+    dtype : torch.dtype or None
+        Compute type of the propagation (:meth:`ForwardPass.cast`); None: the attribution's.
 
     Returns
     -------
@@ -118,7 +129,9 @@ def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch
     if k == 0:
         z = np.zeros(0)
         return ConceptFlows(np.zeros((0, 0)), z, z, z, z)
-    forward = attribution.forward
+    forward = attribution.forward if dtype is None else attribution.forward.cast(dtype)
+    forward.use_channels_last()  # as for the concept maps: the batched convolutions run faster
+    work = forward.input.dtype
     owner: dict[str, np.ndarray] = {}  # layer -> concept of each channel (-1: none)
     for c, concept in enumerate(concepts):
         for layer, channels in concept.groups().items():
@@ -130,7 +143,7 @@ def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch
     absorb = {}
     for layer, who in owner.items():
         rel = attribution.layer_relevance[layer]
-        mask = torch.as_tensor(who >= 0, dtype=rel.dtype, device=rel.device).reshape(1, -1, *([1] * (rel.ndim - 1)))
+        mask = torch.as_tensor(who >= 0, dtype=work, device=rel.device).reshape(1, -1, *([1] * (rel.ndim - 1)))
         absorb[engine.node_of_layer(layer)] = engine.node_layout(forward, engine.node_of_layer(layer), mask)
     absorbed = np.zeros((k, k))
     to_input = np.zeros(k)
@@ -141,7 +154,7 @@ def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch
         for row, concept in enumerate(chunk):
             for layer, channels in concept.groups().items():
                 node = engine.node_of_layer(layer)
-                rel = attribution.layer_relevance[layer]
+                rel = attribution.layer_relevance[layer].to(work)
                 idx = torch.as_tensor(channels, dtype=torch.long, device=rel.device)
                 if node not in start:
                     start[node] = rel.new_zeros((len(chunk), *rel.shape))
@@ -159,7 +172,7 @@ def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch
             member = who >= 0
             for row in range(len(chunk)):
                 absorbed[first + row] += np.bincount(who[member], weights=per_channel[row, member], minlength=k)
-    relevance = np.array([c.relevance for c in concepts], dtype=np.float64)
+    relevance = starts_total.copy()  # R_C on this attribution (a traced concept's relevance on another image)
     scale = np.where(np.abs(starts_total) > 0, starts_total, 1.0)
     shares = absorbed / scale[:, None]
     self_share = np.diag(shares).copy()

@@ -69,6 +69,9 @@ class ConceptOptions:
         features, hence the same concepts, on any CPU thread count (float32's sums differ in
         the last bits between thread counts and LRP's z+ divisions amplify that to 1e-4 of a
         neuron's relevance, enough to move a cut); ``"float32"`` is faster (docs/results/stability.md).
+    graph : bool
+        Also compute the concept graph: which concepts each concept is made of
+        (:mod:`conceptree.concepts.graph`; one batched propagation of the concepts).
     """
 
     features: str = "layer"
@@ -82,6 +85,7 @@ class ConceptOptions:
     k_rule: str = DEFAULT_K_RULE
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     precision: str = "float64"
+    graph: bool = True
 
     def __post_init__(self) -> None:
         if self.k_rule not in K_RULES:
@@ -109,12 +113,13 @@ class ConceptOptions:
             "coverage": self.coverage, "pool_below_map_size": self.pool_below_map_size,
             "distance": self.distance.to_dict(), "method": self.method, "k_range": list(self.k_range),
             "k_rule": self.k_rule, "stability": self.stability.to_dict(), "precision": self.precision,
+            "graph": self.graph,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ConceptOptions:
-        """Inverse of :meth:`to_dict` (options saved before stability existed read as made:
-        float32, no stability draws)."""
+        """Inverse of :meth:`to_dict` (options saved before stability and the graph existed read
+        as made: float32, no stability draws, no graph)."""
         distance = dict(data.get("distance", {}))
         if distance.get("map_size") is not None:
             distance["map_size"] = tuple(distance["map_size"])
@@ -123,7 +128,7 @@ class ConceptOptions:
                    distance=DistanceConfig(**distance), method=data["method"], k_range=tuple(data["k_range"]),
                    k_rule=data.get("k_rule", DEFAULT_K_RULE),
                    stability=StabilityConfig(**data.get("stability", {"resamples": 0})),
-                   precision=data.get("precision", "float32"))
+                   precision=data.get("precision", "float32"), graph=bool(data.get("graph", False)))
 
 
 #: Named option sets: ``default`` (this library's choice) and ``paper`` (input-level maps of
