@@ -126,6 +126,7 @@ def main() -> None:
         "per_photo": per_photo,
     }
     Path(args.out).write_text(json.dumps(result, indent=1))
+    Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
     print(json.dumps({k: v for k, v in result.items() if k != "per_photo"}, indent=1))
 
 

@@ -380,6 +380,18 @@ def write_html(explanation, path: str | Path) -> Path:
     shown = {"layer-group": "where its neurons carry relevance at their own layers",
              "group": "input relevance through all its neurons",
              "representative": "input relevance through its most relevant neuron"}[explanation.options.concept_map]
+    graph = graph_svg(explanation)
+    if graph:
+        top3 = explanation.flows.top_incoming(3)
+        parts.append(
+            "<h2 id='graph'>What each concept is made of</h2><p class='meta'>Each concept's relevance, followed down "
+            "the network with the same LRP rules, until it arrives at the neurons of another concept (absorbed "
+            "there: &ldquo;made of&rdquo;), at its own lower neurons, or at the input through neurons of no concept "
+            "(conceptree.concepts.graph). Rows: the concepts' relevance-weighted mean network stage, deep on top. "
+            f"Edges: flows &ge; {_pct(EDGE_SHARE)} of the upper concept's relevance, drawn in its colour; node size: "
+            "share; click a node for its card. Across concepts, the three largest incoming edges carry "
+            f"{_pct(float(np.nanmedian(top3)))} of what a concept draws from other concepts (median).</p>"
+            f"<div class='graphbox'>{graph}</div>")
     parts.append(f"<h2>{concepts.k} concepts, largest share first</h2><p class='meta'>Each map shows {esc(shown)} "
                  "(<span class='scale'><b>red</b> positive, <i>blue</i> negative</span>, symmetric around zero); "
                  f"beside it the photo kept where the concept's top {int(100 * REGION_MASS)}% of positive relevance "
@@ -442,18 +454,6 @@ def write_html(explanation, path: str | Path) -> Path:
             f"<th>relevance</th></tr>{neurons}</table></details></div>"
         )
     parts.append("</div>")
-    graph = graph_svg(explanation)
-    if graph:
-        top3 = explanation.flows.top_incoming(3)
-        parts.append(
-            "<h2 id='graph'>What each concept is made of</h2><p class='meta'>Each concept's relevance, followed down "
-            "the network with the same LRP rules, until it arrives at the neurons of another concept (absorbed "
-            "there: &ldquo;made of&rdquo;), at its own lower neurons, or at the input through neurons of no concept "
-            "(conceptree.concepts.graph). Rows: the concepts' relevance-weighted mean network stage, deep on top. "
-            f"Edges: flows &ge; {_pct(EDGE_SHARE)} of the upper concept's relevance, drawn in its colour; node size: "
-            "share; click a node for its card. Across concepts, the three largest incoming edges carry "
-            f"{_pct(float(np.nanmedian(top3)))} of what a concept draws from other concepts (median).</p>"
-            f"<div class='graphbox'>{graph}</div>")
     dendro = dendrogram_figure(concepts.linkage, concepts.k)
     if dendro is not None:
         parts.append(f"<h2>Dendrogram</h2><img alt='dendrogram' src='{_figure_uri(dendro)}'>")
