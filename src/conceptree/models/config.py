@@ -106,12 +106,15 @@ def load_model_config(path: str | Path) -> ModelConfig:
 
     if spec.startswith("dcne:"):
         spec = "dcne:" + str(resolve(spec.partition(":")[2]))
+    kwargs = dict(data.get("kwargs", {}))
+    if spec == "dlib:face-resnet" and "gallery" in kwargs:
+        kwargs["gallery"] = resolve(kwargs["gallery"])
     overrides = data.get("preprocessing", {})
     try:  # keys and values checked now; crop against the spec's own resize again at load()
         base = {"resize": max(int(overrides.get("resize", 1)), int(overrides.get("crop", 0))), "crop": 0}
         Preprocessing.from_dict({**base, **overrides})
     except (TypeError, ValueError) as exc:
         raise InputError(f"model config {path}: bad preprocessing ({exc})") from None
-    return ModelConfig(spec=spec, weights=resolve(data.get("weights")), kwargs=dict(data.get("kwargs", {})),
+    return ModelConfig(spec=spec, weights=resolve(data.get("weights")), kwargs=kwargs,
                        preprocessing=dict(data.get("preprocessing", {})), labels=resolve(data.get("labels")),
                        name=data.get("name"), path=str(path))

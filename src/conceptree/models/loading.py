@@ -163,7 +163,7 @@ def load_model(
     trust_checkpoint: bool = False,
 ) -> ModelSpec:
     """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``dcne:PATH``, ``fer:emotion``,
-    ``pickle:PATH``.
+    ``dlib:face-resnet`` (with ``kwargs={"gallery": PATH}``), ``pickle:PATH``.
 
     ``dcne:PATH`` reads DCNE's ResNet-34 CUB checkpoint layout (see :mod:`conceptree.models.dcne`).
 
@@ -198,6 +198,10 @@ def load_model(
         from .fer_emotion import load_fer_spec
 
         return load_fer_spec()
+    if spec == "dlib:face-resnet":
+        from .dlib_face import load_dlib_face_spec
+
+        return load_dlib_face_spec(kwargs.get("gallery"))
     if spec == "default":
         from .efficientnet_lite import load_default_model
 
@@ -227,7 +231,8 @@ def load_model(
             raise InputError(f"cannot build torchvision model {name!r} ({str(exc).splitlines()[0][:120]})") from None
         prep = IMAGENET_PREPROCESSING
     else:
-        raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME, torchvision:NAME, dcne:PATH or pickle:PATH")
+        raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME, torchvision:NAME, dcne:PATH, fer:emotion, "
+                         "dlib:face-resnet or pickle:PATH")
     if weights is None:
         warnings.warn(f"no --weights given: {spec} has random weights", stacklevel=2)
     else:
