@@ -24,36 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from conceptree import ConceptExplainer
-from conceptree.concepts import Concept, Neuron
 from conceptree.concepts.graph import EDGE_SHARE, ConceptFlows, concept_flows
 from conceptree.concepts.options import ConceptOptions
+from conceptree.concepts.random_groups import random_partition
 from conceptree.evaluation.cub_parts import load_cub_parts, select
 from conceptree.models.loading import load_image, preprocess
 
 TOP = 3
-
-
-def shuffled_concepts(concepts: list[Concept], rng: np.random.Generator) -> list[Concept]:
-    """The same neurons in concepts of the same sizes and layer mixes, members drawn at random within each layer."""
-    by_layer: dict[str, list[tuple[int, Neuron]]] = {}
-    for c, concept in enumerate(concepts):
-        for neuron in concept.neurons:
-            by_layer.setdefault(neuron.layer, []).append((c, neuron))
-    members: list[list[Neuron]] = [[] for _ in concepts]
-    for pairs in by_layer.values():
-        labels = np.array([c for c, _ in pairs])
-        for label, (_, neuron) in zip(rng.permutation(labels), pairs):
-            members[label].append(neuron)
-    out = []
-    for c, neurons in enumerate(members):
-        neurons.sort(key=lambda n: -n.relevance)
-        hist: dict[str, int] = {}
-        for n in neurons:
-            hist[n.layer] = hist.get(n.layer, 0) + 1
-        out.append(Concept(rank=c + 1, relevance=float(sum(n.relevance for n in neurons)), share=0.0,
-                           representative=neurons[0], neurons=neurons, layer_histogram=hist,
-                           index=np.arange(len(neurons))))
-    return out
 
 
 def summary(flows: ConceptFlows) -> dict:
@@ -99,7 +76,7 @@ def main() -> None:
         t = time.perf_counter()
         real = concept_flows(engine, attribution, concepts)
         seconds = time.perf_counter() - t
-        randoms = [summary(concept_flows(engine, attribution, shuffled_concepts(concepts, rng))) for _ in range(args.draws)]
+        randoms = [summary(concept_flows(engine, attribution, random_partition(concepts, rng))) for _ in range(args.draws)]
         per_photo.append({"image": image.image_id, "species": image.species, "k": len(concepts),
                           "explain_s": explanation.timings["total_s"], "graph_s": seconds,
                           "real": summary(real), "random": randoms})

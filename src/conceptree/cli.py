@@ -441,8 +441,8 @@ def atlas_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    data: str = typer.Option(..., help="cub-parts: the cub_parts folder; cub-expert: the saliency_maps folder."),
-    dataset: str = typer.Option("cub-parts", help="cub-parts | cub-expert"),
+    data: str = typer.Option(..., help="cub-parts: the cub_parts folder; cub-expert: the saliency_maps folder; faces: a folder with faces.json."),
+    dataset: str = typer.Option("cub-parts", help="cub-parts | cub-expert | faces"),
     images: str | None = typer.Option(None, help="cub-expert only: CUB's images folder."),
     annotator: str | None = typer.Option(None, help="cub-expert only: annotator folder (default: first)."),
     model_config: str | None = typer.Option(None, help=CONFIG_HELP),

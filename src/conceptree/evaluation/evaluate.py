@@ -24,7 +24,7 @@ from .runner import (
     summarise_run,
 )
 
-DATASETS = ("cub-parts", "cub-expert")
+DATASETS = ("cub-parts", "cub-expert", "faces")
 
 
 @dataclass
@@ -50,7 +50,7 @@ class EvaluationResult:
 
 def check_trained(spec: str, weights: str | None) -> None:
     """Refuse a spec that would have random weights (an evaluation of noise)."""
-    if weights is None and not spec.startswith(("dcne:", "default")):
+    if weights is None and not spec.startswith(("dcne:", "default", "fer:", "dlib:")):  # built-in trained weights
         raise InputError(f"{spec} without weights has random weights; evaluate a trained model (--weights FILE)")
 
 
@@ -89,6 +89,10 @@ def load_items(data: str | Path, dataset: str = "cub-parts", images: str | Path 
         if images is None:
             raise InputError("the cub-expert dataset needs images= (CUB_200_2011/images); CLI: --images")
         items, skipped = load_cub_expert(data, images, annotator), {}
+    elif dataset == "faces":
+        from .faces_parts import load_faces
+
+        items, skipped = load_faces(data), {}
     else:
         raise InputError(f"unknown dataset {dataset!r}; use {' or '.join(DATASETS)}")
     if not items:
