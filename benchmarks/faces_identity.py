@@ -286,10 +286,11 @@ def main() -> None:
     result = {"identification": ident}
     if args.parts:
         from conceptree.evaluation.evaluate import evaluate
+        from conceptree.evaluation.runner import EvaluationConfig
         from conceptree.tasks import ModelSource
 
         evaluation = evaluate(out, ModelSource(config=str(out / "face_identity.json")), out=out / "parts",
-                              cache=args.cache,
+                              cache=args.cache, config=EvaluationConfig(region_rules=("disks",)),  # landmark regions: one rule
                               dataset="faces", thresholds="docs/results/cub_parts_dev/thresholds.json", progress=True,
                               command="benchmarks/faces_identity.py --parts")
         result["parts"] = {"at_k": evaluation.summary.get("at_k"), "table": str(out / "parts" / "table.md")}

@@ -82,8 +82,10 @@ def test_identity_head_is_explained_conservatively(embedding, reference):
     assert abs(float(attribution.input_relevance.sum()) - logit) <= 1e-4 * abs(logit)
     exact = CRPEngine(model, Composite(epsilon=1e-12, stabilizer=1e-12)).attribute(x)
     assert abs(float(exact.input_relevance.sum()) - logit) <= 1e-9 * abs(logit)
+    from conceptree.models.dlib_face import SCORE_SCALE
+
     units = model.head.linear.weight.detach().numpy()
-    np.testing.assert_allclose(np.linalg.norm(units, axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(units, axis=1), SCORE_SCALE, rtol=1e-6)
     # ranking by the head equals ranking by cosine similarity to the prototypes
     e = model.embedding(x).detach().numpy()[0]
     cos = gallery.prototypes @ e / np.linalg.norm(gallery.prototypes, axis=1) / np.linalg.norm(e)
@@ -179,3 +181,25 @@ def test_edits_are_deterministic_and_local(reference):
     assert (left[mask] == [123, 117, 104]).all() and np.array_equal(left[~mask], chip[~mask])
     with pytest.raises(ValueError, match="side"):
         occlude_half(chip, CHIP_TEMPLATE, "top")
+
+
+def test_faces_dataset_reads_chips_and_measures_regions(tmp_path, reference):
+    from PIL import Image
+
+    from conceptree.errors import InputError
+    from conceptree.evaluation.evaluate import load_items
+    from conceptree.evaluation.faces_parts import FACE_PARTS
+    from conceptree.faces.align import CHIP_TEMPLATE
+
+    (tmp_path / "chips").mkdir()
+    Image.fromarray(reference[0][0]).save(tmp_path / "chips" / "a.png")
+    faces = [{"id": "a", "chip": "chips/a.png", "identity": "Barack Obama", "target": 1,
+              "landmarks": CHIP_TEMPLATE.tolist()},
+             {"id": "b", "chip": "chips/b.png", "identity": "someone", "target": None, "landmarks": CHIP_TEMPLATE.tolist()}]
+    (tmp_path / "faces.json").write_text(json.dumps({"faces": faces}))
+    items, skipped = load_items(tmp_path, dataset="faces")
+    assert [im.image_id for im in items] == ["a"] and items[0].target == 1 and items[0].species == "Barack Obama"
+    masks = items[0].region_masks()
+    assert tuple(masks) == FACE_PARTS and all(m.shape == (150, 150) and m.any() for m in masks.values())
+    with pytest.raises(InputError, match="faces.json"):
+        load_items(tmp_path / "chips", dataset="faces")

@@ -22,11 +22,14 @@ dlib's quirks, reproduced exactly:
 - the affine layers become ``BatchNorm2d`` modules with mean 0, variance 1 and ``eps = 0``
   (exactly ``γ·x + β``), which the engine merges into the preceding convolutions.
 
-The identity head (:class:`IdentityHead`) is what CRP explains: ``score_i = u_i · e`` with ``e``
-the embedding and ``u_i`` the unit-length mean embedding of identity ``i``'s enrolment photos
-(:func:`build_gallery`). A linear map without bias is explained conservatively by LRP's epsilon
-rule (all of ``score_i`` reaches the embedding), and ranking by it equals ranking by cosine
-similarity (``score_i = |e| cos(e, u_i)``, and ``|e|`` is the same for every identity). dlib's own
+The identity head (:class:`IdentityHead`) is what CRP explains: ``score_i = s · u_i · e`` with
+``e`` the embedding, ``u_i`` the unit-length mean embedding of identity ``i``'s enrolment photos
+(:func:`build_gallery`) and a fixed scale ``s = SCORE_SCALE``. A linear map without bias is
+explained conservatively by LRP's epsilon rule (all of ``score_i`` reaches the embedding), and
+ranking by it equals ranking by cosine similarity (``score_i = s |e| cos(e, u_i)``, and ``|e|``
+is the same for every identity). ``s`` only makes the softmax readable (the embeddings have
+norm ≈ 1.4, so unscaled scores of 1.1–1.4 give near-uniform probabilities); every relevance
+scales with it and every share and concept is unchanged. dlib's own
 decision (Euclidean distance < 0.6) would need ``−|e − u_i|²``, whose ``|u_i|²`` term is a bias
 that LRP cannot pass down.
 """
@@ -47,6 +50,9 @@ from .dlib_format import DlibLayer, read_dlib_net
 from .loading import ModelSpec, Preprocessing
 
 CHIP_SIZE = 150
+#: scale of the identity scores (module docstring): a softmax temperature, as in face-recognition
+#: heads (e.g. ArcFace's s); it changes probabilities, not rankings, concepts or shares.
+SCORE_SCALE = 10.0
 WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 #: dlib's input layer: subtract the per-channel means (0..255 scale), divide by 256.
 MEAN_RGB = (122.782, 117.001, 104.298)
@@ -166,11 +172,11 @@ class DlibFaceEmbedding(nn.Module):
 
 
 class IdentityHead(nn.Module):
-    """``score_i = u_i · e``: unit-length identity prototypes, no bias (module docstring)."""
+    """``score_i = scale · u_i · e``: unit-length identity prototypes, no bias (module docstring)."""
 
-    def __init__(self, prototypes: np.ndarray) -> None:
+    def __init__(self, prototypes: np.ndarray, scale: float = SCORE_SCALE) -> None:
         super().__init__()
-        units = prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True)
+        units = scale * prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True)
         self.linear = nn.Linear(units.shape[1], units.shape[0], bias=False)
         self.linear.weight.data.copy_(torch.from_numpy(np.ascontiguousarray(units, dtype=np.float32)))
 
