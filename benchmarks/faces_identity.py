@@ -126,6 +126,27 @@ def gallery_and_identification(faces: list[dict], out: Path) -> dict:
                               "threshold": 0.6}}
 
 
+def alignment_check(photos: Path) -> dict:
+    """Our MTCNN-aligned chips against dlib's own pipeline (HOG detector, 5-point shape model,
+    ``get_face_chip``) on the photos stored in ``tests/data/dlib_face_reference.npz``: the
+    descriptor distance and cosine between the two routes, per face."""
+    from conceptree.faces import align_face, detect_faces
+    from conceptree.models.dlib_face import embed_chips, load_dlib_embedding
+
+    ref = np.load(Path(__file__).parents[1] / "tests" / "data" / "dlib_face_reference.npz")
+    meta = json.loads(str(ref["meta"]))["faces"]
+    embedding = load_dlib_embedding()
+    rows = []
+    for m, theirs in zip(meta, ref["descriptors"]):
+        picture = Image.open(photos / m["image"]).convert("RGB")
+        box = np.asarray(m["box"], float)
+        face = min(detect_faces(picture), key=lambda f: float(np.abs(f.box - box).sum()))
+        ours = embed_chips(embedding, align_face(picture, face).chip[None])[0]
+        rows.append({"image": m["image"], "distance": float(np.linalg.norm(ours - theirs)),
+                     "cosine": float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs))})
+    return {"faces": rows, "dlib_threshold": 0.6}
+
+
 def positive_mass(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
     pos = np.clip(maps, 0, None)
     total = pos.reshape(len(pos), -1).sum(1)
@@ -283,7 +304,7 @@ def main() -> None:
     faces = collect_faces(Path(args.photos), out)
     ident = gallery_and_identification(faces, out)
     (out / "faces.json").write_text(json.dumps({"faces": faces}, indent=1))
-    result = {"identification": ident}
+    result = {"identification": ident, "alignment_vs_dlib": alignment_check(Path(args.photos))}
     if args.parts:
         from conceptree.evaluation.evaluate import evaluate
         from conceptree.evaluation.runner import EvaluationConfig

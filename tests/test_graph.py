@@ -176,11 +176,11 @@ def test_the_graph_is_saved_drawn_and_traced(tmp_path):
     again = Explanation.load(out)
     assert np.array_equal(again.flows.flows, ref.flows.flows)
     page = (out / "report.html").read_text()
-    edges = int((ref.flows.flows >= EDGE_SHARE).sum())
+    edges = int((ref.flows.flows[ref.flows.defined] >= EDGE_SHARE).sum())  # rows of positive concepts only
     svg = graph_svg(ref)
     assert svg.count("<path ") == edges and svg.count("<circle ") == ref.concepts.k
     assert "What each concept is made of" in page and page.count("<b>made of</b>") == ref.concepts.k
-    for c, d in zip(*np.nonzero(ref.flows.flows >= EDGE_SHARE)):
+    for c, d in zip(*np.nonzero((ref.flows.flows >= EDGE_SHARE) & ref.flows.defined[:, None])):
         assert f"#{ref.concepts.concepts[c].rank} is made of #{ref.concepts.concepts[d].rank}:" in svg
 
     result = explainer.trace(ref, [photo])
@@ -204,3 +204,16 @@ def test_lost_parts_flags_edges_that_fell_below_the_fraction():
     here = flows([[0, 0.16, 0.04], [0, 0, 0.50], [0, 0, 0]])
     assert lost_parts(reference, here, [1, 2, 3], 0.5) == {1: [3]}  # 0.16 >= 0.15 kept; 0.04 < 0.05 lost
     assert reference.made_of(0) == [(1, 0.30), (2, 0.10)] and reference.feeds(2) == [(1, 0.20), (0, 0.10)]
+
+
+def test_shares_of_a_concept_without_positive_relevance_are_not_read():
+    """A concept whose members' relevance sums to <= 0 has mixed-sign parts whose ratios to R_C are
+    not proportions (seen on a face: 262 %); it is kept in the matrix, not listed or counted."""
+    from conceptree.concepts.graph import ConceptFlows
+
+    flows = np.array([[0.0, 0.6, 0.2], [0.3, 0.0, 0.1], [2.6, -1.9, 0.0]])
+    f = ConceptFlows(flows, np.zeros(3), np.zeros(3), 1 - flows.sum(1), np.array([2.0, 1.0, -0.1]))
+    assert f.defined.tolist() == [True, True, False]
+    assert f.made_of(2) == [] and [c for c, _ in f.feeds(0)] == [1]
+    top = f.top_incoming(1)
+    assert np.isnan(top[2]) and top[0] == pytest.approx(0.75)

@@ -97,6 +97,8 @@ def lost_parts(reference: ConceptFlows, here: ConceptFlows, ranks: list[int],
     reference whose share there is below ``fraction`` of the reference's."""
     lost: dict[int, list[int]] = {}
     for c in range(reference.k):
+        if not here.defined[c]:  # no positive relevance here: the concept itself is flagged missing
+            continue
         parts = [ranks[d] for d, share in reference.made_of(c) if here.flows[c, d] < fraction * share]
         if parts:
             lost[ranks[c]] = parts

@@ -324,10 +324,14 @@ def _flows_html(flows, concepts, c: int) -> str:
         return " · ".join(f"<a href='#concept-{concepts[d].rank}'>#{concepts[d].rank}</a> {_pct(s)}" for d, s in pairs)
 
     made, feeds = flows.made_of(c), flows.feeds(c)
+    feeds_line = f"<br><b>feeds</b>: {links(feeds) or 'no concept &ge; 5%'}</div>"
+    if not flows.defined[c]:
+        return ("<div class='flows'><b>made of</b>: <span class='meta'>not defined: its members' relevance sums to "
+                f"zero or below, so shares of it are not proportions</span>{feeds_line}")
     rest = (f"own lower members {_pct(flows.self_share[c])}, through no concept to the input "
             f"{_pct(flows.to_input[c])}")
     return (f"<div class='flows'><b>made of</b>: {links(made) or 'no concept &ge; 5%'} "
-            f"<span class='meta'>({rest})</span><br><b>feeds</b>: {links(feeds) or 'no concept &ge; 5%'}</div>")
+            f"<span class='meta'>({rest})</span>{feeds_line}")
 
 
 def _source_line(concepts, n_neurons: int) -> str:

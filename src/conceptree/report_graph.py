@@ -74,7 +74,7 @@ def graph_svg(explanation, *, threshold: float = EDGE_SHARE, width: int = 980) -
     for c in range(k):
         rows.setdefault(float(level[c]), []).append(c)
     edges = [(c, d, float(flows.flows[c, d])) for c in range(k) for d in range(k)
-             if c != d and flows.flows[c, d] >= threshold]
+             if c != d and flows.defined[c] and flows.flows[c, d] >= threshold]
     order = _order_rows(rows, edges)
     keys = sorted(order, reverse=True)
     largest = max(max(c.share for c in concepts), 1e-12)
@@ -106,7 +106,7 @@ def graph_svg(explanation, *, threshold: float = EDGE_SHARE, width: int = 980) -
         mx, my = (x1 + x2) / 2, (y1 + y2) / 2 + bend
         colour = hex_colour(colours[c])
         out.append(f"<path d='M{x1:.1f},{y1:.1f} Q{mx:.1f},{my + bend:.1f} {x2:.1f},{y2:.1f}' fill='none' "
-                   f"stroke='{colour}' stroke-opacity='{0.35 + share:.2f}' stroke-width='{1 + 10 * share:.1f}'>"
+                   f"stroke='{colour}' stroke-opacity='{0.35 + 0.65 * min(share, 1.0):.2f}' stroke-width='{1 + 10 * min(share, 1.0):.1f}'>"
                    f"<title>#{concepts[c].rank} is made of #{concepts[d].rank}: {100 * share:.0f}% of its relevance"
                    "</title></path>")
         t = 0.5 if same_row else 0.62  # label nearer the lower end, where edges fan out
@@ -119,11 +119,13 @@ def graph_svg(explanation, *, threshold: float = EDGE_SHARE, width: int = 980) -
     for c, concept in enumerate(concepts):
         x, y = pos[c]
         colour = colours[c]
-        made = ", ".join(f"#{concepts[d].rank} {100 * s:.0f}%" for d, s in flows.made_of(c, threshold)) or "no concept ≥ 5%"
+        made = (", ".join(f"#{concepts[d].rank} {100 * s:.0f}%" for d, s in flows.made_of(c, threshold)) or "no concept ≥ 5%"
+                if flows.defined[c] else "not defined (no positive relevance)")
         name = f" ({names[c]})" if names[c] else ""
-        tip = (f"#{concept.rank}{name}: share {100 * concept.share:.1f}%, mean stage {depths[c]:.1f}; made of {made}; "
-               f"own lower members {100 * flows.self_share[c]:.0f}%, no concept (to the input) "
-               f"{100 * flows.to_input[c]:.0f}%")
+        tip = f"#{concept.rank}{name}: share {100 * concept.share:.1f}%, mean stage {depths[c]:.1f}; made of {made}"
+        if flows.defined[c]:
+            tip += (f"; own lower members {100 * flows.self_share[c]:.0f}%, no concept (to the input) "
+                    f"{100 * flows.to_input[c]:.0f}%")
         opacity = " opacity='0.55'" if fragile[c] else ""
         out.append(f"<a href='#concept-{concept.rank}'{opacity}><title>{esc(tip)}</title>"
                    f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{radius[c]:.1f}' fill='{hex_colour(colour)}' stroke='#333' "

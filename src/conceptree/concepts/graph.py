@@ -13,6 +13,10 @@ belongs to some concept (any layer below where it started) and is absorbed there
 Each is divided by ``R_C``, so a row ``flows[C, :]`` plus ``self``, ``to_input`` and ``leak``
 sums to one, where ``leak`` is what LRP's rules do not pass on (bias terms and stabilisers;
 zero for exactly conservative rules). A member's own start is never absorbed at its own node.
+Shares are only read for concepts with positive relevance (``ConceptFlows.defined``): a
+concept whose members' relevance sums to zero or below (a "speaks against" concept, or one
+that nearly cancels) has parts of mixed sign whose ratios to ``R_C`` can exceed 100 %; its row
+is kept in the matrix but not listed, drawn or counted.
 
 Why first passage: a concept's members span layers, and with skip connections no layer is a
 cut, so "the relevance of C at layer L" is not defined; first passage assigns every unit of C's
@@ -66,24 +70,34 @@ class ConceptFlows:
     def k(self) -> int:
         return len(self.relevance)
 
+    @property
+    def defined(self) -> np.ndarray:
+        """``(k,)`` bool: concepts with positive relevance, whose shares are read (module docstring)."""
+        return self.relevance > 0
+
     def made_of(self, c: int, threshold: float = EDGE_SHARE) -> list[tuple[int, float]]:
-        """``[(d, share)]`` of the concepts ``c`` (0-based) draws at least ``threshold`` from, largest first."""
+        """``[(d, share)]`` of the concepts ``c`` (0-based) draws at least ``threshold`` from, largest
+        first (empty for a concept without positive relevance)."""
+        if not self.defined[c]:
+            return []
         row = self.flows[c]
         order = np.argsort(-row, kind="stable")
         return [(int(d), float(row[d])) for d in order if row[d] >= threshold]
 
     def feeds(self, d: int, threshold: float = EDGE_SHARE) -> list[tuple[int, float]]:
-        """``[(c, share)]`` of the concepts that draw at least ``threshold`` of their relevance from ``d``."""
+        """``[(c, share)]`` of the concepts (with positive relevance) that draw at least ``threshold``
+        of their relevance from ``d``."""
         col = self.flows[:, d]
         order = np.argsort(-col, kind="stable")
-        return [(int(c), float(col[c])) for c in order if col[c] >= threshold]
+        return [(int(c), float(col[c])) for c in order if col[c] >= threshold and self.defined[c]]
 
     def top_incoming(self, n: int = 3) -> np.ndarray:
-        """``(k,)`` share of each concept's flows from other concepts carried by its ``n`` largest edges."""
+        """``(k,)`` share of each concept's flows from other concepts carried by its ``n`` largest edges
+        (NaN for a concept without positive relevance or without positive flows)."""
         positive = np.clip(self.flows, 0.0, None)
         total = positive.sum(1)
         top = -np.sort(-positive, axis=1)[:, :n].sum(1)
-        return np.divide(top, total, out=np.full(self.k, np.nan), where=total > 0)
+        return np.divide(top, total, out=np.full(self.k, np.nan), where=(total > 0) & self.defined)
 
     def to_dict(self) -> dict:
         return {"definition": "first passage (conceptree.concepts.graph)", "flows": self.flows.tolist(),
