@@ -3,8 +3,8 @@
 A node is a concept, placed in a row by its depth (the relevance-weighted mean network stage of
 its members, in half-stage steps; deepest on top), sized by its share and coloured as in the
 overview; an edge ``C -> D`` is drawn for every flow ``flow(C <- D) >= EDGE_SHARE`` ("C is made of
-D", :mod:`conceptree.concepts.graph`), labelled with its share from ``LABEL_SHARE`` on, from the bottom of ``C`` to the top
-of ``D``. Within a row, concepts are ordered by the mean position of the concepts they connect to
+D", :mod:`conceptree.concepts.graph`) of a concept with positive relevance, labelled with its share from ``LABEL_SHARE`` on, from the bottom of ``C`` to the top
+of ``D``, its width growing with the share times the source node's relative size. Within a row, concepts are ordered by the mean position of the concepts they connect to
 (two barycentre sweeps), so that edges cross less. Plain SVG strings: no pyplot, no scripts.
 """
 
@@ -105,8 +105,11 @@ def graph_svg(explanation, *, threshold: float = EDGE_SHARE, width: int = 980) -
         bend = 10.0 + 0.12 * abs(x2 - x1) if same_row else 0.0  # same row: an arc below, deeper for far nodes
         mx, my = (x1 + x2) / 2, (y1 + y2) / 2 + bend
         colour = hex_colour(colours[c])
+        # width and opacity: the share, damped for small concepts (a 0.2 % concept's 70 % edge
+        # carries little relevance) by the source node's size relative to the largest
+        weight = min(share, 1.0) * radius[c] / radius.max()
         out.append(f"<path d='M{x1:.1f},{y1:.1f} Q{mx:.1f},{my + bend:.1f} {x2:.1f},{y2:.1f}' fill='none' "
-                   f"stroke='{colour}' stroke-opacity='{0.35 + 0.65 * min(share, 1.0):.2f}' stroke-width='{1 + 10 * min(share, 1.0):.1f}'>"
+                   f"stroke='{colour}' stroke-opacity='{0.35 + 0.65 * weight:.2f}' stroke-width='{1 + 10 * weight:.1f}'>"
                    f"<title>#{concepts[c].rank} is made of #{concepts[d].rank}: {100 * share:.0f}% of its relevance"
                    "</title></path>")
         t = 0.5 if same_row else 0.62  # label nearer the lower end, where edges fan out
