@@ -141,6 +141,12 @@ class Comparison:
         write_comparison_html(self, out / "comparison.html")
         return out
 
+    def _repr_html_(self) -> str:
+        """The compact inline view a notebook shows (:mod:`conceptree.notebook`)."""
+        from .notebook import comparison_html
+
+        return comparison_html(self)
+
 
 def compare(
     reference: Explanation | str | Path,

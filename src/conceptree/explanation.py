@@ -133,6 +133,20 @@ class Explanation:
     def target_name(self) -> str:
         return self.target.name
 
+    def _repr_html_(self) -> str:
+        """The compact inline view a notebook shows (:mod:`conceptree.notebook`)."""
+        from .notebook import explanation_html
+
+        return explanation_html(self)
+
+    def show(self, concept: int | None = None):
+        """An inline view: the whole explanation, or concept ``#concept`` in full (its map, region,
+        members, what it is made of and feeds, its references). Returns an object notebooks
+        display; ``str()`` of it is the HTML."""
+        from .notebook import HTMLView, concept_html, explanation_html
+
+        return HTMLView(explanation_html(self) if concept is None else concept_html(self, concept))
+
     @property
     def probability(self) -> float:
         return self.target.probability
