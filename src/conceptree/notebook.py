@@ -166,3 +166,9 @@ def comparison_html(comparison, *, cards: int = MAX_CARDS) -> str:
             figs.append(_figure(signed_overlay(im.image, im.group_maps[i]), f"#{c.rank} ratio {trace.ratio:.2f}{flag}", 110))
         rows.append(f"<div class='row'>{_figure(im.image, esc(im.name), 110)}{''.join(figs)}</div>")
     return f"<div class='{WRAPPER}'>{_STYLE}{''.join(rows)}</div>"
+
+
+def show_images(images: dict[str, np.ndarray], *, size: int = 2 * THUMB) -> HTMLView:
+    """Pictures side by side in a notebook: ``{caption: (H, W, 3) uint8}`` (e.g. a CAM beside a concept)."""
+    figures = "".join(_figure(np.asarray(rgb, np.uint8), html.escape(caption), size) for caption, rgb in images.items())
+    return HTMLView(f"<div class='{WRAPPER}'>{_STYLE}<div class='row'>{figures}</div></div>")
