@@ -19,6 +19,7 @@ import html
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,7 +134,7 @@ class Comparison:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "comparison.json").write_text(json.dumps(self.to_dict(), indent=2))
-        arrays = {}
+        arrays: dict[str, Any] = {}
         for i, im in enumerate(self.images):
             arrays[f"group_maps_{i}"] = im.group_maps.astype(np.float32)
             arrays[f"image_{i}"] = im.image
@@ -171,7 +172,7 @@ def compare(
 
     if not isinstance(reference, Explanation):
         reference = Explanation.load(reference)
-    params = {"progress": progress}
+    params: dict[str, Any] = {"progress": progress}
     if preprocessing is not None:
         params["preprocessing"] = preprocessing
     if max_neurons is not None:

@@ -326,7 +326,7 @@ class ConceptExplainer:
             options=options,
             composite=self.engine.composite,
             layers=[layer.name for layer in self.engine.layers],
-            layer_sizes={name: tuple(rel.shape[-2:]) for name, rel in attribution.layer_relevance.items()},
+            layer_sizes={name: (int(rel.shape[-2]), int(rel.shape[-1])) for name, rel in attribution.layer_relevance.items()},
             n_neurons=len(neurons),
             member_maps=member_maps(neurons, concepts.concepts, MEMBER_THUMBNAILS),
             timings=timings,
@@ -379,5 +379,5 @@ class ConceptExplainer:
         if explanation.layers != mine or explanation.composite != self.engine.composite:
             raise InputError("the explainer uses other layers or LRP rules than the reference; build it with "
                              "ConceptExplainer.for_explanation(model, reference)")
-        return trace_concepts(self, explanation, images, target=target, names=names,
+        return trace_concepts(self, explanation, list(images), target=target, names=None if names is None else list(names),
                               missing_fraction=missing_fraction, new_overlap=new_overlap, explain_new=explain_new)

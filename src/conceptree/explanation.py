@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +158,7 @@ class Explanation:
         by_size: dict[tuple[int, int] | None, list[str]] = {}
         for layer in self.layers:
             size = self.layer_sizes.get(layer)
-            by_size.setdefault(tuple(size) if size else None, []).append(layer)
+            by_size.setdefault((int(size[0]), int(size[1])) if size else None, []).append(layer)
         order = sorted(by_size, key=lambda s: -(s[0] * s[1]) if s else 0)
         return [by_size[s] for s in order]
 
@@ -189,7 +190,7 @@ class Explanation:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "explanation.json").write_text(json.dumps(self.to_dict(), indent=2))
-        extra = {}
+        extra: dict[str, Any] = {}
         if self.neuron_maps is not None:
             extra = {"neuron_maps": self.neuron_maps.astype(np.float16), "neuron_names": np.array(self.neuron_names)}
         np.savez_compressed(

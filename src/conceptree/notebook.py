@@ -54,7 +54,7 @@ def _small(rgb: np.ndarray, size: int = THUMB) -> np.ndarray:
     scale = size / max(h, w)
     if scale >= 1:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
 
 
 def _img(rgb: np.ndarray, alt: str, size: int = THUMB) -> str:

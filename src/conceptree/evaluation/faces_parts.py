@@ -30,7 +30,7 @@ class FaceImage(AnnotatedImage):
     landmarks: np.ndarray
     parts: tuple[str, ...] = FACE_PARTS
 
-    def region_masks(self) -> dict[str, np.ndarray]:
+    def region_masks(self) -> dict[str, np.ndarray | None]:
         regions = part_regions(self.landmarks, self.width)
         return {name: regions[name] for name in self.parts}
 

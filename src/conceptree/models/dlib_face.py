@@ -56,8 +56,8 @@ SCORE_SCALE = 10.0
 WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 #: dlib's input layer: subtract the per-channel means (0..255 scale), divide by 256.
 MEAN_RGB = (122.782, 117.001, 104.298)
-DLIB_FACE_PREPROCESSING = Preprocessing(resize=CHIP_SIZE, crop=0, mean=tuple(m / 255 for m in MEAN_RGB),
-                                        std=(256 / 255,) * 3, interpolation="bilinear")
+DLIB_FACE_PREPROCESSING = Preprocessing(resize=CHIP_SIZE, crop=0, mean=(MEAN_RGB[0] / 255, MEAN_RGB[1] / 255, MEAN_RGB[2] / 255),
+                                        std=(256 / 255, 256 / 255, 256 / 255), interpolation="bilinear")
 
 
 def weights_path() -> Path:
@@ -88,6 +88,7 @@ def _affine(layer: DlibLayer) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(len(gamma), eps=0.0)
     bn.weight.data.copy_(gamma)
     bn.bias.data.copy_(torch.from_numpy(layer.weights["beta"]))
+    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is on
     bn.running_mean.zero_()
     bn.running_var.fill_(1.0)
     return bn
@@ -111,8 +112,8 @@ class DlibResidual(nn.Module):
         self.relu1 = nn.ReLU()
         self.relu2 = nn.ReLU()
         self.shortcut = pool if pool is not None else nn.Identity()
-        block = _out(_out(size, conv1.kernel_size[0], conv1.stride[0], conv1.padding[0]),
-                     conv2.kernel_size[0], conv2.stride[0], conv2.padding[0])
+        block = _out(_out(size, conv1.kernel_size[0], conv1.stride[0], int(conv1.padding[0])),
+                     conv2.kernel_size[0], conv2.stride[0], int(conv2.padding[0]))
         short = _out(size, 2, 2, 0) if pool is not None else size
         c_block, c_short = conv2.out_channels, conv1.in_channels
         side, channels = max(block, short), max(c_block, c_short)

@@ -35,7 +35,7 @@ class _Reader:
         self.data = data
         self.pos = 0
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         control = self.data[self.pos]
         size = control & 0x0F
         if size > 8 or control & 0x70:
@@ -44,39 +44,39 @@ class _Reader:
         self.pos += 1 + size
         return -value if control & 0x80 else value
 
-    def string(self) -> str:
-        n = self.int()
+    def read_string(self) -> str:
+        n = self.read_int()
         text = self.data[self.pos : self.pos + n].decode("latin-1")
         self.pos += n
         return text
 
-    def bool(self) -> bool:
+    def read_bool(self) -> bool:
         ch = self.data[self.pos : self.pos + 1]
         if ch not in (b"0", b"1"):
             raise InputError(f"not a dlib file: bad bool at offset {self.pos}")
         self.pos += 1
         return ch == b"1"
 
-    def float(self) -> float:
-        mantissa = self.int()
-        exponent = self.int()
+    def read_float(self) -> float:
+        mantissa = self.read_int()
+        exponent = self.read_int()
         return float(mantissa) * 2.0**exponent
 
-    def tensor(self) -> np.ndarray:
-        version = self.int()
+    def read_tensor(self) -> np.ndarray:
+        version = self.read_int()
         if version != 2:
             raise InputError(f"not a dlib file: tensor version {version} at offset {self.pos}")
-        shape = tuple(self.int() for _ in range(4))
+        shape = tuple(self.read_int() for _ in range(4))
         count = int(np.prod(shape))
         values = np.frombuffer(self.data, dtype="<f4", count=count, offset=self.pos).reshape(shape)
         self.pos += 4 * count
         return values.copy()
 
-    def alias(self) -> tuple[int, int, int, int]:
-        version = self.int()
+    def read_alias(self) -> tuple[int, int, int, int]:
+        version = self.read_int()
         if version != 1:
             raise InputError(f"not a dlib file: alias tensor version {version} at offset {self.pos}")
-        return tuple(self.int() for _ in range(4))  # type: ignore[return-value]
+        return tuple(self.read_int() for _ in range(4))  # type: ignore[return-value]
 
 
 @dataclass
@@ -111,9 +111,9 @@ class DlibNet:
 def _bookkeeping(r: _Reader) -> None:
     """``add_layer``'s state after its details: setup/stale/disabled flags, x_grad, output, grads."""
     for _ in range(3):
-        r.bool()
+        r.read_bool()
     for _ in range(3):
-        r.tensor()
+        r.read_tensor()
 
 
 def _split(params: np.ndarray, *shapes: tuple[int, int, int, int]) -> list[np.ndarray]:
@@ -128,56 +128,56 @@ def _split(params: np.ndarray, *shapes: tuple[int, int, int, int]) -> list[np.nd
 
 def _layer(r: _Reader, name: str) -> DlibLayer:
     if name.startswith("input_rgb_image"):
-        means = [r.float() for _ in range(3)]
-        attrs = {"mean_rgb": means}
+        means = [r.read_float() for _ in range(3)]
+        attrs: dict = {"mean_rgb": means}
         if name == "input_rgb_image_sized":
-            attrs["size"] = (r.int(), r.int())
+            attrs["size"] = (r.read_int(), r.read_int())
         return DlibLayer("input", attrs)
     if name in ("con_4", "con_5", "con_6"):
-        params = r.tensor()
-        filters, kh, kw, sy, sx, py, px = (r.int() for _ in range(7))
-        fshape, bshape = r.alias(), r.alias()
+        params = r.read_tensor()
+        filters, kh, kw, sy, sx, py, px = (r.read_int() for _ in range(7))
+        fshape, bshape = r.read_alias(), r.read_alias()
         for _ in range(4):
-            r.float()
-        use_bias = r.bool() if name in ("con_5", "con_6") else True
+            r.read_float()
+        use_bias = r.read_bool() if name in ("con_5", "con_6") else True
         if name == "con_6":
-            r.bool()  # use_relu: a fused relu dlib adds at inference only
-        weight, bias = _split(params, fshape, bshape) if use_bias else (_split(params, fshape)[0], None)
-        weights = {"weight": weight}
+            r.read_bool()  # use_relu: a fused relu dlib adds at inference only
+        parts = _split(params, fshape, bshape) if use_bias else _split(params, fshape)
+        weights = {"weight": parts[0]}
         if use_bias:
-            weights["bias"] = bias.reshape(-1)
+            weights["bias"] = parts[1].reshape(-1)
         return DlibLayer("con", {"filters": filters, "kernel": (kh, kw), "stride": (sy, sx), "padding": (py, px)}, weights)
     if name in ("fc_2", "fc_3"):
-        outputs, inputs = r.int(), r.int()
-        params = r.tensor()
-        wshape, bshape = r.alias(), r.alias()
-        bias_mode = r.int()  # 0: FC_HAS_BIAS, 1: FC_NO_BIAS
+        outputs, inputs = r.read_int(), r.read_int()
+        params = r.read_tensor()
+        wshape, bshape = r.read_alias(), r.read_alias()
+        bias_mode = r.read_int()  # 0: FC_HAS_BIAS, 1: FC_NO_BIAS
         for _ in range(4):
-            r.float()
+            r.read_float()
         if name == "fc_3":
-            r.bool()
+            r.read_bool()
         parts = _split(params, wshape, bshape) if bias_mode == 0 else [_split(params, wshape)[0]]
         weights = {"weight": parts[0].reshape(inputs, outputs).T.copy()}
         if bias_mode == 0:
             weights["bias"] = parts[1].reshape(-1)
         return DlibLayer("fc", {"outputs": outputs, "inputs": inputs}, weights)
     if name in ("affine_", "affine_2"):
-        params = r.tensor()
-        gshape, bshape = r.alias(), r.alias()
-        mode = r.int()  # dlib's layer_mode: 0 CONV_MODE (per channel), 1 FC_MODE (per element)
+        params = r.read_tensor()
+        gshape, bshape = r.read_alias(), r.read_alias()
+        mode = r.read_int()  # dlib's layer_mode: 0 CONV_MODE (per channel), 1 FC_MODE (per element)
         if name == "affine_2":
-            r.bool()
+            r.read_bool()
         gamma, beta = _split(params, gshape, bshape)
         if mode != 0:
             raise InputError("dlib affine layer in FC_MODE is not supported (only per-channel affine layers)")
         return DlibLayer("affine", {}, {"gamma": gamma.reshape(-1), "beta": beta.reshape(-1)})
     if name in ("relu_", "relu_2"):
         if name == "relu_2":
-            r.bool()
+            r.read_bool()
         return DlibLayer("relu")
     if name in ("max_pool_", "max_pool_2", "avg_pool_", "avg_pool_2"):
-        kh, kw, sy, sx = (r.int() for _ in range(4))
-        py, px = (r.int(), r.int()) if name.endswith("_2") else (0, 0)
+        kh, kw, sy, sx = (r.read_int() for _ in range(4))
+        py, px = (r.read_int(), r.read_int()) if name.endswith("_2") else (0, 0)
         kind = "max_pool" if name.startswith("max") else "avg_pool"
         return DlibLayer(kind, {"kernel": (kh, kw), "stride": (sy, sx), "padding": (py, px)})
     if name == "add_prev_":
@@ -202,28 +202,28 @@ def read_dlib_net(path) -> DlibNet:
         data = handle.read()
     r = _Reader(data)
     try:
-        if r.int() != 1:
+        if r.read_int() != 1:
             raise InputError(f"{path}: not a dlib network file (no add_loss_layer header)")
-        loss = r.string()
-        loss_attrs = {}
+        loss = r.read_string()
+        loss_attrs: dict = {}
         if loss == "loss_metric_2":
-            loss_attrs = {"margin": r.float(), "distance_threshold": r.float()}
+            loss_attrs = {"margin": r.read_float(), "distance_threshold": r.read_float()}
         elif not loss.startswith("loss_"):
             raise InputError(f"{path}: not a dlib network file (found {loss!r} where a loss layer is expected)")
         else:
             raise InputError(f"{path}: dlib loss {loss!r} is not supported by this reader (loss_metric_2 is)")
         bottom = 0
         while r.data[r.pos] == 0x01 and r.data[r.pos + 1] in (1, 2, 3):  # nested add_layer / tag / skip versions
-            bottom = r.int()
+            bottom = r.read_int()
         layers = []
         while r.pos < len(data):
-            name = r.string()
+            name = r.read_string()
             layers.append(_layer(r, name))
             if layers[-1].kind == "input":
                 continue  # the bottom add_layer holds the input layer, then its own details
             _bookkeeping(r)
             if len(layers) == 2 and bottom == 3:
-                r.int()  # _sample_expansion_factor of the bottom add_layer (version 3)
+                r.read_int()  # _sample_expansion_factor of the bottom add_layer (version 3)
     except (IndexError, ValueError) as err:
         raise InputError(f"{path}: truncated or corrupt dlib file ({err})") from None
     return DlibNet(loss, loss_attrs, layers)
