@@ -387,6 +387,7 @@ def write_html(explanation, path: str | Path) -> Path:
     graph = graph_svg(explanation)
     if graph:
         top3 = explanation.flows.top_incoming(3)
+        median_top3 = _pct(float(np.nanmedian(top3))) if np.isfinite(top3).any() else "n/a"
         parts.append(
             "<h2 id='graph'>What each concept is made of</h2><p class='meta'>Each concept's relevance, followed down "
             "the network with the same LRP rules, until it arrives at the neurons of another concept (absorbed "
@@ -394,7 +395,7 @@ def write_html(explanation, path: str | Path) -> Path:
             "(conceptree.concepts.graph). Rows: the concepts' relevance-weighted mean network stage, deep on top. "
             f"Edges: flows &ge; {_pct(EDGE_SHARE)} of the upper concept's relevance, drawn in its colour; node size: "
             "share; click a node for its card. Across concepts, the three largest incoming edges carry "
-            f"{_pct(float(np.nanmedian(top3)))} of what a concept draws from other concepts (median).</p>"
+            f"{median_top3} of what a concept draws from other concepts (median).</p>"
             f"<div class='graphbox'>{graph}</div>")
     parts.append(f"<h2>{concepts.k} concepts, largest share first</h2><p class='meta'>Each map shows {esc(shown)} "
                  "(<span class='scale'><b>red</b> positive, <i>blue</i> negative</span>, symmetric around zero); "
