@@ -171,6 +171,9 @@ def test_atlas_of_two_photos_of_one_class(tmp_path):
     write_atlas(atlas, explanations, ["a", "b"], tmp_path / "atlas")
     saved = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
     assert len(saved["recurring"]) == len(recurring) and "consistency" in saved["recurring"][0]
+    view = atlas._repr_html_()  # the notebook view: one row per recurring concept, scoped, no scripts or URLs
+    assert view.count("<tr><td>A") == len(recurring) and "<script" not in view and "http" not in view
+    assert view.startswith("<div class='conceptree-view'>")
     assert (tmp_path / "atlas" / "atlas.html").read_text().count("<section>") == len(recurring)
 
 

@@ -94,6 +94,28 @@ class Atlas:
                 "rare": [{"id": c.id, "n_images": c.n_images, "frequency": c.frequency,
                           "images": [o.image for o in c.occurrences]} for c in self.concepts if not c.recurring]}
 
+    def _repr_html_(self) -> str:
+        """A notebook's view: one row per recurring concept (text only; crops are in ``atlas.html``,
+        :func:`write_atlas`), scoped like :mod:`conceptree.notebook`'s views."""
+        from ..notebook import WRAPPER
+
+        esc = html.escape
+        rows = []
+        for c in self.concepts:
+            if not c.recurring:
+                continue
+            layers = ", ".join(f"{esc(k)} ({v})" for k, v in sorted(c.core_layers.items(), key=lambda kv: -kv[1])[:3])
+            cons = c.consistency or {}
+            part = (f"{esc(str(cons['part']))} {100 * cons['consistency']:.0f}% (chance {100 * cons['chance']:.0f}%)"
+                    if cons.get("part") else "–")
+            rows.append(f"<tr><td>A{c.id}</td><td>{c.n_images}/{self.n_images} ({100 * c.frequency:.0f}%)</td>"
+                        f"<td>{len(c.core)}</td><td>{layers}</td><td>{part}</td></tr>")
+        rare = sum(1 for c in self.concepts if not c.recurring)
+        return (f"<div class='{WRAPPER}'><style>.{WRAPPER} td,.{WRAPPER} th{{padding:0 8px 0 0;text-align:left;"
+                f"font:12px sans-serif}}</style><b>Atlas of {esc(self.target)}</b>: {len(rows)} recurring concepts "
+                f"over {self.n_images} images ({rare} rare)<table><tr><th>concept</th><th>images</th><th>core neurons</th>"
+                f"<th>main layers</th><th>part at its region</th></tr>{''.join(rows)}</table></div>")
+
 
 def _weights(concept) -> dict[tuple[str, int], float]:
     total = sum(abs(n.relevance) for n in concept.neurons) or 1.0
