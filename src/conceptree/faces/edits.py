@@ -30,12 +30,10 @@ def draw_glasses(chip: np.ndarray, landmarks: np.ndarray, *, colour=(20, 20, 20)
     width = max(1, int(round(0.07 * d * scale)))
     a, b = 0.42 * d, 0.30 * d
     t = np.linspace(0, 2 * np.pi, 90)
-    rims = []
     for eye in pts[:2]:
         ring = [tuple(scale * (eye + a * np.cos(s) * u + b * np.sin(s) * v)) for s in t]
         draw.line(ring + [ring[0]], fill=255, width=width, joint="curve")
         draw_lens.polygon(ring, fill=255)
-        rims.append(ring)
     inner_left = scale * (pts[0] + a * u)
     inner_right = scale * (pts[1] - a * u)
     draw.line([tuple(inner_left), tuple(inner_right)], fill=255, width=width)
