@@ -25,7 +25,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import ConceptreeError, InputError, UnsupportedModelError
 from . import rules as R
 from .composites import Composite
 from .graph import LayerInfo, canonize, list_layers, select_layers
@@ -178,6 +178,17 @@ class NeuronMaps:
         return [f"{self.layers[li]}:{c}" for li, c in zip(self.layer_index, self.channel)]
 
 
+def _model_error(node: fx.Node, exc: Exception, x: Tensor) -> Exception:
+    """The model's own code raised while running ``node``: our errors pass through, anything else
+    becomes one line naming the node, the input shape and the model's message."""
+    if isinstance(exc, ConceptreeError):
+        return exc
+    what = f"module '{node.target}'" if node.op == "call_module" else f"{node.op.replace('call_', '')} '{node.name}'"
+    message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no message"
+    return InputError(f"the model's own code failed at {what} on an input of shape {tuple(x.shape)} "
+                      f"({type(exc).__name__}: {message}); check the input size and preprocessing the model expects")
+
+
 class CRPEngine:
     """Batched Concept Relevance Propagation for a convolutional classifier.
 
@@ -312,10 +323,14 @@ class CRPEngine:
         return x.detach().to(device=self.device, dtype=self.dtype)
 
     def _find_input_channels(self) -> int | None:
+        """Channels the model's input must have: those of a first conv that reads the input itself
+        (None when the input is rearranged first, e.g. a space-to-depth stem: the forward pass then
+        reports a mismatch at the node where it fails)."""
         for node in sorted(self._first_layers, key=self._index.__getitem__):
             module = self.graph_module.get_submodule(node.target)
             if isinstance(module, nn.Conv2d):
-                return module.in_channels
+                reads_input = bool(node.args) and isinstance(node.args[0], fx.Node) and node.args[0].op == "placeholder"
+                return module.in_channels if reads_input else None
         return None
 
     @torch.no_grad()
@@ -361,7 +376,10 @@ class CRPEngine:
                 logits = out
                 break
             args, kwargs = load(node.args), load(node.kwargs)
-            out = self._execute(node, args, kwargs)
+            try:
+                out = self._execute(node, args, kwargs)
+            except Exception as exc:  # the model's own code failed on this input: one line, not a traceback
+                raise _model_error(node, exc, x) from exc
             env[node] = out
             if any(inp in depends for inp in node.all_input_nodes):
                 depends.add(node)

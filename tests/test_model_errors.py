@@ -1,0 +1,71 @@
+"""The model's own failures on an input are one-line errors naming the node and the input shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conceptree import CRPEngine
+from conceptree.errors import InputError
+
+
+class FixedSize(nn.Module):
+    """A classifier whose dense layer only fits 16x16 inputs (a classic wrong-input-size mistake)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+class SpaceToDepth(nn.Module):
+    """A stem that turns 3 channels into 12 before the first conv (as TResNet's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(12, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_a_wrong_input_size_is_one_line_naming_the_node_and_shape():
+    torch.manual_seed(0)
+    engine = CRPEngine(FixedSize().eval())
+    engine.attribute(torch.rand(1, 3, 16, 16))  # fits
+    with pytest.raises(InputError) as err:
+        engine.attribute(torch.rand(1, 3, 20, 20))
+    message = str(err.value)
+    assert "module 'fc'" in message and "(1, 3, 20, 20)" in message and "RuntimeError" in message
+    assert "\n" not in message
+
+
+def test_a_bare_assertion_of_the_model_gets_a_message_and_our_errors_pass_through():
+    from torch import fx
+
+    from conceptree.attribution.engine import _model_error
+    from conceptree.errors import UnsupportedModelError
+
+    graph = fx.Graph()
+    node = graph.call_function(torch.relu, (graph.placeholder("x"),))
+    error = _model_error(node, AssertionError(), torch.zeros(1, 3, 7, 7))
+    assert isinstance(error, InputError)
+    assert "function 'relu'" in str(error) and "AssertionError: no message" in str(error) and "(1, 3, 7, 7)" in str(error)
+    ours = UnsupportedModelError("no rule")
+    assert _model_error(node, ours, torch.zeros(1)) is ours
+
+
+def test_the_channel_check_follows_the_graph_not_the_first_conv():
+    torch.manual_seed(0)
+    engine = CRPEngine(SpaceToDepth().eval())
+    attribution = engine.attribute(torch.rand(1, 3, 8, 8))  # 3 channels are right although the conv reads 12
+    assert attribution.input_relevance.shape == (3, 8, 8)
+    with pytest.raises(InputError, match="on an input of shape \\(1, 4, 8, 8\\)"):
+        engine.attribute(torch.rand(1, 4, 8, 8))  # the model's own reshape fails: reported at its node
