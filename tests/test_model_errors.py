@@ -69,3 +69,33 @@ def test_the_channel_check_follows_the_graph_not_the_first_conv():
     assert attribution.input_relevance.shape == (3, 8, 8)
     with pytest.raises(InputError, match="on an input of shape \\(1, 4, 8, 8\\)"):
         engine.attribute(torch.rand(1, 4, 8, 8))  # the model's own reshape fails: reported at its node
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_copying_pads_send_each_cells_relevance_to_the_pixel_it_copies(mode):
+    """Slow reference: pad an index image, then add every output cell's relevance to its source."""
+    import torch.nn.functional as F
+
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(F.pad(x, (1, 2, 2, 1), mode=mode))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    engine = CRPEngine(Padded().double().eval())
+    x = torch.rand(1, 3, 6, 5, dtype=torch.float64)
+    attribution = engine.attribute(x)
+    forward = attribution.forward
+    pad_node = next(n for n in forward.rules if n.op == "call_function" and n.target is F.pad)
+    rel = torch.rand(1, 3, 9, 8, dtype=torch.float64)
+    (_, got), = forward.rules[pad_node].backward(rel)
+    source = F.pad(torch.arange(30, dtype=torch.float64).reshape(1, 1, 6, 5), (1, 2, 2, 1), mode=mode).long().flatten()
+    expected = torch.zeros(3, 30, dtype=torch.float64)
+    for cell, src in enumerate(source.tolist()):
+        expected[:, src] += rel[0].reshape(3, -1)[:, cell]
+    assert torch.allclose(got[0].reshape(3, -1), expected)
+    assert abs(float(got.sum()) - float(rel.sum())) < 1e-9  # conserved

@@ -211,17 +211,21 @@ def getitem_rule(ctx: RuleContext) -> R.Rule:
 
 
 def pad_rule(ctx: RuleContext) -> R.Rule:
-    """Constant padding (any value): index bookkeeping. The padded cells are constants, so
-    relevance that reaches them is not passed on (with ``-inf`` before a max pooling, as
-    TensorFlow's ``same`` pooling is ported, they never receive any); reflect/replicate
-    padding copies inputs and is refused."""
+    """Padding: index bookkeeping. Constant padding (any value): the padded cells are
+    constants, so relevance that reaches them is not passed on (with ``-inf`` before a max
+    pooling, as TensorFlow's ``same`` pooling is ported, they never receive any).
+    ``reflect``/``replicate``/``circular`` padding copies input pixels: each padded cell's
+    relevance goes back to the pixel it copies (the map's transpose, as for slicing), so the
+    sum is conserved (TResNet's and other anti-aliased stems)."""
     args, kwargs = ctx.args, ctx.kwargs
     mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
     value = kwargs.get("value", args[3] if len(args) > 3 else None)
-    if mode != "constant":
-        raise ctx.unsupported(f"F.pad(mode={mode!r}, value={value!r})")
     pad = kwargs.get("pad", args[1] if len(args) > 1 else None)
-    return index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.pad(t, pad))
+    if mode == "constant":
+        return index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.pad(t, pad))
+    if mode in ("reflect", "replicate", "circular"):
+        return index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.pad(t, pad, mode=mode))
+    raise ctx.unsupported(f"F.pad(mode={mode!r}, value={value!r})")
 
 
 def permute_rule(ctx: RuleContext) -> R.Rule:
