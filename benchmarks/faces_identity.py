@@ -113,8 +113,10 @@ def gallery_and_identification(faces: list[dict], out: Path) -> dict:
         scores = units @ emb[i]
         order = np.argsort(-scores)
         trials.append({"id": f["id"], "identity": f["identity"], "top1": gallery.names[int(order[0])],
-                       "correct": bool(order[0] == f["target"]), "cosine_margin": float(scores[f["target"]] - np.max(
-                           np.delete(scores, f["target"])) / np.linalg.norm(emb[i])),
+                       "correct": bool(order[0] == f["target"]),
+                       # cosine of the own prototype minus the best other one's (scores = |e| cos)
+                       "cosine_margin": float((scores[f["target"]] - np.max(np.delete(scores, f["target"])))
+                                              / np.linalg.norm(emb[i])),
                        "dlib_distance_to_own": float(np.linalg.norm(emb[i] - emb[same].mean(0)))})
     dist = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
     same_id = np.array([[a["identity"] == b["identity"] for b in faces] for a in faces])
