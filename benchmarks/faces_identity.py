@@ -162,22 +162,24 @@ def side_index(maps: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndar
     return np.divide(a - b, a + b, out=np.zeros_like(a), where=(a + b) > 0)
 
 
-def group_state(explainer, chip: np.ndarray, target: int, groups: list[dict]) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Relevance ``(k,)`` and layer-group maps ``(k, H, W)`` of neuron groups on ``chip``; predicted class, logit."""
+def attribution_of(explainer, chip: np.ndarray, target: int):
+    """One LRP pass of ``chip`` for ``target`` (every neuron group on it is read from this pass)."""
+    return explainer.engine.attribute(explainer.prepare(Image.fromarray(chip))[0], target)
+
+
+def group_state(attribution, target: int, groups: list[dict]) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Relevance ``(k,)`` and layer-group maps ``(k, H, W)`` of neuron groups in one pass; predicted class, logit."""
     from conceptree.concepts.layer_maps import layer_group_maps
 
-    x = explainer.prepare(Image.fromarray(chip))[0]
-    attribution = explainer.engine.attribute(x, target)
     rel = np.array([sum(float(attribution.layer_relevance[layer][ch].sum()) for layer, ch in g.items()) for g in groups])
-    maps = layer_group_maps(attribution, groups, tuple(x.shape[-2:]))
+    maps = layer_group_maps(attribution, groups, tuple(attribution.forward.input.shape[-2:]))
     return rel, maps, int(attribution.logits.argmax()), float(attribution.logits[target])
 
 
 def edits_analysis(faces: list[dict], out: Path, draws: int) -> dict:
     from conceptree import ConceptExplainer
     from conceptree.concepts.random_groups import random_partition
-    from conceptree.faces import draw_glasses, mirror, occlude_half, part_regions
-    from conceptree.faces.regions import _frame
+    from conceptree.faces import draw_glasses, lens_mask, mirror, occlude_half, part_regions
 
     explainer = ConceptExplainer.from_config(str(out / "face_identity.json"))
     rng = np.random.default_rng(0)
@@ -186,33 +188,29 @@ def edits_analysis(faces: list[dict], out: Path, draws: int) -> dict:
         chip = np.asarray(Image.open(out / f["chip"]))
         pts = np.asarray(f["landmarks"])
         regions = part_regions(pts)
-        _, u, v, d = _frame(pts)
-        ys, xs = np.mgrid[0:150, 0:150]
-        grid = np.stack([xs + 0.5, ys + 0.5], -1)
-        lens = np.zeros((150, 150), bool)
-        for eye in pts[:2]:
-            rel = grid - eye
-            lens |= (rel @ u / (0.42 * d)) ** 2 + (rel @ v / (0.30 * d)) ** 2 <= 1
-        explanation = explainer.explain(Image.fromarray(chip), target=f["target"])
+        lens = lens_mask(pts)
+        original = attribution_of(explainer, chip, f["target"])
+        explanation = explainer.explain(Image.fromarray(chip), target=f["target"], attribution=original)
         concepts = explanation.concepts.concepts
         real = [c.groups() for c in concepts]
         randoms = [[c.groups() for c in random_partition(concepts, rng)] for _ in range(draws)]
         sets = {"real": real, **{f"random{i}": g for i, g in enumerate(randoms)}}
-        base = {name: group_state(explainer, chip, f["target"], g) for name, g in sets.items()}
+        base = {name: group_state(original, f["target"], g) for name, g in sets.items()}
         glasses = draw_glasses(chip, pts)
         shift = (pts[3] + pts[4]) / 2 - (pts[0] + pts[1]) / 2  # eyes -> mouth
         moved = draw_glasses(chip, np.vstack([pts[:2] + shift, pts[2:]]))  # same glasses, on the mouth
         flipped, flipped_pts = mirror(chip, pts)
         edited = {"glasses": glasses, "glasses_on_mouth": moved, "mirror": flipped,
                   "occlude_left": occlude_half(chip, pts, "left"), "occlude_right": occlude_half(chip, pts, "right")}
+        passes = {edit: attribution_of(explainer, image, f["target"]) for edit, image in edited.items()}
         record = {"id": f["id"], "identity": f["identity"], "k": len(concepts), "sets": {}}
         for name, groups in sets.items():
             rel0, maps0, pred0, logit0 = base[name]
             s0 = side_index(maps0, regions["face_left"], regions["face_right"])
             entry = {"relevance": rel0.tolist(), "eye_mass": positive_mass(maps0, lens).tolist(), "lens_area": float(lens.mean()),
                      "side": s0.tolist(), "predicted": pred0, "logit": logit0, "edits": {}}
-            for edit, image in edited.items():
-                rel1, maps1, pred1, logit1 = group_state(explainer, image, f["target"], groups)
+            for edit in edited:
+                rel1, maps1, pred1, logit1 = group_state(passes[edit], f["target"], groups)
                 item = {"ratio": np.divide(rel1, rel0, out=np.full_like(rel1, np.nan), where=np.abs(rel0) > 0).tolist(),
                         "predicted": pred1, "logit": logit1}
                 if edit == "mirror":
@@ -258,8 +256,7 @@ def summarise(records: list[dict], draws: int) -> dict:
                 row[f"{edit}:{label}"] = {"n": int(len(r)), "missing": float(np.mean(r < MISSING)) if len(r) else None,
                                           "median_ratio": float(np.nanmedian(r)) if len(r) else None}
         lateral = lambda e, i: abs(e["side"][i]) >= LATERAL and e["relevance"][i] > 0  # noqa: E731
-        s0 = np.asarray([e_side for r in records for e_side, keep in zip(
-            r["sets"][name]["side"], [lateral(r["sets"][name], i) for i in range(len(r["sets"][name]["side"]))]) if keep])
+        s0 = np.asarray([e["side"][i] for r in records for e in [r["sets"][name]] for i in range(len(e["side"])) if lateral(e, i)])
         s1 = pooled(name, lateral, "side", "mirror")
         ratio_m = pooled(name, lateral, "ratio", "mirror")
         n_pos = sum(1 for r in records for i in range(len(r["sets"][name]["side"])) if r["sets"][name]["relevance"][i] > 0)

@@ -2,8 +2,8 @@
 the edits of the paper's face analyses (glasses, mirror, half occlusion)."""
 
 from .align import AlignedFace, Face, align_face, detect_faces, similarity_transform
-from .edits import draw_glasses, mirror, occlude_half
+from .edits import draw_glasses, lens_mask, mirror, occlude_half
 from .regions import PART_NAMES, part_regions
 
-__all__ = ["AlignedFace", "Face", "PART_NAMES", "align_face", "detect_faces", "draw_glasses", "mirror",
+__all__ = ["AlignedFace", "Face", "PART_NAMES", "align_face", "detect_faces", "draw_glasses", "lens_mask", "mirror",
            "occlude_half", "part_regions", "similarity_transform"]

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .regions import _frame, part_regions
+from .regions import _ellipse, face_frame, part_regions
 
 #: dlib's mean pixel: an occluded region becomes zero input for the face network.
 MEAN_PIXEL = (123, 117, 104)
+#: half-axes of the glasses' rims around each eye centre, along and across the eye line (in ``d``).
+LENS_AXES = (0.42, 0.30)
+
+
+def lens_mask(landmarks: np.ndarray, size: int = 150) -> np.ndarray:
+    """Boolean ``(size, size)``: inside the rims :func:`draw_glasses` draws (both lenses)."""
+    pts = np.asarray(landmarks, float)
+    _, u, v, d = face_frame(pts)
+    ys, xs = np.mgrid[0:size, 0:size]
+    grid = np.stack([xs + 0.5, ys + 0.5], -1)
+    a, b = LENS_AXES[0] * d, LENS_AXES[1] * d
+    return _ellipse(grid, pts[0], u, v, a, b) | _ellipse(grid, pts[1], u, v, a, b)
 
 
 def draw_glasses(chip: np.ndarray, landmarks: np.ndarray, *, colour=(20, 20, 20), lens_tint: float = 0.0) -> np.ndarray:
@@ -21,14 +33,14 @@ def draw_glasses(chip: np.ndarray, landmarks: np.ndarray, *, colour=(20, 20, 20)
     from PIL import Image, ImageDraw
 
     pts = np.asarray(landmarks, float)
-    _, u, v, d = _frame(pts)
+    _, u, v, d = face_frame(pts)
     size = chip.shape[0]
     scale = 4  # drawn at 4× and downsampled: smooth, deterministic rims
     canvas = Image.new("L", (size * scale, size * scale), 0)
     lens = Image.new("L", (size * scale, size * scale), 0)
     draw, draw_lens = ImageDraw.Draw(canvas), ImageDraw.Draw(lens)
     width = max(1, int(round(0.07 * d * scale)))
-    a, b = 0.42 * d, 0.30 * d
+    a, b = LENS_AXES[0] * d, LENS_AXES[1] * d
     t = np.linspace(0, 2 * np.pi, 90)
     for eye in pts[:2]:
         ring = [tuple(scale * (eye + a * np.cos(s) * u + b * np.sin(s) * v)) for s in t]

@@ -23,8 +23,9 @@ import numpy as np
 PART_NAMES = ("left_eye", "right_eye", "eyes", "nose", "mouth", "forehead", "face", "face_left", "face_right")
 
 
-def _frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Eyes' midpoint, unit vector along the eyes (image left → right), unit vector down the face, d."""
+def face_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The face's frame from its landmarks ``(5, 2)``: eyes' midpoint ``(2,)``, unit vector along the
+    eyes (image left → right), unit vector down the face, and ``d`` the inter-ocular distance."""
     left_eye, right_eye = landmarks[0], landmarks[1]
     across = right_eye - left_eye
     d = float(np.linalg.norm(across))
@@ -41,7 +42,7 @@ def _ellipse(grid: np.ndarray, centre: np.ndarray, u: np.ndarray, v: np.ndarray,
 def part_regions(landmarks: np.ndarray, size: int = 150) -> dict[str, np.ndarray]:
     """Boolean ``(size, size)`` masks of :data:`PART_NAMES` from ``landmarks`` (5, 2) in chip coordinates."""
     pts = np.asarray(landmarks, float)
-    eyes_mid, u, v, d = _frame(pts)
+    eyes_mid, u, v, d = face_frame(pts)
     ys, xs = np.mgrid[0:size, 0:size]
     grid = np.stack([xs + 0.5, ys + 0.5], -1)  # pixel centres
     regions = {
