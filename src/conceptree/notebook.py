@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .colours import concept_colours, hex_colour, text_colour
-from .report import concept_overview, image_data_uri, masked_photo, signed_overlay
+from .report import concept_overview, image_data_uri, masked_photo, signed_overlay, stage_counts
 
 WRAPPER = "conceptree-view"
 THUMB = 160
@@ -93,12 +93,8 @@ def _card(explanation, c: int, size: int = THUMB) -> str:
 
 
 def _depth_text(explanation, concept) -> str:
-    stages = explanation.stages()
-    stage_of = {layer: i + 1 for i, names in enumerate(stages) for layer in names}
-    counts: dict[int, int] = {}
-    for layer, n in concept.layer_histogram.items():
-        counts[stage_of.get(layer, 1)] = counts.get(stage_of.get(layer, 1), 0) + n
-    return "depth " + " · ".join(f"S{s} {n}" for s, n in sorted(counts.items()))
+    counts = stage_counts(concept, explanation.stages())
+    return "depth " + " · ".join(f"S{s + 1} {n}" for s, n in enumerate(counts) if n)
 
 
 def explanation_html(explanation, *, cards: int = MAX_CARDS) -> str:

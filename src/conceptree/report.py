@@ -246,13 +246,19 @@ def _card_width(share: float, largest: float) -> int:
     return int(round(330 + 390 * ratio))
 
 
-def _depth_bar(concept, stages: list[list[str]], layer_sizes: dict) -> tuple[str, str]:
-    """The members-per-stage bar and its caption."""
+def stage_counts(concept, stages: list[list[str]]) -> np.ndarray:
+    """``(len(stages),)`` the concept's members per network stage (``Explanation.stages()``)."""
     stage_of = {layer: i for i, names in enumerate(stages) for layer in names}
     counts = np.zeros(len(stages), int)
     for layer, n in concept.layer_histogram.items():
         if layer in stage_of:
             counts[stage_of[layer]] += n
+    return counts
+
+
+def _depth_bar(concept, stages: list[list[str]], layer_sizes: dict) -> tuple[str, str]:
+    """The members-per-stage bar and its caption."""
+    counts = stage_counts(concept, stages)
     total = max(int(counts.sum()), 1)
     segments = []
     for i, n in enumerate(counts):
