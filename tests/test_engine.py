@@ -148,10 +148,19 @@ class _ExpMethod(_Exp):
         return self.fc(self.conv(x).exp().mean((2, 3)))
 
 
-class _Product(_Exp):
+class _Ratio(_Exp):
     def forward(self, x):
         y = self.conv(x)
-        return self.fc((y * y).mean((2, 3)))
+        return self.fc((y / torch.sigmoid(y)).mean((2, 3)))
+
+
+class _Softmin(_Exp):
+    def __init__(self):
+        super().__init__()
+        self.soft = nn.Softmin(dim=1)
+
+    def forward(self, x):
+        return self.fc(self.soft(self.conv(x)).mean((2, 3)))
 
 
 class _Upsample(nn.Module):
@@ -168,7 +177,7 @@ class _Upsample(nn.Module):
 @pytest.mark.parametrize(
     "model,message",
     [(_Exp(), "unsupported function exp"), (_ExpMethod(), r"unsupported method \.exp\(\)"),
-     (_Product(), "product of two activations"), (_Upsample(), "unsupported module Upsample 'up'")],
+     (_Ratio(), "division by an activation"), (_Softmin(), "unsupported module Softmin 'soft'")],
 )
 def test_unsupported_ops_are_named_with_the_registration_hint(model, message):
     with pytest.raises(UnsupportedModelError, match=message) as info:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..errors import ConceptreeError, InputError, UnsupportedModelError
 from . import rules as R
 from .composites import Composite
-from .graph import LayerInfo, canonize, list_layers, select_layers
+from .graph import LayerInfo, canonize, guards, list_layers, select_layers
 from .rule_table import RuleContext, lookup
 
 InitRelevance = Literal["logit", "one"]
@@ -178,6 +178,20 @@ class NeuronMaps:
         return [f"{self.layers[li]}:{c}" for li, c in zip(self.layer_index, self.channel)]
 
 
+def _example_input(model: nn.Module) -> Tensor:
+    """Zeros of the model's declared input size (timm's ``pretrained_cfg``), else ``(1, C, 224, 224)``
+    with ``C`` the first convolution's input channels (3 without one)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if not (isinstance(size, (tuple, list)) and len(size) == 3):
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        size = (first.in_channels if first is not None else 3, 224, 224)
+    param = next(iter(model.parameters()), None)
+    if param is None:
+        return torch.zeros(1, *size)
+    return torch.zeros(1, *size, dtype=param.dtype, device=param.device)
+
+
 def _model_error(node: fx.Node, exc: Exception, x: Tensor) -> Exception:
     """The model's own code raised while running ``node``: our errors pass through, anything else
     becomes one line naming the node, the input shape and the model's message."""
@@ -214,6 +228,15 @@ class CRPEngine:
         separable networks, with a median max error of 2-4 % of each map's maximum
         (``benchmarks/engine_settings.py``, ``docs/speed.md``). BatchNorm is merged in
         float32 before the cast.
+    example_input : Tensor, optional
+        ``(1, C, H, W)`` input for models whose ``forward`` branches on the input size (timm's
+        VGG): the trace follows it where symbolic tracing fails, and inputs that would take
+        another branch are refused (:mod:`conceptree.attribution.graph`). Default: zeros of the
+        model's ``pretrained_cfg["input_size"]`` (timm) or ``(1, C, 224, 224)``.
+    reparameterize : bool
+        Fuse re-parameterisable blocks (RepVGG, MobileOne, FastViT, RepViT) into the single
+        convolutions they are at inference, checked on a random input (default True; see
+        :func:`~conceptree.attribution.graph.canonize`). False explains the training-time branches.
 
     Examples
     --------
@@ -230,6 +253,8 @@ class CRPEngine:
         exclude_layers: Sequence[str] | None = None,
         zennit_compat: str | None = None,
         dtype: torch.dtype | None = None,
+        example_input: Tensor | None = None,
+        reparameterize: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -241,7 +266,10 @@ class CRPEngine:
             )
         self.composite = composite or Composite()
         self._rules = self.composite.rule_table()
-        self.graph_module = canonize(model, zennit_compat)
+        example = _example_input(model) if example_input is None else self._check_example(example_input, model)
+        self.graph_module = canonize(model, zennit_compat, example, reparameterize)
+        self._guards = guards(self.graph_module)
+        self._example_shape = tuple(example.shape)
         if dtype is not None:
             if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
                 raise InputError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -266,6 +294,14 @@ class CRPEngine:
         params = list(self.graph_module.parameters())
         self.device = params[0].device if params else torch.device("cpu")
         self.dtype = params[0].dtype if params else torch.float32
+
+    @staticmethod
+    def _check_example(x: Tensor, model: nn.Module) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] != 1 or not x.is_floating_point():
+            raise InputError(f"example_input must be a float tensor of shape (1, C, H, W), got "
+                             f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+        param = next(iter(model.parameters()), None)
+        return x.detach() if param is None else x.detach().to(device=param.device, dtype=param.dtype)
 
     # ------------------------------------------------------------------ graph helpers
     def _find_first_layers(self) -> set[fx.Node]:
@@ -381,11 +417,21 @@ class CRPEngine:
             except Exception as exc:  # the model's own code failed on this input: one line, not a traceback
                 raise _model_error(node, exc, x) from exc
             env[node] = out
+            if node in self._guards and bool(out) != self._guards[node]:
+                raise InputError(
+                    f"the model's forward() branches on its input at node '{node.name}' and takes another branch for "
+                    f"shape {tuple(x.shape)} than for the example {self._example_shape} it was traced with; "
+                    "create the engine with example_input of this shape"
+                )
             if any(inp in depends for inp in node.all_input_nodes):
                 depends.add(node)
                 if isinstance(out, Tensor):  # tuples (chunk/split) are read through their items' rules
+                    rule = self._make_rule(node, args, kwargs, out, depends, env)
+                    if rule is None:  # a tensor built from shapes only (torch.zeros(x.shape)): a constant
+                        depends.discard(node)
+                        continue
                     shapes[node] = out.shape
-                    rules[node] = self._make_rule(node, args, kwargs, out, depends, env)
+                    rules[node] = rule
         assert logits is not None
         return ForwardPass(input=x, logits=logits[0] if not batch else logits, rules=rules, shapes=shapes)
 
@@ -404,8 +450,9 @@ class CRPEngine:
             method = method[:-1]
         return getattr(args[0], method)(*args[1:], **kwargs)
 
-    def _make_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor, depends: set, env: dict) -> R.Rule:
-        """The node's rule from the composite's table (:mod:`conceptree.attribution.rule_table`)."""
+    def _make_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor, depends: set, env: dict) -> R.Rule | None:
+        """The node's rule from the composite's table (:mod:`conceptree.attribution.rule_table`);
+        None for a tensor whose values do not depend on the input's (a constant)."""
         module = self.graph_module.get_submodule(node.target) if node.op == "call_module" else None
         ctx = RuleContext(node, module, args, kwargs, out, node in self._first_layers and self.composite.flat_first_layer,
                           self.composite, depends, env, self.graph_module, node not in self._validated,

@@ -18,7 +18,7 @@ importable, e.g. zennit's stack-and-sum ``Sum``); function keys match by identit
 Rules of the CNN families beyond ResNet/VGG (each with its reasoning and reference)
 -------------------------------------------------------------------------------
 * **Elementwise activations** (ReLU family, SiLU/Swish, GELU, Hardswish, Mish, ELU, SELU,
-  Sigmoid/Hardsigmoid/Tanh used as activations, Softplus): *pass* — relevance goes to the
+  Sigmoid/Hardsigmoid/Tanh used as activations, Softplus, MetaFormer's StarReLU): *pass* — relevance goes to the
   input unchanged. This is zennit's ``Pass`` rule for activations; the LRP literature treats
   a monotone elementwise activation as part of the neuron whose relevance it passes on
   (Montavon et al. 2019, "Layer-wise relevance propagation: an overview"; LXT/AttnLRP,
@@ -30,6 +30,11 @@ Rules of the CNN families beyond ResNet/VGG (each with its reasoning and referen
   "XAI for Transformers", hold the gating factor constant as well). The gate is the operand
   that is constant, broadcast (fewer elements), or produced by a sigmoid-type activation.
   Conservation holds exactly at the product.
+* **Products of two activations** ``y = a * b`` where neither is a gate or a constant (gated
+  linear units as in MambaOut, StarNet's "star" ``a * b``, FocalNet's modulation): the uniform
+  rule of AttnLRP (Achtibat et al. 2024, "AttnLRP: attention-aware layer-wise relevance
+  propagation for transformers", Prop. 3.3): ``R_a = R_b = R / 2``, summed over the dimensions
+  an operand was broadcast along. Conserving.
 * **LayerNorm / LayerNorm2d / GroupNorm**: the statistics are held constant (AttnLRP's
   identity rule for the normalisation, Ali et al. 2022): ``y = (x - mu) / sigma * gamma +
   beta`` is then affine in ``x`` and, with biases kept out of the denominators as in every
@@ -40,6 +45,26 @@ Rules of the CNN families beyond ResNet/VGG (each with its reasoning and referen
 * **permute, transpose, channel shuffle, view, chunk/split + indexing**: index bookkeeping —
   relevance follows the elements (the vector-Jacobian product of the linear index map).
 * **Stochastic depth / DropPath / Dropout**: identity in eval mode (they trace to it).
+* **Upsampling** (``nn.Upsample``, ``F.interpolate``; HRNet's fuse layers): each output pixel
+  is a fixed, non-negative mix of source pixels, ``y_i = sum_j w_ij x_j``. Relevance goes to the
+  source pixels in proportion to their contributions, ``R_j = sum_i (w_ij x_j / y_i) R_i`` (the
+  z-rule of a linear map, as zennit's ``Norm`` rule for average pooling); ``nearest`` copies
+  pixels, so this is exact bookkeeping there (each copy's relevance back to its source).
+  Conserving.
+* **Softmax and sigmoid gates over branches** (ResNeSt's split attention, SKNet's selective
+  kernels: ``sum_k x_k * softmax(a)_k``): the softmax is a gate like a squeeze-excitation
+  sigmoid — held constant, all relevance to the gated features, none to the gate branch. A
+  gate is recognised through reshapes/transposes back to the sigmoid or softmax that made it.
+  A softmax that receives relevance anyway (a model that returns probabilities) is refused.
+* **Functional convolution with a constant filter** (``F.conv2d`` in ``forward``: TResNet's
+  anti-aliasing blur): the convolution's rule (z+), as for ``nn.Conv2d``. Its channels are not
+  neurons (a fixed filter is not learned). A filter that depends on the input is refused.
+* **Division by a constant** (``(head(x) + head_dist(x)) / 2``): scaling, relevance unchanged.
+* **Constant addends and constant tensors** (``x + c``, ``torch.zeros``/``full``/``ones_like``
+  built in ``forward``): a constant is a bias — it receives no relevance and, as biases are
+  kept out of every rule's denominator here (``zero_bias=True``), the activation keeps all of
+  it. Conserving. Weight-standardised convolutions (NFNets, BiT) are canonized before tracing
+  into plain convolutions with their standardised weight (:mod:`conceptree.attribution.graph`).
 """
 
 from __future__ import annotations
@@ -57,7 +82,7 @@ from ..errors import UnsupportedModelError
 from . import rules as R
 
 RuleKey = type | Callable | str
-RuleFactory = Callable[["RuleContext"], R.Rule]
+RuleFactory = Callable[["RuleContext"], R.Rule | None]
 
 
 @dataclass
@@ -175,12 +200,88 @@ def _sum_module(ctx: RuleContext) -> R.Rule:
 
 
 def add_rule(ctx: RuleContext) -> R.Rule:
+    """Residual addition (the ``Norm`` rule); a constant addend is a bias (module docstring)."""
     if ctx.kwargs.get("alpha", 1) != 1 or len(ctx.args) != 2:
         raise ctx.unsupported("addition with alpha")
     nodes = ctx.node.args[:2]
-    if not all(isinstance(n, fx.Node) and n in ctx.depends and isinstance(v, Tensor) for n, v in zip(nodes, ctx.args)):
-        raise ctx.unsupported("addition of a constant to an activation")
-    return R.SumRule(nodes, ctx.args, ctx.out, ctx.composite.stabilizer)
+    variable = [isinstance(n, fx.Node) and n in ctx.depends and isinstance(v, Tensor) for n, v in zip(nodes, ctx.args)]
+    if all(variable):
+        return R.SumRule(nodes, ctx.args, ctx.out, ctx.composite.stabilizer, ctx.composite.dead_units == "flat")
+    feature = variable.index(True)
+    if tuple(ctx.args[feature].shape) != tuple(ctx.out.shape):
+        raise ctx.unsupported("addition of a constant that broadcasts the activation")
+    return R.PassRule(nodes[feature])
+
+
+def sub_rule(ctx: RuleContext) -> R.Rule:
+    """``a - b`` is the sum ``a + (-b)``: the ``Norm`` rule with the contributions ``a`` and ``-b``
+    (PoolFormer's ``pool(x) - x``); a constant operand is a bias (module docstring)."""
+    if ctx.kwargs.get("alpha", 1) != 1 or len(ctx.args) != 2:
+        raise ctx.unsupported("subtraction with alpha")
+    nodes = ctx.node.args[:2]
+    variable = [isinstance(n, fx.Node) and n in ctx.depends and isinstance(v, Tensor) for n, v in zip(nodes, ctx.args)]
+    if all(variable):
+        return R.SumRule(nodes, [ctx.args[0], -ctx.args[1]], ctx.out, ctx.composite.stabilizer,
+                         ctx.composite.dead_units == "flat")
+    feature = variable.index(True)
+    if tuple(ctx.args[feature].shape) != tuple(ctx.out.shape):
+        raise ctx.unsupported("subtraction of a constant that broadcasts the activation")
+    return R.PassRule(nodes[feature])
+
+
+def constant_rule(ctx: RuleContext) -> None:
+    """A tensor built in ``forward`` from shapes only (``torch.zeros(x.shape)``, ``ones_like``):
+    a constant, not an activation (the engine treats it like a parameter)."""
+    return None
+
+
+#: functions and methods that build tensors whose values do not depend on the input's values
+CONSTANT_FUNCTION_KEYS = (torch.zeros, torch.ones, torch.full, torch.empty, torch.zeros_like, torch.ones_like,
+                          torch.full_like, torch.empty_like, torch.arange)
+CONSTANT_METHOD_KEYS = ("new_zeros", "new_ones", "new_full", "new_empty")
+
+
+def interpolate_rule(ctx: RuleContext) -> R.Rule:
+    """``nn.Upsample``/``F.interpolate``: source pixels get relevance in proportion to their
+    contributions; ``nearest`` copies them (module docstring)."""
+    if ctx.module is not None:
+        module = ctx.module
+        mode = module.mode
+        fn: Callable[[Tensor], Tensor] = module
+    else:
+        rest, kw = ctx.args[1:], ctx.kwargs
+        mode = kw.get("mode", rest[2] if len(rest) > 2 else "nearest")
+        fn = lambda t: F.interpolate(t, *rest, **kw)  # noqa: E731
+    if mode in ("nearest", "nearest-exact"):
+        return index_rule(ctx, ctx.arg0, ctx.x, fn)
+    return R.NormPoolRule(ctx.arg0, fn, ctx.x, ctx.out, False, ctx.composite.stabilizer)
+
+
+def functional_conv_rule(ctx: RuleContext) -> R.Rule:
+    """``F.conv2d(x, w, ...)`` with a constant filter ``w``: the convolution's rule (module docstring)."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    bound = dict(zip(names, ctx.args)) | ctx.kwargs
+    node_args = dict(zip(names, ctx.node.args)) | dict(ctx.node.kwargs)
+    if any(isinstance(node_args.get(k), fx.Node) and node_args[k] in ctx.depends for k in ("weight", "bias")):
+        raise ctx.unsupported("convolution whose filter depends on the input")
+    weight, bias = bound["weight"], bound.get("bias")
+    key = (ctx.node.name, "functional_conv", tuple(weight.shape), weight.data_ptr())
+    if key not in ctx.constants:
+        conv = nn.Conv2d(ctx.x.shape[1], weight.shape[0], tuple(weight.shape[2:]), bound.get("stride", 1),
+                         bound.get("padding", 0), bound.get("dilation", 1), bound.get("groups", 1),
+                         bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            if bias is not None:
+                conv.bias.copy_(bias)
+        ctx.constants[key] = conv
+    return R.ConvRule(ctx.arg0, ctx.constants[key], ctx.x, ctx.out, "flat" if ctx.first else "zplus", ctx.composite,
+                      ctx.node.name, ctx.validate, ctx.constants)
+
+
+def softmax_rule(ctx: RuleContext) -> R.Rule:
+    """A softmax is only explained as a gate: it must never receive relevance (module docstring)."""
+    return R.GateRule(ctx.arg0, f"softmax '{ctx.node.name}'")
 
 
 def index_rule(ctx: RuleContext, inp: fx.Node, x: Tensor, fn: Callable[[Tensor], Tensor]) -> R.Rule:
@@ -226,6 +327,25 @@ def pad_rule(ctx: RuleContext) -> R.Rule:
     if mode in ("reflect", "replicate", "circular"):
         return index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.pad(t, pad, mode=mode))
     raise ctx.unsupported(f"F.pad(mode={mode!r}, value={value!r})")
+
+
+def pad_module_rule(ctx: RuleContext) -> R.Rule:
+    """``nn.ZeroPad2d``/``ConstantPad2d``/``ReflectionPad2d``/``ReplicationPad2d`` (NASNet's
+    cells): index bookkeeping, as :func:`pad_rule`."""
+    return index_rule(ctx, ctx.arg0, ctx.x, ctx.module)
+
+
+def div_rule(ctx: RuleContext) -> R.Rule:
+    """``x / c`` with a constant ``c`` (RepViT's averaged heads): scaling by a constant, so the
+    z-rule gives ``R_x = R`` (as for a constant gate). A divisor that depends on the input is refused."""
+    nodes = ctx.node.args[:2]
+    if len(nodes) != 2 or (isinstance(nodes[1], fx.Node) and nodes[1] in ctx.depends):
+        raise ctx.unsupported("division by an activation")
+    if ctx.kwargs.get("rounding_mode") is not None:
+        raise ctx.unsupported("division with rounding")
+    if not isinstance(ctx.x, Tensor) or tuple(ctx.x.shape) != tuple(ctx.out.shape):
+        raise ctx.unsupported("division that broadcasts the activation")
+    return R.PassRule(ctx.arg0)
 
 
 def permute_rule(ctx: RuleContext) -> R.Rule:
@@ -284,16 +404,29 @@ _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 _GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", "hardsigmoid"}
 
 
+_GATE_FUNCTIONS |= {F.softmax, torch.softmax, "softmax"}
+#: ops a gate may pass through between its sigmoid/softmax and the product (shape only)
+_GATE_RESHAPES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "transpose", "permute", "contiguous",
+                  "expand", "expand_as", torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose,
+                  torch.permute, operator.getitem}
+
+
 def _is_gate(ctx: RuleContext, node) -> bool:
     if not isinstance(node, fx.Node):
         return True
     if node not in ctx.depends:
         return True  # constant (a parameter such as a layer scale)
+    while node.op in ("call_function", "call_method"):
+        key = node.target if node.op == "call_function" else str(node.target)
+        if key in _GATE_FUNCTIONS:
+            return True
+        if key not in _GATE_RESHAPES or not node.args or not isinstance(node.args[0], fx.Node):
+            return False
+        node = node.args[0]  # follow a reshape of the gate back to its producer
     if node.op == "call_module":
         module = ctx.owner.get_submodule(node.target)
         return isinstance(module, _GATE_MODULES) or type(module).__name__ in ("HardSigmoid", "Sigmoid", "GateSigmoid")
-    key = node.target if node.op == "call_function" else str(node.target)
-    return key in _GATE_FUNCTIONS
+    return False
 
 
 def gate_rule(ctx: RuleContext) -> R.Rule:
@@ -306,10 +439,12 @@ def gate_rule(ctx: RuleContext) -> R.Rule:
     gates = [_is_gate(ctx, n) for n in nodes]
     if gates[0] != gates[1]:
         feature = gates.index(False)
-    elif shapes[0] != shapes[1]:  # the broadcast operand (e.g. (1, C, 1, 1)) is the gate
+    elif gates[0]:
+        raise ctx.unsupported("product of two gates")
+    elif shapes[0] != shapes[1] and tuple(ctx.out.shape) in shapes:  # the broadcast operand (e.g. (1, C, 1, 1)) is the gate
         feature = 0 if shapes[0] == tuple(ctx.out.shape) else 1
-    else:
-        raise ctx.unsupported("product of two activations (neither is a gate or a constant)")
+    else:  # two activations multiplied (gated linear units, StarNet's star, FocalNet's modulation)
+        return R.ProductRule(nodes, [v.shape for v in values], ctx.out.shape)
     if not isinstance(values[feature], Tensor) or tuple(values[feature].shape) != tuple(ctx.out.shape):
         raise ctx.unsupported("multiplication that broadcasts the features")
     return R.PassRule(nodes[feature])
@@ -332,6 +467,12 @@ RESHAPE_METHOD_KEYS = ("view", "reshape", "flatten", "squeeze", "unsqueeze")
 RESHAPE_FUNCTION_KEYS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze)
 
 
+#: timm's RMS-type norms (``x / rms(x) * weight``, statistics held constant: the pass rule);
+#: traced as leaves (:mod:`conceptree.attribution.graph`) so that their statistics are one node
+TIMM_RMS_NORMS = ("RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32", "SimpleNorm", "SimpleNorm2d",
+                  "SimpleNormFp32", "SimpleNorm2dFp32")
+
+
 def _timm_pass_types() -> tuple[type, ...]:
     """timm's own activation and norm classes (when timm is installed)."""
     try:
@@ -341,7 +482,7 @@ def _timm_pass_types() -> tuple[type, ...]:
     names = ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "GELU", "GELUTanh", "QuickGELU",
              "PReLU")
     found = [getattr(activations, n) for n in names if isinstance(getattr(activations, n, None), type)]
-    found += [getattr(norm, n) for n in ("LayerNorm", "LayerNorm2d", "GroupNorm", "GroupNorm1", "RmsNorm", "RmsNorm2d")
+    found += [getattr(norm, n) for n in ("LayerNorm", "LayerNorm2d", "GroupNorm", "GroupNorm1", *TIMM_RMS_NORMS)
               if isinstance(getattr(norm, n, None), type)]
     found += [getattr(norm_act, n) for n in ("BatchNormAct2d", "GroupNormAct", "LayerNormAct", "LayerNormAct2d")
               if isinstance(getattr(norm_act, n, None), type)]
@@ -371,6 +512,7 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         nn.AvgPool2d: _avg_pool_module,
         nn.AdaptiveAvgPool2d: _avg_pool_module,
         "module:Sum": _sum_module,
+        "module:StarReLU": pass_rule,  # MetaFormer's s * relu(x)**2 + b: an elementwise activation
         operator.getitem: getitem_rule,
         F.pad: pad_rule,
         torch.cat: cat_rule,
@@ -388,6 +530,10 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         operator.iadd: add_rule,
         torch.add: add_rule,
         "add": add_rule,
+        operator.sub: sub_rule,
+        operator.isub: sub_rule,
+        torch.sub: sub_rule,
+        "sub": sub_rule,
         operator.mul: gate_rule,
         operator.imul: gate_rule,
         torch.mul: gate_rule,
@@ -396,7 +542,24 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         torch.transpose: permute_rule,
         "permute": permute_rule,
         "transpose": permute_rule,
+        nn.ZeroPad2d: pad_module_rule,
+        nn.ConstantPad2d: pad_module_rule,
+        nn.ReflectionPad2d: pad_module_rule,
+        nn.ReplicationPad2d: pad_module_rule,
+        operator.truediv: div_rule,
+        operator.itruediv: div_rule,
+        torch.div: div_rule,
+        "div": div_rule,
+        nn.Upsample: interpolate_rule,
+        F.interpolate: interpolate_rule,
+        F.conv2d: functional_conv_rule,
+        torch.conv2d: functional_conv_rule,
+        F.softmax: softmax_rule,
+        torch.softmax: softmax_rule,
+        "softmax": softmax_rule,
     }
+    for key in (*CONSTANT_FUNCTION_KEYS, *CONSTANT_METHOD_KEYS):
+        table[key] = constant_rule
     for key in (*PASS_MODULE_TYPES, *_timm_pass_types(), *_torchvision_pass_keys(), *PASS_FUNCTION_KEYS, *PASS_METHOD_KEYS):
         table.setdefault(key, pass_rule)
     for key in (*RESHAPE_METHOD_KEYS, *RESHAPE_FUNCTION_KEYS):
