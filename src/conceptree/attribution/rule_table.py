@@ -368,11 +368,11 @@ def cat_rule(ctx: RuleContext, stack: bool = False) -> R.Rule:
     dim = ctx.kwargs.get("dim", ctx.args[1] if len(ctx.args) > 1 else 0) % ctx.out.ndim
     if dim == 0:
         raise ctx.unsupported("concatenation over the batch dimension")
-    if not all(isinstance(n, fx.Node) and n in ctx.depends for n in nodes):
-        raise ctx.unsupported("concatenation with a constant tensor")
+    # constant pieces (torch.zeros channels of a padding shortcut) are biases: they keep their relevance
+    inputs = [n if isinstance(n, fx.Node) and n in ctx.depends else None for n in nodes]
     if stack:
-        return R.StackRule(nodes, dim)
-    return R.CatRule(nodes, [t.shape[dim] for t in tensors], dim)
+        return R.StackRule(inputs, dim)
+    return R.CatRule(inputs, [t.shape[dim] for t in tensors], dim)
 
 
 def reduce_rule(ctx: RuleContext) -> R.Rule:

@@ -279,26 +279,30 @@ class ReduceRule(Rule):
 
 
 class CatRule(Rule):
-    """``torch.cat``: split the relevance along the concatenation axis."""
+    """``torch.cat``: split the relevance along the concatenation axis. ``None`` marks a constant
+    piece (a tensor built from shapes only): its slice of relevance is not passed on, as a bias's."""
 
-    def __init__(self, inputs: Sequence[fx.Node], sizes: Sequence[int], dim: int) -> None:
-        self.inputs = tuple(inputs)
+    def __init__(self, inputs: Sequence[fx.Node | None], sizes: Sequence[int], dim: int) -> None:
+        self.pieces = tuple(inputs)
+        self.inputs = tuple(n for n in inputs if n is not None)
         self.sizes = list(sizes)
         self.dim = dim
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
-        return list(zip(self.inputs, torch.split(relevance, self.sizes, dim=self.dim)))
+        parts = torch.split(relevance, self.sizes, dim=self.dim)
+        return [(node, part) for node, part in zip(self.pieces, parts) if node is not None]
 
 
 class StackRule(Rule):
-    """``torch.stack``: unbind the relevance along the new axis."""
+    """``torch.stack``: unbind the relevance along the new axis (``None``: a constant piece)."""
 
-    def __init__(self, inputs: Sequence[fx.Node], dim: int) -> None:
-        self.inputs = tuple(inputs)
+    def __init__(self, inputs: Sequence[fx.Node | None], dim: int) -> None:
+        self.pieces = tuple(inputs)
+        self.inputs = tuple(n for n in inputs if n is not None)
         self.dim = dim
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
-        return list(zip(self.inputs, torch.unbind(relevance, dim=self.dim)))
+        return [(node, part) for node, part in zip(self.pieces, torch.unbind(relevance, dim=self.dim)) if node is not None]
 
 
 def conv_transpose(
