@@ -1,19 +1,35 @@
 """Which CNN families the CRP engine explains: status, size, conservation error, speed.
 
-For every torchvision classification CNN family and timm's efficientnet, mobilenetv3,
-convnext, regnety, densenet and resnet families (random weights, BatchNorm statistics and
-gammas randomised with a fixed seed):
+Families (the zoo):
+
+* every torchvision classification CNN family (:data:`TORCHVISION`; the builders of
+  ``torchvision.models.list_models()`` not listed are attention-based: ViT, Swin, MaxViT —
+  :func:`torchvision_coverage` checks that nothing else is missing);
+* every timm architecture family (``timm.list_modules()``), one small variant each: the
+  smallest by parameter count among the module's models (``test_*`` models excluded), or the
+  variant in :data:`TIMM` where that module already has one. A family is skipped as
+  **attention-based** when that variant has a multi-head attention module (a ``num_heads`` or
+  ``qkv`` attribute), a token-attention module (class name ending in ``Attention``), or its
+  traced graph multiplies activation matrices (``scaled_dot_product_attention``, ``matmul``,
+  ``bmm``, ``einsum``: attention or state-space token mixing), and as **not convolutional** when
+  it has fewer than 4 convolutions with a spatial kernel (MLP-Mixer, Sequencer's LSTMs). The
+  filter is :func:`timm_family`; it is computed, not a hand-made list.
+
+For each family (random weights, BatchNorm statistics and gammas randomised with a fixed seed):
 
 * status: ``ok`` or the one-line error;
 * conv layers and neurons (channels) the engine exposes;
 * conservation error ``max |sum(y_p) - r_p| / max|r|`` over the most relevant and one random
   channel of every layer (``max|r|`` of that layer), at ``--conservation-size`` (96x96: one
-  propagation per layer, so the largest families take minutes at 224);
+  propagation per layer, so the largest families take minutes at 224), or at the model's own
+  input size where 96x96 is refused by the model;
 * class heatmap sum vs the target logit (same input);
 * conditional maps per second at batch 32 and ``--size`` (224x224), estimated for all channels
-  from the 32 most relevant channels of 8 evenly spaced layers (see :func:`measure_speed`).
+  from the 32 most relevant channels of 8 evenly spaced layers (see :func:`measure_speed`), for
+  the families of :data:`SPEED_FAMILIES` (``--part speed``; the conservation part carries the
+  last measured rate of a family over).
 
-    python benchmarks/architectures.py --out benchmarks/results/architectures.json --table docs/architectures.md
+    python benchmarks/architectures.py --part conservation --out benchmarks/results/architectures.json --table docs/architectures.md
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ import argparse
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +47,87 @@ import torch
 import torchvision
 
 from conceptree import CRPEngine
+from conceptree.errors import InputError
 
 TORCHVISION = [
     "alexnet", "vgg16_bn", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "densenet121",
     "inception_v3", "googlenet", "shufflenet_v2_x1_0", "mobilenet_v2", "mobilenet_v3_large", "mnasnet1_0",
     "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf", "convnext_tiny",
 ]
+#: torchvision builders that are attention-based (skipped)
+TORCHVISION_ATTENTION = ("vit_", "swin_", "maxvit_")
 TIMM = ["efficientnet_b0", "mobilenetv3_small_100", "convnext_atto", "convnext_tiny", "regnety_002", "densenet121",
         "resnet18"]
 #: the speed estimator's check: ResNet-34 has a measured all-channel rate in crp_throughput.json
 SPEED_CHECK = [("torchvision", "resnet34")]
+#: families whose maps/s are measured (``--part speed``): the ones listed before the zoo
+SPEED_FAMILIES = {f"torchvision:{n}" for n in TORCHVISION} | {f"timm:{n}" for n in TIMM} | {"torchvision:resnet34"}
+#: fewer convolutions with a spatial kernel than this: not a convolutional backbone
+MIN_SPATIAL_CONVS = 4
+_MATRIX_PRODUCTS = {"matmul", "bmm", "einsum", "scaled_dot_product_attention", "baddbmm"}
+
+
+def torchvision_coverage() -> list[str]:
+    """torchvision builder modules with neither a row in :data:`TORCHVISION` nor an attention skip."""
+    covered = {getattr(torchvision.models, n).__module__ for n in TORCHVISION}
+    missing = set()
+    for name in torchvision.models.list_models(module=torchvision.models):
+        if name.startswith(TORCHVISION_ATTENTION):
+            continue
+        module = getattr(torchvision.models, name).__module__
+        if module not in covered:
+            missing.add(module)
+    return sorted(missing)
+
+
+def _graph_products(model: torch.nn.Module) -> list[str]:
+    """Names of matrix products between traced values (attention, state-space mixing)."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable symbolically: decided by the modules alone
+        return []
+    found = []
+    for node in graph.nodes:
+        name = getattr(node.target, "__name__", str(node.target))
+        if node.op in ("call_function", "call_method") and name in _MATRIX_PRODUCTS:
+            found.append(name)
+    return found
+
+
+def timm_family(module: str) -> dict:
+    """The small variant of a timm module and whether it is skipped (module docstring)."""
+    listed = [n for n in TIMM if n in timm.list_models(module=module)]
+    candidates = listed or [n for n in timm.list_models(module=module) if not n.startswith("test_")]
+    best: tuple[str, int, torch.nn.Module] | None = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in candidates:
+            try:
+                with torch.device("meta"):
+                    model = timm.create_model(name, pretrained=False)
+            except Exception:  # noqa: BLE001 - variants that cannot be built here are passed over
+                continue
+            size = sum(p.numel() for p in model.parameters())
+            if best is None or size < best[1]:
+                best = (name, size, model)
+    if best is None:
+        return {"module": module, "model": None, "skip": "no variant can be built"}
+    name, size, model = best
+    row: dict = {"module": module, "model": name, "params": size, "skip": None}
+    heads = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "num_heads") or hasattr(m, "qkv")})
+    token = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Attention")})
+    spatial = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and max(m.kernel_size) > 1)
+    if heads or token:
+        row["skip"] = f"attention-based ({', '.join(sorted(set(heads + token))[:2])})"
+    elif spatial < MIN_SPATIAL_CONVS:
+        row["skip"] = f"not convolutional ({spatial} spatial convolutions)"
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            products = _graph_products(timm.create_model(name, pretrained=False).eval())
+        if products:
+            row["skip"] = f"attention-based (token mixing by {products[0]})"
+    return row
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -59,8 +147,16 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
 def build(source: str, name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
-    model = getattr(torchvision.models, name)(**kwargs) if source == "torchvision" else timm.create_model(name, pretrained=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = (getattr(torchvision.models, name)(**kwargs) if source == "torchvision"
+                 else timm.create_model(name, pretrained=False))
     return randomise_batchnorm(model)
+
+
+def _own_size(model: torch.nn.Module) -> int:
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    return int(size[-1])
 
 
 SPEED_LAYERS = 8
@@ -76,8 +172,9 @@ def measure_speed(source: str, name: str, size: int) -> dict:
     cheap and few.) Checked against a measured all-channel run of ResNet-34
     (``benchmarks/results/crp_throughput.json``).
     """
-    engine = CRPEngine(build(source, name))
-    attribution = engine.attribute(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2)))
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
+    engine = CRPEngine(build(source, name), example_input=x)
+    attribution = engine.attribute(x)
     picks = sorted({round(i) for i in np.linspace(0, len(engine.layers) - 1, min(SPEED_LAYERS, len(engine.layers)))})
     channels = seconds = 0.0
     maps = 0
@@ -98,12 +195,20 @@ def measure(source: str, name: str, conservation_size: int) -> dict:
     row: dict = {"family": f"{source}:{name}"}
     try:
         model = build(source, name)
-        x = torch.randn(1, 3, conservation_size, conservation_size, generator=torch.Generator().manual_seed(1))
-        engine = CRPEngine(model)
-        attribution = engine.attribute(x)
+        size = conservation_size
+        try:
+            x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+            engine = CRPEngine(model, example_input=x)
+            attribution = engine.attribute(x)
+        except InputError:  # the model refuses this size (its own asserts): use its own
+            size = _own_size(model)
+            x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+            engine = CRPEngine(model, example_input=x)
+            attribution = engine.attribute(x)
     except Exception as exc:  # noqa: BLE001 - the benchmark reports every failure as a row
-        row.update(status=f"error: {str(exc).splitlines()[0][:160]}")
+        row.update(status=f"error: {str(exc).splitlines()[0][:200]}")
         return row
+    row["size"] = size
     rng = np.random.default_rng(0)
     channels, scale = {}, {}
     for layer in engine.layers:
@@ -136,36 +241,72 @@ def _speed_check(rows: list[dict]) -> list[str]:
             f"({data['total_channels']:,} channels in {data['all_channels_s']:.0f} s, `crp_throughput.json`)."]
 
 
-def table(rows: list[dict], size: int, conservation_size: int) -> str:
+def summary(rows: list[dict], skipped: list[dict]) -> dict:
+    """Counts of the zoo: families explained and conserving, refused, skipped."""
+    timm_rows = [r for r in rows if r["family"].startswith("timm:") and r.get("zoo")]
+    explained = [r for r in timm_rows if r["status"] == "ok"]
+    conserving = [r for r in explained if r["conservation_error"] <= 1e-3 and r["heatmap_error"] <= 1e-2]
+    return {
+        "timm_convolutional_families": len(timm_rows), "timm_explained": len(explained),
+        "timm_explained_and_conserving": len(conserving), "timm_skipped": len(skipped),
+        "torchvision_families": sum(r["family"].startswith("torchvision:") for r in rows) - len(SPEED_CHECK),
+        "torchvision_explained": sum(r["family"].startswith("torchvision:") and r["status"] == "ok" for r in rows)
+        - len(SPEED_CHECK),
+    }
+
+
+def _row(row: dict) -> str:
+    module = row.get("module", "")
+    if row["status"] != "ok":
+        return f"| {row['family']} | {module} | {row['status']} | | | | | | |"
+    speed = f"{row['maps_per_s']:.1f}" if row.get("maps_per_s") is not None else "–"
+    return (f"| {row['family']} | {module} | ok | {row['layers']} | {row['neurons']:,} | {row.get('size', '')} | "
+            f"{row['conservation_error']:.1e} | {row['heatmap_error']:.1e} | {speed} |")
+
+
+def table(rows: list[dict], skipped: list[dict], size: int, conservation_size: int, speed_date: str | None) -> str:
+    counts = summary(rows, skipped)
+    refused = [r for r in rows if r["status"] != "ok"]
     lines = [
         "# CNN families the CRP engine explains",
         "",
-        "Generated by `python benchmarks/architectures.py` (random weights with randomised BatchNorm statistics and",
-        f"gammas, torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
-        f"{platform.machine()} CPU, 2 cores).",
+        "Generated by `python benchmarks/architectures.py --part conservation` (random weights with randomised BatchNorm",
+        f"statistics and gammas, torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
+        f"{platform.machine()} CPU, 2 cores). The zoo and its filter are in the script's docstring: every torchvision",
+        "classification CNN family and one small variant of every timm architecture family (`timm.list_modules()`)",
+        "whose backbone is convolutional, decided by the script, not by hand.",
+        "",
+        f"**timm: {counts['timm_explained']} of {counts['timm_convolutional_families']} convolutional families explained, "
+        f"{counts['timm_explained_and_conserving']} of them conserving** (conservation error ≤ 1e-3 and heatmap error ≤ 1e-2); "
+        f"{counts['timm_skipped']} families skipped as attention-based or not convolutional (listed below). "
+        f"torchvision: {counts['torchvision_explained']} of {counts['torchvision_families']} CNN families explained.",
+        "",
         "Conservation error: `max |sum(y_p) - r_p| / max|R_layer|` over the most relevant and one random channel of every",
-        f"layer, and heatmap error `|sum(heatmap) - logit| / |logit|`, both at {conservation_size}x{conservation_size}.",
+        f"layer, and heatmap error `|sum(heatmap) - logit| / |logit|`, both at {conservation_size}x{conservation_size} "
+        "(column *size*: the model's own input size where it refuses that).",
         f"Maps/s: all-channel rate of conditional maps at batch 32 and {size}x{size}, estimated from the 32 most",
         f"relevant channels of {SPEED_LAYERS} evenly spaced layers, each layer's time per map weighted by its channel count",
-        "(`measure_speed`); measured alone on the machine, after the conservation part. Its check: ResNet-34",
-        "(see the last row) against its measured all-channel run in `benchmarks/results/crp_throughput.json`.",
+        "(`measure_speed`), for the families listed before the zoo (`--part speed`, measured alone on the machine"
+        + (f"; the rates shown were measured on {speed_date}" if speed_date else "") + "); – = not measured.",
+        "Its check: ResNet-34 (see the last row) against its measured all-channel run in `benchmarks/results/crp_throughput.json`.",
         "Neurons are the conv channels; ConvNeXt's pointwise `nn.Linear` layers on channels-last maps are 1x1",
         "convolutions and count as conv layers (kind `pointwise`, explained with the convolution's z+ rule).",
+        "Re-parameterisable blocks (RepVGG, MobileOne, FastViT, RepViT, RepGhost) are fused before explaining, as",
+        "BatchNorm is merged (`CRPEngine(reparameterize=True)`, the default).",
         "AlexNet's 5 % heatmap error appears only at 96x96, where its adaptive pooling upsamples a 2x2 map to 6x6",
         "(not traced further); at 224x224 it is 4e-4.",
         *_speed_check(rows),
         "",
-        "| family | status | conv layers | neurons | conservation error | heatmap error | maps/s |",
-        "|---|---|---|---|---|---|---|",
+        "| family | timm module | status | conv layers | neurons | size | conservation error | heatmap error | maps/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(_row(row) for row in rows),
+        "",
     ]
-    for row in rows:
-        if row["status"] != "ok":
-            lines.append(f"| {row['family']} | {row['status']} | | | | | |")
-            continue
-        speed = f"{row['maps_per_s']:.1f}" if row.get("maps_per_s") is not None else "–"
-        lines.append(f"| {row['family']} | ok | {row['layers']} | {row['neurons']:,} | {row['conservation_error']:.1e} | "
-                     f"{row['heatmap_error']:.1e} | {speed} |")
-    return "\n".join(lines) + "\n"
+    if refused:
+        lines += ["## Refused", "", *(f"- `{r['family']}`: {r['status']}" for r in refused), ""]
+    lines += ["## Skipped timm families", "", "| timm module | small variant | reason |", "|---|---|---|",
+              *(f"| {r['module']} | {r['model'] or ''} | {r['skip']} |" for r in skipped), ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -176,31 +317,56 @@ def main() -> None:
     parser.add_argument("--conservation-size", type=int, default=96)
     parser.add_argument("--only", nargs="*", default=None, help="family names to run (default: all)")
     parser.add_argument("--part", choices=("all", "conservation", "speed", "table"), default="all",
-                        help="speed: add maps/s to the rows of an existing --out (run it alone on the machine); "
-                             "table: rewrite --table from --out")
+                        help="conservation: every family, carrying maps/s over from --out; speed: add maps/s to the "
+                             "rows of an existing --out (run it alone on the machine); table: rewrite --table from --out")
     args = parser.parse_args()
+    missing = torchvision_coverage()
+    if missing:
+        raise SystemExit(f"torchvision CNN builders without a row: {missing}; add one to TORCHVISION")
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     if args.part in ("speed", "table"):
-        rows = json.loads(Path(args.out).read_text())["rows"]
+        rows, skipped = previous["rows"], previous.get("skipped", [])
     else:
+        carried = {r["family"]: r for r in previous.get("rows", []) if r.get("maps_per_s") is not None}
+        families = [("torchvision", n, None) for n in TORCHVISION]
+        skipped = []
+        for module in timm.list_modules():
+            info = timm_family(module)
+            print(json.dumps(info), flush=True)
+            if info["skip"]:
+                skipped.append(info)
+            else:
+                families.append(("timm", info["model"], module))
+        picked = {name for _, name, _ in families}
+        families += [("timm", n, None) for n in TIMM if n not in picked]  # listed before the zoo, kept
+        families += [(s, n, None) for s, n in SPEED_CHECK]
         rows = []
-        for source, names in (("torchvision", TORCHVISION), ("timm", TIMM), *((s, [n]) for s, n in SPEED_CHECK)):
-            for name in names:
-                if args.only and name not in args.only:
-                    continue
-                t0 = time.perf_counter()
-                row = measure(source, name, args.conservation_size)
-                row["wall_s"] = time.perf_counter() - t0
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+        for source, name, module in families:
+            if args.only and name not in args.only:
+                continue
+            t0 = time.perf_counter()
+            row = measure(source, name, args.conservation_size)
+            row["wall_s"] = time.perf_counter() - t0
+            if module is not None:
+                row.update(module=module, zoo=True)
+            if args.part == "conservation" and row["family"] in carried and row["status"] == "ok":
+                row.update({k: carried[row["family"]][k] for k in ("maps_per_s", "speed_layers", "speed_maps")})
+                row["speed_measured"] = carried[row["family"]].get("speed_measured", previous.get("speed_date"))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    speed_date = previous.get("speed_date", "2026-12-02")
     if args.part in ("all", "speed"):
+        speed_date = time.strftime("%Y-%m-%d")
         for row in rows:
-            if row["status"] == "ok":
+            if row["status"] == "ok" and row["family"] in SPEED_FAMILIES:
                 source, name = row["family"].split(":", 1)
                 row.update(measure_speed(source, name, args.size))
                 print(row["family"], f"{row['maps_per_s']:.1f} maps/s", flush=True)
-    Path(args.out).write_text(json.dumps({"size": args.size, "conservation_size": args.conservation_size,
-                                          "torch": torch.__version__, "rows": rows}, indent=1))
-    Path(args.table).write_text(table(rows, args.size, args.conservation_size))
+    result = {"size": args.size, "conservation_size": args.conservation_size, "torch": torch.__version__,
+              "timm": timm.__version__, "speed_date": speed_date, "summary": summary(rows, skipped),
+              "rows": rows, "skipped": skipped}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    Path(args.table).write_text(table(rows, skipped, args.size, args.conservation_size, speed_date))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from conceptree import Composite, CRPEngine
-from conceptree.attribution import rule_table
+from conceptree.attribution import rule_table, rules
 
 from . import helpers
 from .test_conservation import assert_conserved
@@ -234,3 +234,42 @@ def test_convnext_pointwise_linear_layers_are_neurons_equal_to_their_conv_form()
     kept = float(a_lin.channel_relevance(layer)[top[:2]].sum())
     group = eng_linear.group_maps(a_lin, [{layer: top[:2]}])
     assert float(group.sum()) == pytest.approx(kept, rel=1e-3, abs=1e-6 * abs(kept))
+
+
+class GammaConvRule(rules.ConvRule):
+    """LRP-gamma (Montavon et al. 2019): positive weights strengthened, ``w + gamma * w+``."""
+
+    gamma = 0.25
+
+    def contributions(self, xp, weight, bias, composite, constant):
+        modified = weight + self.gamma * weight.clamp(min=0)
+        return [(xp, modified)], self.conv(xp, modified), composite.stabilizer
+
+
+def test_a_new_lrp_variant_is_one_subclass_and_one_table_row():
+    """Gamma on the second conv, against a slow formula: R_i = sum_j x_i w'_ij R_j / sum_k x_k w'_kj."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2)).eval().double()
+    composite = Composite().with_rule(nn.Conv2d, rule_table.conv_variant(GammaConvRule))
+    assert composite != Composite().with_rule(nn.Conv2d, rule_table.conv_variant(rules.EpsilonConvRule))
+    engine = CRPEngine(model, composite)
+    x = torch.randn(1, 3, 7, 7, dtype=torch.float64)
+    forward = engine.forward(x)
+    (node,) = [n for n in forward.rules if n.target == "2"]
+    (first,) = [n for n in forward.rules if n.target == "0"]
+    assert type(forward.rules[node]) is GammaConvRule and type(forward.rules[first]) is rules.FlatConvRule
+    rel = torch.randn(2, 5, 5, 5, dtype=torch.float64)
+    (_, got), = forward.rules[node].backward(rel)
+
+    a = torch.relu(model[0](x))  # (1, 4, 7, 7), the conv's input
+    w = model[2].weight
+    w_mod = (w + 0.25 * w.clamp(min=0)).reshape(5, -1)  # (5, 4*3*3)
+    patches = F.unfold(a, 3)[0]  # (36, 25): inputs under each output position
+    contrib = w_mod[:, :, None] * patches[None]  # (5, 36, 25)
+    z = contrib.sum(1)  # (5, 25)
+    z = z + 1e-6 * torch.where(z >= 0, 1.0, -1.0)
+    for b in range(2):
+        share = (contrib * (rel[b].reshape(5, 1, 25) / z[:, None])).sum(0)  # (36, 25)
+        want = F.fold(share[None], (7, 7), 3)[0]
+        torch.testing.assert_close(got[b], want, rtol=1e-8, atol=1e-10)

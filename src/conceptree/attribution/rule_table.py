@@ -148,18 +148,47 @@ class RuleContext:
 
 
 # --------------------------------------------------------------------------- factories
-def conv_rule(ctx: RuleContext) -> R.Rule:
-    return R.ConvRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "zplus", ctx.composite,
-                      ctx.node.target, ctx.validate, ctx.constants)
+#: the flat rule of the layers that read the input (``Composite.flat_first_layer``)
+FIRST_CONV_RULE: type[R.ConvRule] = R.FlatConvRule
+FIRST_LINEAR_RULE: type[R.LinearRule] = R.FlatLinearRule
 
 
-def linear_rule(ctx: RuleContext) -> R.Rule:
-    """Epsilon for a dense layer; on a channels-last map ``(1, H, W, C)`` it is a 1x1
-    convolution (ConvNeXt's pointwise layers) and gets the convolution's rule."""
-    if isinstance(ctx.x, Tensor) and ctx.x.ndim == 4:
-        return R.PointwiseLinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "zplus",
-                                     ctx.composite, ctx.node.target, ctx.validate, ctx.constants)
-    return R.LinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, "flat" if ctx.first else "epsilon", ctx.composite)
+def _named(factory: Callable, name: str, module: str) -> Callable:
+    factory.__qualname__ = factory.__name__ = name
+    factory.__module__ = module
+    return factory
+
+
+def conv_variant(variant: type[R.ConvRule]) -> RuleFactory:
+    """The table entry of a convolution explained with ``variant`` (flat where the layer reads
+    the input and the composite says so). A new LRP variant is one :class:`~.rules.ConvRule`
+    subclass and one row: ``Composite().with_rule(nn.Conv2d, conv_variant(GammaConvRule))``."""
+
+    def factory(ctx: RuleContext) -> R.Rule:
+        cls = FIRST_CONV_RULE if ctx.first else variant
+        return cls(ctx.arg0, ctx.module, ctx.x, ctx.out, ctx.composite, ctx.node.target, ctx.validate, ctx.constants)
+
+    return _named(factory, f"conv_variant({variant.__qualname__})", variant.__module__)
+
+
+def linear_variant(variant: type[R.LinearRule], pointwise: type[R.ConvRule] = R.ZPlusConvRule) -> RuleFactory:
+    """The table entry of a dense layer explained with ``variant``; on a channels-last map
+    ``(1, H, W, C)`` it is a 1x1 convolution (ConvNeXt's pointwise layers) and gets the conv
+    variant ``pointwise``."""
+
+    def factory(ctx: RuleContext) -> R.Rule:
+        if isinstance(ctx.x, Tensor) and ctx.x.ndim == 4:
+            conv = FIRST_CONV_RULE if ctx.first else pointwise
+            return R.PointwiseLinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, conv, ctx.composite, ctx.node.target,
+                                         ctx.validate, ctx.constants)
+        return (FIRST_LINEAR_RULE if ctx.first else variant)(ctx.arg0, ctx.module, ctx.x, ctx.out, ctx.composite)
+
+    return _named(factory, f"linear_variant({variant.__qualname__}, {pointwise.__qualname__})", variant.__module__)
+
+
+#: z+ for convolutions, epsilon for dense layers (``epsilon-plus[-flat]``)
+conv_rule = conv_variant(R.ZPlusConvRule)
+linear_rule = linear_variant(R.EpsilonLinearRule)
 
 
 def pass_rule(ctx: RuleContext) -> R.Rule:
@@ -275,8 +304,8 @@ def functional_conv_rule(ctx: RuleContext) -> R.Rule:
             if bias is not None:
                 conv.bias.copy_(bias)
         ctx.constants[key] = conv
-    return R.ConvRule(ctx.arg0, ctx.constants[key], ctx.x, ctx.out, "flat" if ctx.first else "zplus", ctx.composite,
-                      ctx.node.name, ctx.validate, ctx.constants)
+    return (FIRST_CONV_RULE if ctx.first else R.ZPlusConvRule)(ctx.arg0, ctx.constants[key], ctx.x, ctx.out,
+                                                                ctx.composite, ctx.node.name, ctx.validate, ctx.constants)
 
 
 def softmax_rule(ctx: RuleContext) -> R.Rule:

@@ -355,14 +355,25 @@ def conv_geometry(module: nn.Conv2d, x: Tensor, name: str) -> tuple[list[int], t
 
 
 class ConvRule(Rule):
-    """z+, epsilon or flat rule of a 2-D convolution (BatchNorm already merged).
+    """An LRP rule of a 2-D convolution (BatchNorm already merged): the base of the variants.
+
+    The base holds what every variant shares: the geometry (explicit padding), the check that
+    the module computes a plain convolution, the stabilised denominator and the batched
+    backward pass. A variant (zennit's shape: one class per rule) only says how the
+    contributions are formed, in :meth:`contributions`: :class:`ZPlusConvRule`,
+    :class:`EpsilonConvRule`, :class:`FlatConvRule`. A new variant (e.g. Gamma) is one subclass
+    registered with :func:`conceptree.attribution.rule_table.conv_variant`.
 
     ``terms`` holds ``(input_factor, weight)`` pairs; the input relevance is
     ``sum_t input_factor_t * convT(weight_t, R * inv_z)`` (``input_factor`` None = 1), with
     ``inv_z = 1 / stab(z)`` (or exactly ``1 / z`` and the flat rule on dead units, see below).
     """
 
-    def __init__(self, inp: fx.Node, module: nn.Conv2d, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str,
+    #: ``z`` is a sum of non-negative terms, so it may be divided exactly where ``z > 0`` and a
+    #: dead unit (``z == 0``) spreads its relevance flat (``Composite(dead_units="flat")``)
+    nonnegative: bool = False
+
+    def __init__(self, inp: fx.Node, module: nn.Conv2d, x: Tensor, out: Tensor, composite: Composite, name: str,
                  validate: bool = True, constants: dict | None = None) -> None:
         self.inputs = (inp,)
         self.name = name
@@ -380,7 +391,6 @@ class ConvRule(Rule):
                 f"conv '{name}' ({type(module).__name__}) does not compute a plain convolution; "
                 "replace its custom forward with nn.Conv2d"
             )
-        conv = lambda inp_, w, b=None: F.conv2d(inp_, w, b, self.stride, self.padding, self.dilation, self.groups)  # noqa: E731
         use_bias = bias is not None and not composite.zero_bias
         # values that depend only on the module and the input's shape are kept per engine
         const = constants if constants is not None else {}
@@ -391,38 +401,15 @@ class ConvRule(Rule):
                 const[key] = make()
             return const[key]
 
-        if mode == "zplus":
-            w_pos = constant("w_pos", lambda: weight.clamp(min=0))
-            has_negative = bool(xp.min() < 0)
-            x_pos = xp.clamp(min=0) if has_negative else xp
-            z = conv(x_pos, w_pos, bias.clamp(min=0) if use_bias else None)
-            self.terms: list[tuple[Tensor | None, Tensor]] = [(x_pos, w_pos)]
-            if has_negative:
-                x_neg = xp.clamp(max=0)
-                w_neg = constant("w_neg", lambda: weight.clamp(max=0))
-                z = z + conv(x_neg, w_neg)
-                self.terms.append((x_neg, w_neg))
-            eps = composite.stabilizer
-        elif mode == "epsilon":
-            z = conv(xp, weight, bias if use_bias else None)
-            self.terms = [(xp, weight)]
-            eps = composite.epsilon
-        elif mode == "flat":
-            ones_w = constant("ones_w", lambda: torch.ones_like(weight))
-            z = constant("flat_z", lambda: conv(F.pad(torch.ones_like(x), self.pads) if any(self.pads) else torch.ones_like(x),
-                                                ones_w))
-            self.terms = [(None, ones_w)]
-            eps = composite.stabilizer
-        else:  # pragma: no cover - guarded by the engine
-            raise ValueError(mode)
-        self.mode = mode
+        self.terms: list[tuple[Tensor | None, Tensor]]
+        self.terms, z, eps = self.contributions(xp, weight, bias if use_bias else None, composite, constant)
         # dead_units="flat": z+ is a sum of non-negative terms, so R * (x_i w_i / z) needs no
         # stabiliser when z > 0 (each share is <= 1) and conserves exactly. A unit with z == 0
         # (active through its bias alone, e.g. a depthwise window of zeros) has no positive
         # input to credit; its relevance is spread uniformly over its receptive field (the
         # flat rule) instead of being dropped. Layers without such units pay nothing.
         self.has_dead_units = False
-        if mode == "zplus" and composite.dead_units == "flat":
+        if self.nonnegative and composite.dead_units == "flat":
             dead = z <= 1e-30
             self.inv_z = (1.0 / z).masked_fill_(dead, 0.0)
             if bool(dead.any()):
@@ -526,6 +513,57 @@ class ConvRule(Rule):
             total = full
         return [(self.inputs[0], self._crop(total))]
 
+    def conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The module's convolution (after the explicit padding) with another weight and bias."""
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def contributions(self, xp: Tensor, weight: Tensor, bias: Tensor | None, composite: Composite,
+                      constant: Callable[[str, Callable[[], Tensor]], Tensor]
+                      ) -> tuple[list[tuple[Tensor | None, Tensor]], Tensor, float]:
+        """The variant: ``(terms, z, eps)`` for the padded input ``xp`` ``(1, C, H, W)``.
+
+        ``bias`` is None when the composite leaves biases out (``zero_bias``); ``constant(what,
+        make)`` caches a value that depends only on the weight and the input's shape.
+        """
+        raise NotImplementedError
+
+
+class ZPlusConvRule(ConvRule):
+    """z+: ``z = W+ x+ + W- x- (+ b+)``, the positive contributions (zennit's ``ZPlus``)."""
+
+    nonnegative = True
+
+    def contributions(self, xp, weight, bias, composite, constant):  # type: ignore[no-untyped-def]
+        w_pos = constant("w_pos", lambda: weight.clamp(min=0))
+        has_negative = bool(xp.min() < 0)
+        x_pos = xp.clamp(min=0) if has_negative else xp
+        z = self.conv(x_pos, w_pos, bias.clamp(min=0) if bias is not None else None)
+        terms: list[tuple[Tensor | None, Tensor]] = [(x_pos, w_pos)]
+        if has_negative:
+            x_neg = xp.clamp(max=0)
+            w_neg = constant("w_neg", lambda: weight.clamp(max=0))
+            z = z + self.conv(x_neg, w_neg)
+            terms.append((x_neg, w_neg))
+        return terms, z, composite.stabilizer
+
+
+class EpsilonConvRule(ConvRule):
+    """epsilon: ``z = W x (+ b)``, stabilised by the composite's ``epsilon``."""
+
+    def contributions(self, xp, weight, bias, composite, constant):  # type: ignore[no-untyped-def]
+        return [(xp, weight)], self.conv(xp, weight, bias), composite.epsilon
+
+
+class FlatConvRule(ConvRule):
+    """flat: weights and inputs set to one, relevance spread uniformly over the receptive field
+    (the layer that reads the input)."""
+
+    def contributions(self, xp, weight, bias, composite, constant):  # type: ignore[no-untyped-def]
+        ones_w = constant("ones_w", lambda: torch.ones_like(weight))
+        # ones on the image, zeros on the explicit padding (as the padded input's zeros)
+        ones_x = lambda: F.pad(torch.ones_like(self._crop(xp)), self.pads) if any(self.pads) else torch.ones_like(xp)  # noqa: E731
+        z = constant("flat_z", lambda: self.conv(ones_x(), ones_w))
+        return [(None, ones_w)], z, composite.stabilizer
 
 class PointwiseLinearRule(Rule):
     """A dense layer applied at every position of a channels-last map: a 1x1 convolution.
@@ -541,15 +579,15 @@ class PointwiseLinearRule(Rule):
 
     channels_last = True
 
-    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, mode: str, composite: Composite, name: str,
-                 validate: bool = True, constants: dict | None = None) -> None:
+    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, variant: type[ConvRule],
+                 composite: Composite, name: str, validate: bool = True, constants: dict | None = None) -> None:
         self.inputs = (inp,)
         conv = nn.Conv2d(module.in_features, module.out_features, 1, bias=module.bias is not None).to(module.weight)
         with torch.no_grad():
             conv.weight.copy_(module.weight[:, :, None, None])
             if module.bias is not None:
                 conv.bias.copy_(module.bias)
-        self.conv = ConvRule(inp, conv, x.permute(0, 3, 1, 2), out.permute(0, 3, 1, 2), mode, composite, name, validate, constants)
+        self.conv = variant(inp, conv, x.permute(0, 3, 1, 2), out.permute(0, 3, 1, 2), composite, name, validate, constants)
 
     def use_channels_last(self) -> None:
         self.conv.use_channels_last()
@@ -565,30 +603,21 @@ class PointwiseLinearRule(Rule):
 
 
 class LinearRule(Rule):
-    """Epsilon, z+ or flat rule of a dense layer."""
+    """An LRP rule of a dense layer: the base of the variants (:class:`EpsilonLinearRule`,
+    :class:`ZPlusLinearRule`, :class:`FlatLinearRule`), which say how the contributions are
+    formed (:meth:`contributions`), as for :class:`ConvRule`."""
 
-    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, mode: str, composite: Composite) -> None:
+    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, composite: Composite) -> None:
         self.inputs = (inp,)
-        weight, bias = module.weight, module.bias
-        use_bias = bias is not None and not composite.zero_bias
-        if mode == "epsilon":
-            z = F.linear(x, weight, bias if use_bias else None)
-            self.terms: list[tuple[Tensor | None, Tensor]] = [(x, weight)]
-            eps = composite.epsilon
-        elif mode == "zplus":
-            w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-            x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-            z = F.linear(x_pos, w_pos, bias.clamp(min=0) if use_bias else None) + F.linear(x_neg, w_neg)
-            self.terms = [(x_pos, w_pos), (x_neg, w_neg)]
-            eps = composite.stabilizer
-        elif mode == "flat":
-            ones_w = torch.ones_like(weight)
-            z = F.linear(torch.ones_like(x), ones_w)
-            self.terms = [(None, ones_w)]
-            eps = composite.stabilizer
-        else:  # pragma: no cover
-            raise ValueError(mode)
+        bias = module.bias if module.bias is not None and not composite.zero_bias else None
+        self.terms: list[tuple[Tensor | None, Tensor]]
+        self.terms, z, eps = self.contributions(x, module.weight, bias, composite)
         self.inv_z = 1.0 / stabilize(z, eps)
+
+    def contributions(self, x: Tensor, weight: Tensor, bias: Tensor | None, composite: Composite
+                      ) -> tuple[list[tuple[Tensor | None, Tensor]], Tensor, float]:
+        """The variant: ``(terms, z, eps)`` for the input ``x`` ``(1, F)``."""
+        raise NotImplementedError
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         scaled = relevance * self.inv_z
@@ -599,3 +628,28 @@ class LinearRule(Rule):
             total = part if total is None else total + part
         assert total is not None
         return [(self.inputs[0], total)]
+
+
+class EpsilonLinearRule(LinearRule):
+    """epsilon: ``z = W x (+ b)``, stabilised by the composite's ``epsilon``."""
+
+    def contributions(self, x, weight, bias, composite):  # type: ignore[no-untyped-def]
+        return [(x, weight)], F.linear(x, weight, bias), composite.epsilon
+
+
+class ZPlusLinearRule(LinearRule):
+    """z+: ``z = W+ x+ + W- x- (+ b+)``."""
+
+    def contributions(self, x, weight, bias, composite):  # type: ignore[no-untyped-def]
+        w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+        x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+        z = F.linear(x_pos, w_pos, bias.clamp(min=0) if bias is not None else None) + F.linear(x_neg, w_neg)
+        return [(x_pos, w_pos), (x_neg, w_neg)], z, composite.stabilizer
+
+
+class FlatLinearRule(LinearRule):
+    """flat: weights and inputs set to one (a dense layer that reads the model input)."""
+
+    def contributions(self, x, weight, bias, composite):  # type: ignore[no-untyped-def]
+        ones_w = torch.ones_like(weight)
+        return [(None, ones_w)], F.linear(torch.ones_like(x), ones_w), composite.stabilizer
