@@ -53,3 +53,25 @@ def test_layout_errors(tmp_path):
 def test_key_renaming():
     renamed = dcne_state_to_torchvision({"features.module.layer1.0.conv1.weight": 1, "classifier.0.bias": 2})
     assert renamed == {"layer1.0.conv1.weight": 1, "fc.bias": 2}
+
+
+def test_a_model_family_is_one_registered_spec_prefix():
+    """The loading table: an added prefix is used by load_model; unknown prefixes list the table."""
+    from conceptree.models import loading
+
+    def load_tiny(req):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        return loading.ModelSpec(req.spec, model.eval(), loading.IMAGENET_PREPROCESSING, ["a", "b"])
+
+    saved = dict(loading.SPEC_LOADERS)
+    try:
+        loading.register_spec_prefix("tiny", load_tiny)
+        spec = loading.load_model("tiny:anything")
+        assert spec.class_names == ["a", "b"] and spec.spec == "tiny:anything"
+        with pytest.raises(InputError, match=r"unknown model spec 'keras:x'; use default, timm:NAME, .* or tiny:NAME"):
+            loading.load_model("keras:x")
+        with pytest.raises(InputError, match="without ':'"):
+            loading.register_spec_prefix("a:b", load_tiny)
+    finally:
+        loading.SPEC_LOADERS.clear()
+        loading.SPEC_LOADERS.update(saved)

