@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal, cast
 
 from ..errors import InputError
 
@@ -109,7 +109,7 @@ class Composite:
             raise InputError(f"this composite was read back from JSON and its added rules ({names}) cannot be "
                              "restored; pass a Composite().with_rule(...) with the same rules (composite=...)")
         table = default_rules()
-        table.update(dict(self.extra_rules))
+        table.update({cast(Any, key): factory for key, factory in self.extra_rules})
         return table
 
     def to_dict(self) -> dict[str, object]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import difflib
 import operator
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..errors import ConceptreeError, InputError, UnsupportedModelError
 from . import rules as R
 from .composites import Composite
-from .graph import LayerInfo, canonize, guards, list_layers, select_layers
+from .graph import LayerInfo, ZennitCompat, canonize, guards, list_layers, select_layers
 from .rule_table import RuleContext, lookup
 
 InitRelevance = Literal["logit", "one"]
@@ -267,7 +267,7 @@ class CRPEngine:
         self.composite = composite or Composite()
         self._rules = self.composite.rule_table()
         example = _example_input(model) if example_input is None else self._check_example(example_input, model)
-        self.graph_module = canonize(model, zennit_compat, example, reparameterize)
+        self.graph_module = canonize(model, cast(ZennitCompat | None, zennit_compat), example, reparameterize)
         self._guards = guards(self.graph_module)
         self._example_shape = tuple(example.shape)
         if dtype is not None:
@@ -276,7 +276,7 @@ class CRPEngine:
             self.graph_module.to(dtype)
         for module in self.graph_module.modules():
             if getattr(module, "inplace", False):
-                module.inplace = False
+                cast(Any, module).inplace = False
         self._nodes: list[fx.Node] = list(self.graph_module.graph.nodes)
         self._index = {node: i for i, node in enumerate(self._nodes)}
         self._node_by_layer = {
@@ -315,7 +315,7 @@ class CRPEngine:
             if not any(inp in before for inp in node.all_input_nodes):
                 continue
             if node.op == "call_module" and isinstance(
-                self.graph_module.get_submodule(node.target), (nn.Conv2d, nn.Linear)
+                self.graph_module.get_submodule(str(node.target)), (nn.Conv2d, nn.Linear)
             ):
                 first.add(node)
             else:
@@ -327,7 +327,7 @@ class CRPEngine:
         node = self._node_by_layer.get(name)
         if node is None:
             select_layers(
-                [LayerInfo(n, "module", 0) for n in self._node_by_layer], [name]
+                [LayerInfo(str(n), "module", 0) for n in self._node_by_layer], [name]
             )  # raises InputError with close matches
             raise InputError(f"layer {name!r} does not exist in the model")  # pragma: no cover
         return node
@@ -363,7 +363,7 @@ class CRPEngine:
         (None when the input is rearranged first, e.g. a space-to-depth stem: the forward pass then
         reports a mismatch at the node where it fails)."""
         for node in sorted(self._first_layers, key=self._index.__getitem__):
-            module = self.graph_module.get_submodule(node.target)
+            module = self.graph_module.get_submodule(str(node.target))
             if isinstance(module, nn.Conv2d):
                 reads_input = bool(node.args) and isinstance(node.args[0], fx.Node) and node.args[0].op == "placeholder"
                 return module.in_channels if reads_input else None
@@ -389,7 +389,7 @@ class CRPEngine:
         shapes: dict[fx.Node, torch.Size] = {}
         depends: set[fx.Node] = set()
         logits: Tensor | None = None
-        load = lambda arg: fx.node.map_arg(arg, env.__getitem__)  # noqa: E731
+        load = lambda arg: fx.node.map_arg(arg, cast(Callable[[fx.Node], Any], env.__getitem__))  # noqa: E731
         for node in self._nodes:
             if node.op == "placeholder":
                 if env:
@@ -398,7 +398,7 @@ class CRPEngine:
                 depends.add(node)
                 continue
             if node.op == "get_attr":
-                env[node] = operator.attrgetter(node.target)(self.graph_module)
+                env[node] = operator.attrgetter(str(node.target))(self.graph_module)
                 continue
             if node.op == "output":
                 out = load(node.args[0])
@@ -437,9 +437,9 @@ class CRPEngine:
 
     def _execute(self, node: fx.Node, args: tuple, kwargs: dict) -> object:
         if node.op == "call_module":
-            return self.graph_module.get_submodule(node.target)(*args, **kwargs)
+            return self.graph_module.get_submodule(str(node.target))(*args, **kwargs)
         if node.op == "call_function":
-            target = node.target
+            target = cast(Callable, node.target)
             if target is operator.iadd:
                 target = operator.add
             if kwargs.get("inplace"):
@@ -453,7 +453,7 @@ class CRPEngine:
     def _make_rule(self, node: fx.Node, args: tuple, kwargs: dict, out: Tensor, depends: set, env: dict) -> R.Rule | None:
         """The node's rule from the composite's table (:mod:`conceptree.attribution.rule_table`);
         None for a tensor whose values do not depend on the input's (a constant)."""
-        module = self.graph_module.get_submodule(node.target) if node.op == "call_module" else None
+        module = self.graph_module.get_submodule(str(node.target)) if node.op == "call_module" else None
         ctx = RuleContext(node, module, args, kwargs, out, node in self._first_layers and self.composite.flat_first_layer,
                           self.composite, depends, env, self.graph_module, node not in self._validated,
                           self._constants)
@@ -592,6 +592,7 @@ class CRPEngine:
                     absorbed[node] = (arrival * mask).reshape(batch, -1)
                 arrival = arrival * (1 - mask)
             rel = own if arrival is None else arrival if own is None else arrival + own
+            assert rel is not None
             if node.op == "placeholder":
                 result = rel
                 continue
@@ -724,6 +725,7 @@ class CRPEngine:
         arg = out.args[0]
         if isinstance(arg, (tuple, list)):
             arg = arg[0]
+        assert isinstance(arg, fx.Node)
         return arg
 
     def channel_plan(
@@ -962,7 +964,7 @@ class CRPEngine:
         for row, condition in enumerate(conditions):
             for layer, chans in condition.items():
                 node = self.layer_node(layer)
-                module = self.graph_module.get_submodule(node.target)
+                module = self.graph_module.get_submodule(str(node.target))
                 n_channels = getattr(module, "out_channels", getattr(module, "out_features", None))
                 if n_channels is None:
                     raise InputError(f"layer {layer!r} has no channels to condition on; use a conv or linear layer")

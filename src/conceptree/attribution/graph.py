@@ -23,8 +23,9 @@ import copy
 import difflib
 import fnmatch
 import operator
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.fx as fx
@@ -100,12 +101,12 @@ class _ConcreteTracer(_Tracer):
         try:
             with torch.no_grad():
                 if node.op == "get_attr":
-                    return operator.attrgetter(node.target)(self.root)
+                    return operator.attrgetter(str(node.target))(self.root)
                 if node.op == "call_module":
-                    return self.root.get_submodule(node.target)(*args, **kwargs)
+                    return self.root.get_submodule(str(node.target))(*args, **kwargs)
                 if node.op == "call_function":
-                    return node.target(*args, **kwargs)
-                return getattr(args[0], node.target)(*args[1:], **kwargs)
+                    return cast(Callable, node.target)(*args, **kwargs)
+                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
         except Exception:  # noqa: BLE001 - a value we cannot compute stays unknown (branching on it fails below)
             return _UNKNOWN
         finally:
@@ -123,17 +124,17 @@ class _ConcreteTracer(_Tracer):
         return value
 
     def iter(self, obj: fx.Proxy):  # type: ignore[no-untyped-def]
-        value = self._concrete(obj)
-        return iter([obj[i] for i in range(len(value))])  # type: ignore[arg-type]
+        value = cast(Sized, self._concrete(obj))
+        return iter([cast(Any, obj)[i] for i in range(len(value))])
 
 
 def _trace(model: nn.Module, example: Tensor | None = None) -> fx.GraphModule:
     """Trace symbolically; on control flow that needs values, follow ``example`` (module docstring)."""
+    graph: fx.Graph | None = None
     try:
         graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises many types; report one clear line
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        graph = None
         if isinstance(exc, fx.proxy.TraceError) and example is not None:
             try:
                 graph = _ConcreteTracer(example).trace(model)
@@ -143,6 +144,7 @@ def _trace(model: nn.Module, example: Tensor | None = None) -> fx.GraphModule:
             hint = ("remove data-dependent control flow from forward() or wrap that part in a module"
                     if example is not None else "pass an example input so that the trace can follow it")
             raise UnsupportedModelError(f"cannot trace {type(model).__name__} with torch.fx ({first_line}); {hint}") from exc
+    assert graph is not None
     for node in graph.nodes:
         node.meta.pop("concrete", None)  # the example's values are not kept (memory)
     return fx.GraphModule(model, graph)
@@ -155,7 +157,7 @@ def guards(graph_module: fx.GraphModule) -> dict[fx.Node, bool]:
 
 
 @torch.no_grad()
-def _merge_batchnorm(layer: nn.Module, bn: nn.Module) -> None:
+def _merge_batchnorm(layer: Any, bn: Any) -> None:
     """Fold an eval-mode BatchNorm into the preceding conv/linear ``layer`` in place."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else (
         1.0 / torch.sqrt(bn.running_var + bn.eps)
@@ -191,7 +193,7 @@ class ZennitMergedBatchNorm(nn.Module):
         return x * self.scale
 
 
-def _bn_replacement(bn: nn.Module, zennit_compat: ZennitCompat | None) -> nn.Module:
+def _bn_replacement(bn: Any, zennit_compat: ZennitCompat | None) -> nn.Module:
     """What remains of a BatchNorm after merging: identity, or timm's fused activation."""
     parts: list[nn.Module] = []
     if zennit_compat is not None:
@@ -205,7 +207,7 @@ def _bn_replacement(bn: nn.Module, zennit_compat: ZennitCompat | None) -> nn.Mod
     return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
 
 
-def _standardized_weight(module: nn.Conv2d) -> Tensor:
+def _standardized_weight(module: Any) -> Tensor:
     """The weight a weight-standardised convolution applies (timm's ``StdConv2d``: per output
     channel zero mean and unit variance over its fan-in, ``eps`` inside the root; ``Scaled``
     variants times ``gain * scale``), computed with the same ``F.batch_norm`` call as timm."""
@@ -221,7 +223,7 @@ STANDARDIZED_CONVS = {"StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledSt
 
 
 @torch.no_grad()
-def _plain_conv(module: nn.Conv2d, name: str) -> nn.Conv2d:
+def _plain_conv(module: Any, name: str) -> nn.Conv2d:
     """``module`` (a weight-standardised conv) as ``nn.Conv2d`` — or timm's ``Conv2dSame`` for
     dynamic 'same' padding — with the standardised weight, checked on a random input."""
     same = bool(getattr(module, "same_pad", False))
@@ -236,7 +238,7 @@ def _plain_conv(module: nn.Conv2d, name: str) -> nn.Conv2d:
     conv = conv.to(module.weight)
     conv.weight.copy_(_standardized_weight(module))
     if module.bias is not None:
-        conv.bias.copy_(module.bias)
+        cast(Tensor, conv.bias).copy_(module.bias)
     side = [k * d + s for k, d, s in zip(module.kernel_size, module.dilation, module.stride)]
     probe = torch.randn(1, module.in_channels, *side, generator=torch.Generator().manual_seed(0)).to(module.weight)
     want, got = module(probe), conv(probe)
@@ -331,17 +333,18 @@ def canonize(model: nn.Module, zennit_compat: ZennitCompat | None = None, exampl
     for node in traced.graph.nodes:
         if node.op != "call_module":
             continue
-        bn = traced.get_submodule(node.target)
+        bn: Any = traced.get_submodule(str(node.target))
         if not _is_batchnorm(bn):
             continue
         parent = node.args[0] if node.args else None
         layer = (
-            traced.get_submodule(parent.target)
+            traced.get_submodule(str(parent.target))
             if isinstance(parent, fx.Node) and parent.op == "call_module"
             else None
         )
         if (
             layer is None
+            or not isinstance(parent, fx.Node)
             or not isinstance(layer, (nn.Conv2d, nn.Linear))
             or len(parent.users) != 1
             or not bn.track_running_stats
@@ -398,7 +401,7 @@ def _reads_channels_last(graph_module: fx.GraphModule, node: fx.Node, pointwise:
         if current in pointwise or current.target in _PERMUTES:
             return True
         if current.op == "call_module":
-            module = graph_module.get_submodule(current.target)
+            module = graph_module.get_submodule(str(current.target))
             if type(module).__name__ == "Permute":
                 return True
             if isinstance(module, (nn.Conv2d, nn.Linear, nn.Flatten)) or "Pool" in type(module).__name__:
@@ -427,7 +430,7 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
     for node in graph_module.graph.nodes:
         if node.op != "call_module":
             continue
-        module = graph_module.get_submodule(node.target)
+        module: Any = graph_module.get_submodule(str(node.target))
         if isinstance(module, nn.Linear) and _reads_channels_last(graph_module, node, pointwise):
             pointwise.add(node)
         if isinstance(module, nn.Conv2d) and "conv" in kinds:

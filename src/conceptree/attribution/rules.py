@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.fx as fx
@@ -586,7 +587,7 @@ class PointwiseLinearRule(Rule):
         with torch.no_grad():
             conv.weight.copy_(module.weight[:, :, None, None])
             if module.bias is not None:
-                conv.bias.copy_(module.bias)
+                cast(Tensor, conv.bias).copy_(module.bias)
         self.conv = variant(inp, conv, x.permute(0, 3, 1, 2), out.permute(0, 3, 1, 2), composite, name, validate, constants)
 
     def use_channels_last(self) -> None:

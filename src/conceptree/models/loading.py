@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -201,7 +202,7 @@ def _load_dcne(req: LoadRequest) -> ModelSpec:
     from .dcne import CUB_PREPROCESSING, load_dcne_resnet34
 
     model = load_dcne_resnet34(req.name, req.kwargs.get("num_classes", 200))
-    return ModelSpec(req.spec, model, CUB_PREPROCESSING, _read_labels(req.labels, model.fc.out_features))
+    return ModelSpec(req.spec, model, CUB_PREPROCESSING, _read_labels(req.labels, cast(nn.Linear, model.fc).out_features))
 
 
 def _load_fer(req: LoadRequest) -> ModelSpec:
@@ -245,7 +246,7 @@ def _load_timm(req: LoadRequest) -> ModelSpec:
         model = timm.create_model(req.name, pretrained=False, **req.kwargs)
     except Exception as exc:  # unknown model or bad kwargs
         raise InputError(f"cannot build timm model {req.name!r} ({str(exc).splitlines()[0][:120]})") from None
-    cfg = model.pretrained_cfg or {}
+    cfg: dict = dict(getattr(model, "pretrained_cfg", None) or {})
     size = cfg.get("input_size", (3, 224, 224))[-1]
     prep = Preprocessing(
         resize=int(round(size / cfg.get("crop_pct", 0.875))), crop=size,
@@ -326,7 +327,7 @@ def load_image(path: str | None):
 
         return Image.fromarray(data.chelsea()), None
     try:
-        image = Image.open(path)
+        image: Any = Image.open(path)
         image.load()
     except FileNotFoundError:
         raise InputError(f"image {path} not found") from None
@@ -349,7 +350,8 @@ def resize_for_model(image, prep: Preprocessing) -> np.ndarray:
     """PIL image -> the model input as displayed, ``(H, W, 3)`` uint8 (resize and crop only)."""
     from PIL import Image
 
-    method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}.get(prep.interpolation, Image.BICUBIC)
+    resampling = Image.Resampling
+    method = {"bicubic": resampling.BICUBIC, "bilinear": resampling.BILINEAR}.get(prep.interpolation, resampling.BICUBIC)
     if prep.crop:
         w, h = image.size
         scale = prep.resize / min(w, h)
