@@ -35,8 +35,11 @@ from torch import Tensor, nn
 from ..errors import InputError, UnsupportedModelError
 
 #: class names of third-party modules that are traced as opaque leaves.
-_LEAF_CLASS_NAMES = {"Conv2dSame", "BatchNormAct2d", "Sum", "ZennitMergedBatchNorm", "RmsNorm", "RmsNorm2d", "RmsNormFp32",
-                     "RmsNorm2dFp32", "SimpleNorm", "SimpleNorm2d", "SimpleNormFp32", "SimpleNorm2dFp32", "StarReLU"}
+#: timm's RMS-type norms (``x / rms(x) * weight``): leaves, so that their statistics are one node
+#: (the pass rule, :mod:`conceptree.attribution.rule_table`)
+TIMM_RMS_NORMS = ("RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32", "SimpleNorm", "SimpleNorm2d",
+                  "SimpleNormFp32", "SimpleNorm2dFp32")
+_LEAF_CLASS_NAMES = {"Conv2dSame", "BatchNormAct2d", "Sum", "ZennitMergedBatchNorm", "StarReLU", *TIMM_RMS_NORMS}
 
 
 class _Tracer(fx.Tracer):
@@ -270,11 +273,11 @@ def _reparameterize(model: nn.Module, example: Tensor | None) -> nn.Module:
         return model
     from timm.models._manipulate import reparameterize_model
 
-    fused = reparameterize_model(model, inplace=False).eval()
-    shape = tuple(example.shape) if example is not None else None
-    if shape is not None:
-        probe = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(example)
-        want, got = model(probe), fused(probe)
+    probe = None if example is None else torch.randn(tuple(example.shape), generator=torch.Generator().manual_seed(0)).to(example)
+    want = None if probe is None else model(probe)
+    fused = reparameterize_model(model, inplace=True).eval()  # ``model`` is canonize's own copy
+    if probe is not None:
+        got = fused(probe)
         if not (isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape == got.shape
                 and torch.allclose(want, got, rtol=1e-3, atol=1e-4 * float(want.abs().max()) + 1e-6)):
             raise UnsupportedModelError(

@@ -80,6 +80,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from . import rules as R
+from .graph import TIMM_RMS_NORMS
 
 RuleKey = type | Callable | str
 RuleFactory = Callable[["RuleContext"], R.Rule | None]
@@ -236,9 +237,14 @@ def add_rule(ctx: RuleContext) -> R.Rule:
     variable = [isinstance(n, fx.Node) and n in ctx.depends and isinstance(v, Tensor) for n, v in zip(nodes, ctx.args)]
     if all(variable):
         return R.SumRule(nodes, ctx.args, ctx.out, ctx.composite.stabilizer, ctx.composite.dead_units == "flat")
+    return _constant_operand(ctx, nodes, variable, "addition")
+
+
+def _constant_operand(ctx: RuleContext, nodes, variable: list[bool], what: str) -> R.Rule:
+    """``x + c`` / ``x - c`` / ``c - x`` with a constant ``c``: a bias, all relevance to ``x``."""
     feature = variable.index(True)
     if tuple(ctx.args[feature].shape) != tuple(ctx.out.shape):
-        raise ctx.unsupported("addition of a constant that broadcasts the activation")
+        raise ctx.unsupported(f"{what} of a constant that broadcasts the activation")
     return R.PassRule(nodes[feature])
 
 
@@ -252,10 +258,7 @@ def sub_rule(ctx: RuleContext) -> R.Rule:
     if all(variable):
         return R.SumRule(nodes, [ctx.args[0], -ctx.args[1]], ctx.out, ctx.composite.stabilizer,
                          ctx.composite.dead_units == "flat")
-    feature = variable.index(True)
-    if tuple(ctx.args[feature].shape) != tuple(ctx.out.shape):
-        raise ctx.unsupported("subtraction of a constant that broadcasts the activation")
-    return R.PassRule(nodes[feature])
+    return _constant_operand(ctx, nodes, variable, "subtraction")
 
 
 def constant_rule(ctx: RuleContext) -> None:
@@ -494,12 +497,6 @@ PASS_FUNCTION_KEYS = (
 PASS_METHOD_KEYS = ("relu", "contiguous", "clone", "detach", "sigmoid", "tanh", "float", "to", "type_as")
 RESHAPE_METHOD_KEYS = ("view", "reshape", "flatten", "squeeze", "unsqueeze")
 RESHAPE_FUNCTION_KEYS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze)
-
-
-#: timm's RMS-type norms (``x / rms(x) * weight``, statistics held constant: the pass rule);
-#: traced as leaves (:mod:`conceptree.attribution.graph`) so that their statistics are one node
-TIMM_RMS_NORMS = ("RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32", "SimpleNorm", "SimpleNorm2d",
-                  "SimpleNormFp32", "SimpleNorm2dFp32")
 
 
 def _timm_pass_types() -> tuple[type, ...]:
