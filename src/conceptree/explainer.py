@@ -27,10 +27,13 @@ from .attribution import Attribution, Composite, CRPEngine
 from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
 from .compare import MISSING_FRACTION, NEW_OVERLAP, trace_concepts
 from .concepts import find_concepts
-from .concepts.features import concept_maps, features_for, member_maps
+from .concepts.features import concept_maps, consensus_copies, features_for, member_maps
 from .concepts.graph import concept_flows
+from .concepts.hierarchy import hierarchical_concepts
+from .concepts.layer_maps import smooth_group_maps
 from .concepts.options import ConceptOptions, preset
 from .dictionary import ConceptDictionary, dictionary_concepts
+from .dictionary.hierarchy import TREE_ROUTES, ModelTree, tree_concepts, tree_own_concepts
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
 from .index.references import DEFAULT_REFERENCES, ReferenceFinder
@@ -99,7 +102,14 @@ class ConceptExplainer:
         concepts are then read from it instead of clustered: one LRP pass, each dictionary
         concept's relevance (the sum of its members' ``r_p``) and the concise list
         (:mod:`conceptree.dictionary.concepts`), with the same concept ids on every image.
-        ``options`` then only chooses the concept maps.
+        Its tree is the model-level hierarchy of the ``"tree"`` routes (``options.hierarchy``).
+
+    Notes
+    -----
+    By default every explanation has a concise **top level** (at most 8 concepts), each opening
+    into its sub-concepts and their neurons (``options.hierarchy``, :mod:`conceptree.concepts.hierarchy`):
+    without a dictionary the photo's own tree, with one the model-level tree's nodes (the same
+    ids on every image) over the photo's own sub-concepts.
 
     Examples
     --------
@@ -160,6 +170,14 @@ class ConceptExplainer:
         # the dictionary's stored references are rows of this index when it was built from it
         self._stored_references = (self.dictionary is not None and self.index is not None
                                    and self.dictionary.params.get("index_fingerprint") == self.index.fingerprint)
+        self.hierarchy = self.options.resolved_hierarchy(self.dictionary is not None)
+        if self.hierarchy in TREE_ROUTES and self.dictionary is None:
+            raise InputError(f"hierarchy {self.hierarchy!r} is a model-level tree and needs a concept dictionary; "
+                             "pass dictionary=... (`conceptree dictionary INDEX --out DICT`) or use 'own' or 'consensus'")
+        if self.hierarchy == "consensus" and self.options.features != "layer":
+            raise InputError("the consensus hierarchy compares own-layer maps of jittered copies; use features='layer' "
+                             "or another hierarchy")
+        self.model_tree = ModelTree(self.dictionary) if self.hierarchy in TREE_ROUTES else None
 
     def _open_checked(self, value, kind: type, name: str):
         """``value`` (None, a ``kind`` or a folder) opened and checked against this explainer's
@@ -273,7 +291,21 @@ class ConceptExplainer:
         if attribution is None:
             attribution = self.engine.attribute(x, self.resolve_target(target))
         t1 = time.perf_counter()
-        if self.dictionary is not None:
+        layers = [layer.name for layer in self.engine.layers]
+        route = self.hierarchy
+        if route in TREE_ROUTES:
+            if neurons is not None and route == "tree":
+                raise InputError("the 'tree' route reads the model-level tree; it takes no precomputed neurons")
+            if route == "tree":
+                t2 = time.perf_counter()
+                concepts, neurons = tree_concepts(self.model_tree, attribution, layers, k=k)
+            else:
+                neurons = neurons if neurons is not None else features_for(self.engine, attribution, options,
+                                                                           self.batch_size, self.progress)
+                t2 = time.perf_counter()
+                concepts = tree_own_concepts(self.model_tree, attribution, neurons, distance=options.distance,
+                                             k_range=options.k_range, k=k)
+        elif self.dictionary is not None:
             if neurons is not None:
                 raise InputError("precomputed neurons are clustered per image; an explainer with a dictionary takes none")
             t2 = time.perf_counter()
@@ -285,14 +317,30 @@ class ConceptExplainer:
             elif not set(neurons.layers) <= {layer.name for layer in self.engine.layers}:
                 raise InputError("the precomputed neurons come from other layers than the engine's; recompute them")
             t2 = time.perf_counter()
-            concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k,
-                                     stability=options.stability, k_rule=options.k_rule)
+            if route == "none":
+                concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k,
+                                         stability=options.stability, k_rule=options.k_rule)
+            else:
+                copies = None
+                if route == "consensus":
+                    copies = consensus_copies(self.engine, x, attribution.target, neurons, self.preprocessing.mean,
+                                              self.preprocessing.std)
+                concepts = hierarchical_concepts(neurons, options.distance, options.k_range, k, route=route,
+                                                 copies=copies)
         t3 = time.perf_counter()
         maps = concept_maps(self.engine, attribution, concepts.concepts, options.concept_map, self.batch_size)
-        flows = None
+        top = concepts.top_level
+        top_maps = concept_maps(self.engine, attribution, top, options.concept_map, self.batch_size) if top else None
+        size = tuple(attribution.forward.input.shape[-2:])
+        display = smooth_group_maps(attribution, [c.groups() for c in concepts.concepts], size)
+        top_display = smooth_group_maps(attribution, [c.groups() for c in top], size) if top else None
+        flows = top_flows = None
         t_graph = time.perf_counter()
         if options.graph:
-            flows = concept_flows(self.engine, attribution, concepts.concepts)
+            if top:
+                top_flows = concept_flows(self.engine, attribution, top)
+            else:
+                flows = concept_flows(self.engine, attribution, concepts.concepts)
         t4 = time.perf_counter()
         image_hash = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
         references = None
@@ -323,7 +371,7 @@ class ConceptExplainer:
             model=self.model_info,
             image_info=image_info,
             preprocessing=None if isinstance(image, torch.Tensor) else self.preprocessing,
-            options=options,
+            options=options.replace(hierarchy=route),
             composite=self.engine.composite,
             layers=[layer.name for layer in self.engine.layers],
             layer_sizes={name: (int(rel.shape[-2]), int(rel.shape[-1])) for name, rel in attribution.layer_relevance.items()},
@@ -336,6 +384,10 @@ class ConceptExplainer:
             references=references,
             index_info=self.index.summary() if self.index is not None else None,
             flows=flows,
+            top_maps=top_maps,
+            display_maps=display,
+            top_display_maps=top_display,
+            top_flows=top_flows,
         )
 
     def trace(

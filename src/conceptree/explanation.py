@@ -104,7 +104,18 @@ class Explanation:
         The index used (path, images, neurons, target rule).
     flows : ConceptFlows, optional
         The concept graph: what each concept is made of (:mod:`conceptree.concepts.graph`;
-        rows and columns in the order of ``concepts.concepts``), when ``options.graph``.
+        rows and columns in the order of ``concepts.concepts``), when ``options.graph`` and the
+        explanation has no top level.
+    top_maps : np.ndarray, optional
+        Map of each top-level concept (``concepts.top_level``), ``(t, H, W)`` float32, the same
+        kind as ``concept_maps``.
+    display_maps, top_display_maps : np.ndarray, optional
+        The maps drawn in the report, ``(k, H, W)`` / ``(t, H, W)``: each layer resolution smoothed
+        by its cell size before summing (:func:`~conceptree.concepts.layer_maps.smooth_group_maps`).
+        ``concept_maps`` and ``top_maps`` are the evaluated maps.
+    top_flows : ConceptFlows, optional
+        The concept graph between the top-level concepts (rows in the order of
+        ``concepts.top_level``), when ``options.graph`` and the explanation has a top level.
     """
 
     target: Prediction
@@ -129,6 +140,10 @@ class Explanation:
     references: list[ConceptReferences] | None = None
     index_info: dict | None = None
     flows: ConceptFlows | None = None
+    top_maps: np.ndarray | None = None
+    display_maps: np.ndarray | None = None
+    top_display_maps: np.ndarray | None = None
+    top_flows: ConceptFlows | None = None
 
     @property
     def target_name(self) -> str:
@@ -182,6 +197,7 @@ class Explanation:
             "references": None if self.references is None else {
                 "index": self.index_info, "concepts": [r.to_dict() for r in self.references]},
             "concept_flows": None if self.flows is None else self.flows.to_dict(),
+            "top_flows": None if self.top_flows is None else self.top_flows.to_dict(),
         }
 
     def save(self, out: str | Path, *, render: bool = True) -> Path:
@@ -193,6 +209,9 @@ class Explanation:
         extra: dict[str, Any] = {}
         if self.neuron_maps is not None:
             extra = {"neuron_maps": self.neuron_maps.astype(np.float16), "neuron_names": np.array(self.neuron_names)}
+        for name in ("top_maps", "display_maps", "top_display_maps"):
+            if getattr(self, name) is not None:
+                extra[name] = np.asarray(getattr(self, name), dtype=np.float32)
         np.savez_compressed(
             out / "maps.npz",
             concept_maps=self.concept_maps.astype(np.float32),
@@ -257,6 +276,10 @@ class Explanation:
             references=_load_references(data.get("references"), directory / "references"),
             index_info=(data.get("references") or {}).get("index"),
             flows=ConceptFlows.from_dict(data["concept_flows"]) if data.get("concept_flows") else None,
+            top_maps=arrays["top_maps"] if "top_maps" in arrays else None,
+            display_maps=arrays["display_maps"] if "display_maps" in arrays else None,
+            top_display_maps=arrays["top_display_maps"] if "top_display_maps" in arrays else None,
+            top_flows=ConceptFlows.from_dict(data["top_flows"]) if data.get("top_flows") else None,
         )
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from .colours import colormap, concept_colours, hex_colour, text_colour
 from .concepts.graph import EDGE_SHARE
-from .report_graph import graph_svg
+from .report_graph import graph_svg, hierarchy_svg
 
 #: colormap of signed maps (red = positive relevance, blue = negative), symmetric around zero.
 SIGNED_CMAP = "RdBu_r"
@@ -231,6 +231,11 @@ details{font-size:12px;margin-top:6px}summary{cursor:pointer;color:#245}
 .flows{font-size:12px;margin:4px 0}.flows a{text-decoration:none}.graphbox{overflow-x:auto}
 .card.fragile{opacity:.72}.legend a.fragile{opacity:.45}
 .scale{font-size:11px;color:#555}.scale b{color:#b2182b}.scale i{color:#2166ac;font-style:normal;font-weight:bold}
+.card.top{border-width:3px}.overlap{font-size:12px;color:#9a6700;margin-top:6px}
+.strip{display:flex;gap:4px;margin-top:8px;flex-wrap:wrap}.strip a{text-decoration:none;color:#222}
+.strip figure{margin:0;width:96px}.strip img{width:96px;display:block;border-radius:2px}
+.strip figcaption{font-size:10px;color:#555}details.subs>summary{font-size:13px;margin-top:6px}
+#showflows:checked~.graphbox .flows{display:inline}
 """
 
 _STAGE_COLOURS = ["#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b", "#041a3a"]
@@ -354,19 +359,172 @@ def _source_line(concepts, n_neurons: int) -> str:
             f"{n_neurons:,} member neurons")
 
 
+def _card_html(explanation, i: int, concept, cmap: np.ndarray, colour: np.ndarray, width: int, fragile: bool,
+               references, flows_html: str, id_label: str) -> str:
+    """One concept's card: map, region, references, flows, depth, member thumbnails, neuron list."""
+    esc = html.escape
+    image = explanation.image
+    stages = explanation.stages()
+    members = explanation.member_maps
+    bar, depth_caption = _depth_bar(concept, stages, explanation.layer_sizes)
+    rep = concept.representative
+    sign = 1.0 if concept.relevance >= 0 else -1.0  # a negative concept: where it speaks against the class
+    thumbs = []
+    top_members = sorted(concept.neurons, key=lambda n: -n.relevance)[: members.shape[1] if members.ndim == 4 else 0]
+    for j, neuron in enumerate(top_members):
+        thumbs.append(f"<figure><img alt='member {j + 1}' src='{image_data_uri(_thumb(image, members[i, j]))}'>"
+                      f"<figcaption title='{esc(neuron.layer)}:{neuron.channel}'>{esc(neuron.layer)}:{neuron.channel}"
+                      "</figcaption></figure>")
+    neurons = "".join(f"<tr><td>{esc(n.layer)}</td><td>{n.channel}</td><td>{n.relevance:.4g}</td></tr>"
+                      for n in concept.neurons)
+    hist = "".join(f"<tr><td>{esc(layer)}</td><td>{n}</td></tr>" for layer, n in concept.layer_histogram.items())
+    return (
+        f"<div class='card{' fragile' if fragile else ''}' id='concept-{concept.rank}' style='width:{width}px'>"
+        f"<h3><span class='chip' style='background:{hex_colour(colour)}'></span>#{concept.rank}{id_label} "
+        f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · "
+        f"relevance {concept.relevance:.3g}{_stability_html(concept)}</span></h3>"
+        f"<div class='pair'><figure><img alt='concept {concept.rank} map' "
+        f"src='{image_data_uri(signed_overlay(image, cmap))}'><figcaption>map</figcaption></figure>"
+        f"<figure><img alt='concept {concept.rank} region' src='{image_data_uri(masked_photo(image, sign * cmap))}'>"
+        f"<figcaption>most relevant region{'' if sign > 0 else ' (of its negative relevance)'}</figcaption></figure>"
+        "</div>"
+        f"{_references_html(references)}"
+        f"{flows_html}"
+        f"{bar}<div class='meta'>{esc(depth_caption)}</div>"
+        f"<div class='thumbs'>{''.join(thumbs)}</div>"
+        f"<div class='meta'>most relevant members (representative {esc(rep.layer)}:{rep.channel}, "
+        f"r = {rep.relevance:.3g})</div>"
+        f"<details><summary>layers ({len(concept.layer_histogram)})</summary><table>{hist}</table></details>"
+        f"<details><summary>all {concept.size} neurons</summary><table><tr><th>layer</th><th>channel</th>"
+        f"<th>relevance</th></tr>{neurons}</table></details></div>"
+    )
+
+
+#: two top-level concepts "overlap heavily" when their most relevant regions have at least this IoU.
+OVERLAP_IOU = 0.5
+
+
+def region_overlaps(maps: np.ndarray) -> np.ndarray:
+    """``(t, t)`` IoU of the most relevant regions (:func:`region_mask`) of ``t`` maps."""
+    masks = np.stack([region_mask(np.asarray(m, np.float32)) for m in maps]) if len(maps) else np.zeros((0, 1, 1), bool)
+    flat = masks.reshape(len(masks), -1).astype(np.float32)
+    inter = flat @ flat.T
+    sizes = flat.sum(1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _top_flows_html(flows, top, t: int) -> str:
+    """A top-level card's "made of: T2 34% · …" line (flows between top-level concepts)."""
+    if flows is None:
+        return ""
+    if not flows.defined[t]:
+        return ("<div class='flows'><b>made of</b>: <span class='meta'>not defined: its relevance sums to zero or "
+                "below</span></div>")
+    made = " · ".join(f"<a href='#top-{top[d].rank}'>T{top[d].rank}</a> {_pct(s)}" for d, s in flows.made_of(t))
+    rest = f"own lower members {_pct(flows.self_share[t])}, to the input {_pct(flows.to_input[t])}"
+    return f"<div class='flows'><b>made of</b>: {made or 'no top-level concept &ge; 5%'} <span class='meta'>({rest})</span></div>"
+
+
+def _hierarchy_html(explanation, parts: list[str]) -> None:
+    """The top level first (cards, sub-concepts behind a click), then the hierarchy drawing."""
+    esc = html.escape
+    concepts = explanation.concepts
+    top = concepts.top_level
+    image = explanation.image
+    colours = concept_colours(len(top))
+    maps = explanation.display_maps if explanation.display_maps is not None else explanation.concept_maps
+    top_maps = explanation.top_display_maps if explanation.top_display_maps is not None else explanation.top_maps
+    info = concepts.hierarchy or {}
+    route = info.get("route", "?")
+    where = {"own": "the photo's own Ward tree of its neurons",
+             "consensus": "the consensus of the photo's neurons over jittered copies of it",
+             "tree": "the model-level concept tree of a dictionary (ids = its nodes, the same neurons on every image)",
+             "tree+own": "the model-level concept tree of a dictionary (ids = its nodes, the same neurons on every "
+                         "image), with the photo's own clustering below it"}.get(route, route)
+    rule = info.get("rule", {})
+    overlaps = region_overlaps(top_maps)
+    parts.append(
+        f"<h2>{len(top)} top-level concepts, largest share first</h2><p class='meta'>The top level comes from {esc(where)}: "
+        f"its cut into {rule.get('start', '?')} nodes, a node holding more than {100 * rule.get('dominant', 0):.0f}% of "
+        f"the positive relevance split (at most {rule.get('cap', '?')} concepts; docs/results/concise.md). Each opens "
+        "into its sub-concepts, and each sub-concept into its neurons. Maps are drawn smoothed (each layer's map "
+        "blurred by one of its cells before summing, so that a 7×7 layer reads as a region, not as tiles); the maps "
+        "saved and scored are the unsmoothed sums (maps.npz: concept_maps, top_maps). <span class='scale'><b>red</b> "
+        "positive, <i>blue</i> negative</span>.</p><div class='cards'>")
+    largest = max((c.share for c in top), default=0.0)
+    subs = {c.rank: i for i, c in enumerate(concepts.concepts)}
+    references = explanation.references or [None] * len(concepts.concepts)
+    for t, (concept, cmap, colour) in enumerate(zip(top, top_maps, colours)):
+        sign = 1.0 if concept.relevance >= 0 else -1.0
+        bar, depth_caption = _depth_bar(concept, explanation.stages(), explanation.layer_sizes)
+        heavy = [f"T{top[o].rank} (IoU {overlaps[t, o]:.2f})" for o in range(len(top)) if o != t and overlaps[t, o] >= OVERLAP_IOU]
+        overlap = (f"<div class='overlap'>overlaps heavily with {', '.join(heavy)}: their most relevant regions are "
+                   "largely the same place</div>" if heavy else "")
+        kids = [c for c in concept.children if c in subs]
+        strip = "".join(
+            f"<a href='#concept-{r}' title='#{r}: share {100 * concepts.concepts[subs[r]].share:.1f}%'><figure>"
+            f"<img alt='sub-concept {r}' src='{image_data_uri(_thumb(image, maps[subs[r]], 96))}'>"
+            f"<figcaption>#{r} {_pct(concepts.concepts[subs[r]].share)}</figcaption></figure></a>" for r in kids)
+        cards = "".join(
+            _card_html(explanation, subs[r], concepts.concepts[subs[r]], maps[subs[r]], colour, 330,
+                       concepts.concepts[subs[r]].stability_label == "fragile", references[subs[r]],
+                       _flows_html(explanation.flows, concepts.concepts, subs[r]), _id_label(concepts.concepts[subs[r]]))
+            for r in kids)
+        ident = (f" <span class='meta' title='node of the model-level tree: the same neurons on every image'>· node "
+                 f"{concept.concept_id}</span>" if concept.concept_id is not None else "")
+        parts.append(
+            f"<div class='card top' id='top-{concept.rank}' style='width:{_card_width(concept.share, largest)}px;"
+            f"border-color:{hex_colour(colour)}'>"
+            f"<h3><span class='chip' style='background:{hex_colour(colour)}'></span>T{concept.rank}{ident} "
+            f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · {len(kids)} sub-concepts"
+            "</span></h3>"
+            f"<div class='pair'><figure><img alt='top-level concept {concept.rank} map' "
+            f"src='{image_data_uri(signed_overlay(image, cmap))}'><figcaption>map</figcaption></figure>"
+            f"<figure><img alt='top-level concept {concept.rank} region' "
+            f"src='{image_data_uri(masked_photo(image, sign * cmap))}'><figcaption>most relevant region"
+            f"{'' if sign > 0 else ' (of its negative relevance)'}</figcaption></figure></div>{overlap}"
+            f"{_top_flows_html(explanation.top_flows, top, t)}"
+            f"{bar}<div class='meta'>{esc(depth_caption)}</div>"
+            f"<div class='strip'>{strip}</div>"
+            f"<details class='subs'><summary>open its {len(kids)} sub-concept{'s' if len(kids) != 1 else ''}</summary>"
+            f"<div class='cards'>{cards}</div></details></div>")
+    parts.append("</div>")
+    svg = hierarchy_svg(explanation)
+    flows_note = (" Switch on the flows to see what each top-level concept is made of: an arc from T<i>a</i> to "
+                  f"T<i>b</i> carries the share of T<i>a</i>'s relevance absorbed by T<i>b</i>'s neurons (&ge; "
+                  f"{_pct(EDGE_SHARE)}, width = share, hover for the number; conceptree.concepts.graph)."
+                  if explanation.top_flows is not None else "")
+    switch = ("<input type='checkbox' id='showflows'><label for='showflows'> show the flows between top-level "
+              "concepts</label>" if explanation.top_flows is not None else "")
+    parts.append(f"<h2 id='graph'>The hierarchy</h2><p class='meta'>Top level, then the sub-concepts of each, then "
+                 f"their members per network stage. Click a node for its card.{flows_note}</p>{switch}"
+                 f"<div class='graphbox'>{svg}</div>")
+
+
 def write_html(explanation, path: str | Path) -> Path:
     """Write the self-contained report (all images inlined, no network, text escaped)."""
     esc = html.escape
     concepts = explanation.concepts
     image = explanation.image
-    colours = concept_colours(concepts.k)
+    hierarchical = bool(concepts.top_level)
+    shown_concepts = concepts.top_level if hierarchical else concepts.concepts
+    colours = concept_colours(len(shown_concepts))
     stages = explanation.stages()
     fragile = np.array([c.stability_label == "fragile" for c in concepts.concepts], dtype=bool)
+    if hierarchical:
+        overview_maps = explanation.top_display_maps if explanation.top_display_maps is not None else explanation.top_maps
+        faded = None
+        prefix, anchor = "T", "top"
+    else:
+        overview_maps, faded, prefix, anchor = explanation.concept_maps, fragile, "#", "concept"
+    source = (f"{len(concepts.top_level)} top-level concepts over {concepts.k} sub-concepts from "
+              f"{explanation.n_neurons:,} neurons" if hierarchical else _source_line(concepts, explanation.n_neurons))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>conceptree: {esc(explanation.target_name)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Why <em>{esc(explanation.target_name)}</em>? p = {explanation.probability:.3f}</h1>",
-        f"<p class='meta'>{_source_line(concepts, explanation.n_neurons)} of "
+        f"<p class='meta'>{source} of "
         f"{len(explanation.layers)} conv layers ({len(stages)} stages) · model {esc(explanation.model.spec)} · "
         f"image {esc(explanation.image_info.file or '(in memory)')}</p>",
         "<div class='top'>",
@@ -378,15 +536,54 @@ def write_html(explanation, path: str | Path) -> Path:
         "<figcaption>class heatmap: <span class='scale'><b>red</b> supports, <i>blue</i> speaks against the "
         "class</span></figcaption></figure>",
         f"<figure class='panel'><img alt='concept overview' "
-        f"src='{image_data_uri(concept_overview(image, explanation.concept_maps, faded=fragile))}'>"
-        "<figcaption>which concept carries the most positive relevance at each place (click a number to jump to "
-        f"its card){'; fragile concepts faded' if fragile.any() else ''}</figcaption><div class='legend'>",
+        f"src='{image_data_uri(concept_overview(image, overview_maps, faded=faded))}'>"
+        f"<figcaption>which {'top-level ' if hierarchical else ''}concept carries the most positive relevance at each "
+        f"place (click a label to jump to its card){'; fragile concepts faded' if faded is not None and faded.any() else ''}"
+        "</figcaption><div class='legend'>",
     ]
-    for concept, colour, weak in zip(concepts.concepts, colours, fragile):
-        parts.append(f"<a href='#concept-{concept.rank}' class='{'fragile' if weak else ''}' "
-                     f"style='background:{hex_colour(colour)};color:{text_colour(colour)}'>#{concept.rank} {_pct(concept.share)}</a>")
+    for i, (concept, colour) in enumerate(zip(shown_concepts, colours)):
+        weak = (not hierarchical) and fragile[i]
+        parts.append(f"<a href='#{anchor}-{concept.rank}' class='{'fragile' if weak else ''}' "
+                     f"style='background:{hex_colour(colour)};color:{text_colour(colour)}'>{prefix}{concept.rank} "
+                     f"{_pct(concept.share)}</a>")
     parts.append("</div></figure></div>")
+    if hierarchical:
+        _hierarchy_html(explanation, parts)
+    else:
+        _flat_html(explanation, parts, fragile, colours)
+    dendro = dendrogram_figure(concepts.linkage, concepts.k)
+    if dendro is not None:
+        parts.append(f"<h2>Dendrogram</h2><img alt='dendrogram' src='{_figure_uri(dendro)}'>")
+    by_k = {int(k): v for k, v in ((concepts.stability or {}).get("by_k") or {}).items()}
+    sil = silhouette_figure(concepts.silhouette_by_k, concepts.k, by_k, concepts.k_rule)
+    if sil is not None:
+        title = "Silhouette and stability vs k" if by_k else "Silhouette vs k"
+        parts.append(f"<h2>{title}</h2><img alt='silhouette' src='{_figure_uri(sil)}'>")
+    params = {
+        "options": explanation.options.to_dict(),
+        "distance (resolved)": concepts.distance.to_dict(),
+        "inactive neurons": len(concepts.inactive),
+        "model": {"spec": explanation.model.spec, "hash": explanation.model.hash},
+        "preprocessing": explanation.preprocessing.to_dict() if explanation.preprocessing else None,
+        "composite": explanation.composite.to_dict(),
+        "image": {"file": explanation.image_info.file, "hash": explanation.image_info.hash},
+        "timings_s": explanation.timings,
+        "reference index": explanation.index_info,
+        "concept dictionary": concepts.dictionary,
+        "hierarchy": concepts.hierarchy,
+        "versions": explanation.versions,
+    }
+    parts.append(f"<h2>Parameters</h2><pre>{esc(json.dumps(params, indent=2, default=str))}</pre>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
 
+
+def _flat_html(explanation, parts: list[str], fragile: np.ndarray, colours: np.ndarray) -> None:
+    """The flat layout (no top level): the concept graph, then one card per concept."""
+    esc = html.escape
+    concepts = explanation.concepts
     shown = {"layer-group": "where its neurons carry relevance at their own layers",
              "group": "input relevance through all its neurons",
              "representative": "input relevance through its most relevant neuron"}[explanation.options.concept_map]
@@ -428,66 +625,9 @@ def write_html(explanation, path: str | Path) -> Path:
                      "were no more consistent in the bird part they show than those of random neuron groups.</p>")
     parts.append("<div class='cards'>")
     largest = max((c.share for c in concepts.concepts), default=0.0)
-    members = explanation.member_maps
     references = explanation.references or [None] * concepts.k
-    for i, (concept, cmap, colour) in enumerate(zip(concepts.concepts, explanation.concept_maps, colours)):
-        width = _card_width(concept.share, largest)
-        bar, depth_caption = _depth_bar(concept, stages, explanation.layer_sizes)
-        rep = concept.representative
-        sign = 1.0 if concept.relevance >= 0 else -1.0  # a negative concept: where it speaks against the class
-        thumbs = []
-        top_members = sorted(concept.neurons, key=lambda n: -n.relevance)[: members.shape[1] if members.ndim == 4 else 0]
-        for j, neuron in enumerate(top_members):
-            thumbs.append(f"<figure><img alt='member {j + 1}' src='{image_data_uri(_thumb(image, members[i, j]))}'>"
-                          f"<figcaption title='{esc(neuron.layer)}:{neuron.channel}'>{esc(neuron.layer)}:{neuron.channel}"
-                          "</figcaption></figure>")
-        neurons = "".join(f"<tr><td>{esc(n.layer)}</td><td>{n.channel}</td><td>{n.relevance:.4g}</td></tr>"
-                          for n in concept.neurons)
-        hist = "".join(f"<tr><td>{esc(layer)}</td><td>{n}</td></tr>" for layer, n in concept.layer_histogram.items())
-        parts.append(
-            f"<div class='card{' fragile' if fragile[i] else ''}' id='concept-{concept.rank}' style='width:{width}px'>"
-            f"<h3><span class='chip' style='background:{hex_colour(colour)}'></span>#{concept.rank}{_id_label(concept)} "
-            f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · "
-            f"relevance {concept.relevance:.3g}{_stability_html(concept)}</span></h3>"
-            f"<div class='pair'><figure><img alt='concept {concept.rank} map' "
-            f"src='{image_data_uri(signed_overlay(image, cmap))}'><figcaption>map</figcaption></figure>"
-            f"<figure><img alt='concept {concept.rank} region' src='{image_data_uri(masked_photo(image, sign * cmap))}'>"
-            f"<figcaption>most relevant region{'' if sign > 0 else ' (of its negative relevance)'}</figcaption></figure>"
-            "</div>"
-            f"{_references_html(references[i])}"
-            f"{_flows_html(explanation.flows, concepts.concepts, i)}"
-            f"{bar}<div class='meta'>{esc(depth_caption)}</div>"
-            f"<div class='thumbs'>{''.join(thumbs)}</div>"
-            f"<div class='meta'>most relevant members (representative {esc(rep.layer)}:{rep.channel}, "
-            f"r = {rep.relevance:.3g})</div>"
-            f"<details><summary>layers ({len(concept.layer_histogram)})</summary><table>{hist}</table></details>"
-            f"<details><summary>all {concept.size} neurons</summary><table><tr><th>layer</th><th>channel</th>"
-            f"<th>relevance</th></tr>{neurons}</table></details></div>"
-        )
+    maps = explanation.display_maps if explanation.display_maps is not None else explanation.concept_maps
+    for i, (concept, cmap, colour) in enumerate(zip(concepts.concepts, maps, colours)):
+        parts.append(_card_html(explanation, i, concept, cmap, colour, _card_width(concept.share, largest), fragile[i],
+                                references[i], _flows_html(explanation.flows, concepts.concepts, i), _id_label(concept)))
     parts.append("</div>")
-    dendro = dendrogram_figure(concepts.linkage, concepts.k)
-    if dendro is not None:
-        parts.append(f"<h2>Dendrogram</h2><img alt='dendrogram' src='{_figure_uri(dendro)}'>")
-    by_k = {int(k): v for k, v in ((concepts.stability or {}).get("by_k") or {}).items()}
-    sil = silhouette_figure(concepts.silhouette_by_k, concepts.k, by_k, concepts.k_rule)
-    if sil is not None:
-        title = "Silhouette and stability vs k" if by_k else "Silhouette vs k"
-        parts.append(f"<h2>{title}</h2><img alt='silhouette' src='{_figure_uri(sil)}'>")
-    params = {
-        "options": explanation.options.to_dict(),
-        "distance (resolved)": concepts.distance.to_dict(),
-        "inactive neurons": len(concepts.inactive),
-        "model": {"spec": explanation.model.spec, "hash": explanation.model.hash},
-        "preprocessing": explanation.preprocessing.to_dict() if explanation.preprocessing else None,
-        "composite": explanation.composite.to_dict(),
-        "image": {"file": explanation.image_info.file, "hash": explanation.image_info.hash},
-        "timings_s": explanation.timings,
-        "reference index": explanation.index_info,
-        "concept dictionary": concepts.dictionary,
-        "versions": explanation.versions,
-    }
-    parts.append(f"<h2>Parameters</h2><pre>{esc(json.dumps(params, indent=2, default=str))}</pre>")
-    parts.append("</body></html>")
-    path = Path(path)
-    path.write_text("".join(parts), encoding="utf-8")
-    return path

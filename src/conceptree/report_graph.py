@@ -142,3 +142,108 @@ def graph_svg(explanation, *, threshold: float = EDGE_SHARE, width: int = 980) -
     head = (f"<svg class='graph' width='{width}' height='{height}' "
             f"viewBox='0 0 {width} {height}' role='img' aria-label='concept graph'>")
     return head + "".join(out) + "</svg>"
+
+
+#: horizontal room of one sub-concept in the hierarchy drawing (its label fits inside).
+SUB_SLOT = 40
+
+
+def hierarchy_svg(explanation, *, threshold: float = EDGE_SHARE, min_width: int = 980) -> str:
+    """The explanation's hierarchy as an ``<svg>`` string ("" without a top level).
+
+    Three rows: the top-level concepts (coloured as in the overview, sized by share), their
+    sub-concepts beneath each (one slot of :data:`SUB_SLOT` px each, so labels never meet), and
+    under every sub-concept a bar of its members per network stage (shallow at the bottom). The
+    flows between top-level concepts (``explanation.top_flows``, edges from ``threshold``) are an
+    overlay in a group of class ``flows``, hidden until the page's switch shows it; their
+    shares are tooltips, not labels. Every node links to its card.
+    """
+    concepts = explanation.concepts
+    top = concepts.top_level
+    if not top:
+        return ""
+    esc = html.escape
+    subs = {c.rank: c for c in concepts.concepts}
+    colours = concept_colours(len(top))
+    stages = explanation.stages()
+    stage_of = {layer: i for i, names in enumerate(stages) for layer in names}
+    slots = [max(len(t.children), 2) for t in top]  # two slots at least: top-level nodes never touch
+    gutter = 100  # the row names
+    width = max(min_width, gutter + MARGIN + SUB_SLOT * sum(slots))
+    scale = (width - gutter - MARGIN) / (SUB_SLOT * sum(slots))
+    y_top, y_sub, y_bar, bar_h = 110, 206, 236, 60
+    height = y_bar + bar_h + 40
+    largest = max(max(t.share for t in top), 1e-12)
+    out = ["<style>.hier text{font:11px sans-serif}.hier .lbl{paint-order:stroke;stroke:#fff;stroke-width:3px}"
+           ".hier .flows{display:none}.hier .axis{fill:#777;font-size:10px}</style>"]
+    centres = {}
+    left = float(gutter)
+    for t, slot in zip(top, slots):
+        span = SUB_SLOT * slot * scale
+        centres[t.rank] = left + span / 2
+        kids = [subs[r] for r in t.children if r in subs]
+        for j, sub in enumerate(kids):
+            x = left + (j + 0.5) * span / len(kids)
+            colour = hex_colour(colours[t.rank - 1])
+            out.append(f"<line x1='{centres[t.rank]:.1f}' y1='{y_top + 24}' x2='{x:.1f}' y2='{y_sub - 12}' stroke='{colour}' "
+                       "stroke-opacity='0.6'/>")
+            counts = np.zeros(len(stages))
+            for layer, n in sub.layer_histogram.items():
+                counts[stage_of.get(layer, 0)] += n
+            total = max(counts.sum(), 1.0)
+            y = y_bar + bar_h
+            for s, n in enumerate(counts):  # shallow stages at the bottom
+                h = bar_h * n / total
+                if h > 0:
+                    y -= h
+                    out.append(f"<rect x='{x - 7:.1f}' y='{y:.1f}' width='14' height='{h:.1f}' "
+                               f"fill='{_STAGE_SHADES[min(s, len(_STAGE_SHADES) - 1)]}'><title>#{sub.rank}: stage {s + 1}, "
+                               f"{int(n)} neurons</title></rect>")
+            r = 6 + 8 * np.sqrt(max(sub.share, 0.0) / largest)
+            tip = (f"#{sub.rank} in T{t.rank}: share {100 * sub.share:.1f}%, {sub.size} neurons, "
+                   f"{len(sub.layer_histogram)} layers")
+            out.append(f"<a href='#concept-{sub.rank}'><title>{esc(tip)}</title><circle cx='{x:.1f}' cy='{y_sub}' r='{r:.1f}' "
+                       f"fill='{colour}' fill-opacity='0.55' stroke='#333' stroke-width='0.6'/>"
+                       f"<text x='{x:.1f}' y='{y_sub + 4}' text-anchor='middle'>{sub.rank}</text></a>")
+        left += span
+    flow_parts = []
+    flows = explanation.top_flows
+    if flows is not None:
+        for c in range(len(top)):
+            if not flows.defined[c]:
+                continue
+            for d in range(len(top)):
+                share = float(flows.flows[c, d])
+                if c == d or share < threshold:
+                    continue
+                x1, x2 = centres[top[c].rank], centres[top[d].rank]
+                lift = min(14 + 0.08 * abs(x2 - x1), 74) + (8 if c > d else 0)  # two directions: two arcs
+                colour = hex_colour(colours[c])
+                flow_parts.append(
+                    f"<path d='M{x1:.1f},{y_top - 20} Q{(x1 + x2) / 2:.1f},{y_top - 20 - lift:.1f} {x2:.1f},{y_top - 20}' "
+                    f"fill='none' stroke='{colour}' stroke-opacity='0.8' stroke-width='{1 + 9 * min(share, 1.0):.1f}' "
+                    f"marker-end='url(#arrow)'><title>T{top[c].rank} is made of T{top[d].rank}: {100 * share:.0f}% of its "
+                    "relevance</title></path>")
+    out.append("<defs><marker id='arrow' viewBox='0 0 10 10' refX='8' refY='5' markerWidth='5' markerHeight='5' "
+               "orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='#555'/></marker></defs>")
+    out.append("<g class='flows'>" + "".join(flow_parts) + "</g>")
+    for t in top:
+        x = centres[t.rank]
+        colour = colours[t.rank - 1]
+        r = 12 + 12 * np.sqrt(max(t.share, 0.0) / largest)
+        ident = f" · node {t.concept_id}" if t.concept_id is not None else ""
+        tip = f"T{t.rank}: share {100 * t.share:.1f}%, {t.size} neurons, {len(t.children)} sub-concepts{ident}"
+        out.append(f"<a href='#top-{t.rank}'><title>{esc(tip)}</title><circle cx='{x:.1f}' cy='{y_top}' r='{r:.1f}' "
+                   f"fill='{hex_colour(colour)}' stroke='#333'/><text x='{x:.1f}' y='{y_top + 4}' text-anchor='middle' "
+                   f"font-weight='bold' fill='{text_colour(colour)}'>T{t.rank}</text></a>"
+                   f"<text class='lbl' x='{x:.1f}' y='{y_top + r + 14:.1f}' text-anchor='middle'>{100 * t.share:.0f}%</text>")
+    out.append(f"<text class='axis' x='4' y='{y_top + 4}'>top level</text>"
+               f"<text class='axis' x='4' y='{y_sub + 4}'>sub-concepts</text>"
+               f"<text class='axis' x='4' y='{y_bar + bar_h / 2:.0f}'>layers</text>"
+               f"<text class='axis' x='4' y='{y_bar + bar_h + 14}'>(stage bars: shallow at the bottom)</text>")
+    head = (f"<svg class='hier' width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
+            "aria-label='concept hierarchy'>")
+    return head + "".join(out) + "</svg>"
+
+
+_STAGE_SHADES = ["#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b", "#041a3a"]

@@ -53,6 +53,11 @@ class Concept:
     stability : float or None
         Hennig's subsampling Jaccard of the concept (:mod:`conceptree.concepts.stability`;
         ≥ 0.75 stable, ≤ 0.5 fragile); None when not computed.
+    parent : int or None
+        A sub-concept's top-level concept (its rank in :attr:`ConceptSet.top_level`); None
+        without a hierarchy.
+    children : list[int]
+        A top-level concept's sub-concepts (their ranks in :attr:`ConceptSet.concepts`).
     """
 
     rank: int
@@ -65,6 +70,8 @@ class Concept:
     representative_index: int = -1
     concept_id: int | None = None
     stability: float | None = None
+    parent: int | None = None
+    children: list[int] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -95,6 +102,8 @@ class Concept:
             "index": self.index.tolist(),
             "concept_id": self.concept_id,
             "stability": self.stability,
+            "parent": self.parent,
+            "children": list(self.children),
         }
 
     @classmethod
@@ -110,6 +119,8 @@ class Concept:
             representative_index=int(data.get("representative_index", -1)),
             concept_id=None if data.get("concept_id") is None else int(data["concept_id"]),
             stability=None if data.get("stability") is None else float(data["stability"]),
+            parent=None if data.get("parent") is None else int(data["parent"]),
+            children=[int(c) for c in data.get("children", [])],
         )
 
 
@@ -146,6 +157,12 @@ class ConceptSet:
         How the concepts' stability was estimated (``config``) and the relevance-weighted mean
         stability of every k scored (``by_k``); None when not computed (the draws' wall time is
         ``timings["stability_s"]``).
+    top_level : list[Concept]
+        The concise top level (:mod:`conceptree.concepts.hierarchy`), ranked; each lists its
+        sub-concepts (``children``), and ``concepts`` each name their ``parent``. Empty without
+        a hierarchy.
+    hierarchy : dict or None
+        How the top level was made: route, frontier rule, model-level node ids, timings.
     """
 
     concepts: list[Concept]
@@ -161,6 +178,8 @@ class ConceptSet:
     dictionary: dict | None = None
     k_rule: str = DEFAULT_K_RULE
     stability: dict | None = None
+    top_level: list[Concept] = field(default_factory=list)
+    hierarchy: dict | None = None
 
     def labels(self, n: int) -> np.ndarray:
         """Concept rank (1..k) of each of the ``n`` neurons, 0 for inactive ones."""
@@ -182,6 +201,8 @@ class ConceptSet:
             "dictionary": self.dictionary,
             "k_rule": self.k_rule,
             "stability": self.stability,
+            "top_level": [c.to_dict() for c in self.top_level],
+            "hierarchy": self.hierarchy,
         }
 
     @classmethod
@@ -203,6 +224,8 @@ class ConceptSet:
             dictionary=data.get("dictionary"),
             k_rule=data.get("k_rule", DEFAULT_K_RULE),
             stability=data.get("stability"),
+            top_level=[Concept.from_dict(c) for c in data.get("top_level", [])],
+            hierarchy=data.get("hierarchy"),
         )
 
 

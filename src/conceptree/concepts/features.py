@@ -139,3 +139,31 @@ def member_maps(neurons: NeuronMaps, concepts: list[Concept], m: int = 4) -> np.
         top = rows[np.argsort(-neurons.relevance[rows], kind="stable")[:m]]
         out[i, : len(top)] = neurons.maps[top].astype(np.float16)
     return out
+
+
+def consensus_copies(engine: CRPEngine, x, target: int, neurons: NeuronMaps, mean, std,
+                     grid: tuple[int, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The consensus route's jittered copies of the input ``x`` ``(1, C, H, W)`` (one batched LRP
+    pass, :data:`~conceptree.concepts.hierarchy.JITTERS`): for each copy, the own-layer maps
+    ``(n, *grid)`` and ``r_p`` ``(n,)`` of the same neurons as ``neurons``, row for row."""
+    from .hierarchy import CONSENSUS_GRID, jittered_inputs
+
+    grid = grid or CONSENSUS_GRID
+    batch = jittered_inputs(x, mean, std)
+    result = engine.attribute_batch(batch, [target] * len(batch), keep_maps=True)
+    wanted: dict[str, list[int]] = {}
+    for li, c in zip(neurons.layer_index.tolist(), neurons.channel.tolist()):
+        wanted.setdefault(neurons.layers[li], []).append(int(c))
+    copies = []
+    for i in range(len(batch)):
+        view = _LayerRelevance(result.image(i))
+        maps = layer_neuron_maps(view, neurons.layers, wanted, grid)
+        copies.append((maps.maps, maps.relevance))
+    return copies
+
+
+class _LayerRelevance:
+    """The part of an :class:`Attribution` that :func:`layer_neuron_maps` reads."""
+
+    def __init__(self, layer_relevance: dict) -> None:
+        self.layer_relevance = layer_relevance

@@ -27,6 +27,14 @@ from .linkage import DEFAULT_METHOD
 from .stability import StabilityConfig
 
 FEATURES: tuple[str, ...] = ("layer", "input")
+#: How the concepts are arranged (:mod:`conceptree.concepts.hierarchy`,
+#: :mod:`conceptree.dictionary.hierarchy`): ``"none"`` a flat list (the silhouette cut, or a
+#: dictionary's concise list), ``"own"`` / ``"consensus"`` a top level over the photo's own
+#: clustering, ``"tree"`` / ``"tree+own"`` a top level of the model-level tree of a dictionary.
+HIERARCHIES: tuple[str, ...] = ("none", "own", "consensus", "tree", "tree+own")
+#: The route used when ``ConceptOptions.hierarchy`` is None, per situation: chosen on the 67 dev
+#: photos by the rule written before the run (docs/results/concise.md).
+DEFAULT_HIERARCHY: dict[str, str] = {"without_index": "own", "with_index": "tree+own"}
 #: Compute type of the LRP pass whose relevances feed the clustering (rounded to float32 after).
 PRECISIONS: tuple[str, ...] = ("float64", "float32")
 CONCEPT_MAPS: tuple[str, ...] = ("layer-group", "group", "representative")
@@ -71,7 +79,11 @@ class ConceptOptions:
         neuron's relevance, enough to move a cut); ``"float32"`` is faster (docs/results/stability.md).
     graph : bool
         Also compute the concept graph: which concepts each concept is made of
-        (:mod:`conceptree.concepts.graph`; one batched propagation of the concepts).
+        (:mod:`conceptree.concepts.graph`; one batched propagation of the concepts; with a
+        hierarchy, of the top-level concepts).
+    hierarchy : str or None
+        :data:`HIERARCHIES`; None: :data:`DEFAULT_HIERARCHY` of the situation (with a concept
+        dictionary or without). ``"tree"`` and ``"tree+own"`` need a dictionary.
     """
 
     features: str = "layer"
@@ -86,8 +98,11 @@ class ConceptOptions:
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     precision: str = "float64"
     graph: bool = True
+    hierarchy: str | None = None
 
     def __post_init__(self) -> None:
+        if self.hierarchy is not None and self.hierarchy not in HIERARCHIES:
+            raise InputError(f"unknown hierarchy {self.hierarchy!r}; use one of {', '.join(HIERARCHIES)}")
         if self.k_rule not in K_RULES:
             raise InputError(f"unknown k rule {self.k_rule!r}; use one of {', '.join(K_RULES)}")
         if self.precision not in PRECISIONS:
@@ -113,7 +128,7 @@ class ConceptOptions:
             "coverage": self.coverage, "pool_below_map_size": self.pool_below_map_size,
             "distance": self.distance.to_dict(), "method": self.method, "k_range": list(self.k_range),
             "k_rule": self.k_rule, "stability": self.stability.to_dict(), "precision": self.precision,
-            "graph": self.graph,
+            "graph": self.graph, "hierarchy": self.hierarchy,
         }
 
     @classmethod
@@ -128,7 +143,14 @@ class ConceptOptions:
                    distance=DistanceConfig(**distance), method=data["method"], k_range=tuple(data["k_range"]),
                    k_rule=data.get("k_rule", DEFAULT_K_RULE),
                    stability=StabilityConfig(**data.get("stability", {"resamples": 0})),
-                   precision=data.get("precision", "float32"), graph=bool(data.get("graph", False)))
+                   precision=data.get("precision", "float32"), graph=bool(data.get("graph", False)),
+                   hierarchy=data.get("hierarchy", "none"))
+
+    def resolved_hierarchy(self, with_dictionary: bool) -> str:
+        """The hierarchy route these options give with or without a concept dictionary."""
+        if self.hierarchy is not None:
+            return self.hierarchy
+        return DEFAULT_HIERARCHY["with_index" if with_dictionary else "without_index"]
 
 
 #: Named option sets: ``default`` (this library's choice) and ``paper`` (input-level maps of
@@ -137,7 +159,7 @@ class ConceptOptions:
 #: rule written before its dev run (``docs/speed.md``); both stay options.
 PRESETS: dict[str, ConceptOptions] = {
     "default": ConceptOptions(),
-    "paper": ConceptOptions(features="input", concept_map="representative", max_neurons=None),
+    "paper": ConceptOptions(features="input", concept_map="representative", max_neurons=None, hierarchy="none"),
 }
 
 
