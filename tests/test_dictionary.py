@@ -1,6 +1,9 @@
 """The concept dictionary: every active neuron in exactly one concept, the same ids on every
 image, concept relevance = the sum of its members' r_p, distances and features equal slow
-formulas, the concise-list rule, and dictionaries of another model or index refused."""
+formulas, the concise-list rule, and dictionaries of another model or index refused.
+
+The flat dictionary route is ``hierarchy="none"`` (:data:`FLAT`); the default with a dictionary is
+its model-level tree (tests/test_hierarchy.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from PIL import Image
 from scipy.spatial.distance import pdist
 
 from conceptree import ConceptExplainer, Explanation, InputError
+from conceptree.concepts.options import ConceptOptions
 from conceptree.dictionary import (
     ConceptDictionary,
     DictionaryBuilder,
@@ -25,6 +29,7 @@ from conceptree.index import build_index
 from conceptree.runs import ModelSource
 
 SPEC = "timm:resnet10t"
+FLAT = ConceptOptions(hierarchy="none")
 
 
 def _weights(path, seed: int) -> str:
@@ -74,7 +79,7 @@ def test_every_active_neuron_in_exactly_one_concept(setup, tmp_path):
 
 def test_same_ids_on_two_images_and_relevance_is_the_members_sum(setup):
     folder, source, index, dictionary = setup
-    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, index=index)
+    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, index=index, options=FLAT)
     layers = [layer.name for layer in explainer.engine.layers]
     seen = []
     for name in ("chelsea.png", "coffee.png"):
@@ -104,7 +109,7 @@ def test_same_ids_on_two_images_and_relevance_is_the_members_sum(setup):
 
 def test_explanation_with_a_dictionary_saves_and_reloads(setup, tmp_path):
     folder, source, _, dictionary = setup
-    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary)
+    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, options=FLAT)
     explanation = explainer.explain(folder / "rocket.png")
     explanation.save(tmp_path / "e")
     again = Explanation.load(tmp_path / "e")
@@ -205,7 +210,7 @@ def test_evaluation_scores_a_dictionary_at_every_k(setup, tmp_path):
 
 def test_trace_flags_dictionary_concepts_new_by_id(setup):
     folder, source, _, dictionary = setup
-    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary)
+    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, options=FLAT)
     reference = explainer.explain(folder / "chelsea.png", k=3)
     comparison = explainer.trace(reference, [folder / "hubble_deep_field.png"], explain_new=True)
     own = explainer.explain(folder / "hubble_deep_field.png", target=reference.target.index)
@@ -216,7 +221,8 @@ def test_trace_flags_dictionary_concepts_new_by_id(setup):
 
 def test_references_are_the_dictionary_lookup_when_built_from_this_index(setup):
     folder, source, index, dictionary = setup
-    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, index=index, n_references=3)
+    explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, index=index, n_references=3,
+                                           options=FLAT)
     explanation = explainer.explain(folder / "coffee.png")
     row = index.row_of_pixels(explanation.image_info.hash)
     assert row is not None  # coffee.png is in the index: it is left out of its own references
@@ -237,5 +243,6 @@ def test_explain_many_with_a_dictionary(setup, tmp_path):
     assert [r.status for r in result.records] == ["ok", "ok"]
     for record in result.records:
         data = json.loads((tmp_path / "run" / record.folder / "explanation.json").read_text())
-        assert data["concept_set"]["method"] == "dictionary"
-        assert all(c["concept_id"] is not None for c in data["concept_set"]["concepts"])
+        # the default with a dictionary: its model-level tree's nodes as the top level
+        assert data["concept_set"]["hierarchy"]["route"] in ("tree", "tree+own")
+        assert data["concept_set"]["top_level"] and all(c["concept_id"] is not None for c in data["concept_set"]["top_level"])

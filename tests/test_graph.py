@@ -166,7 +166,8 @@ def test_the_graph_is_saved_drawn_and_traced(tmp_path):
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photo)
     model = tiny_model()
     explainer = ConceptExplainer(model, preprocessing=Preprocessing(resize=32, crop=32),
-                                 options=ConceptOptions(k_range=(3, 5), max_neurons=100, precision="float64"))
+                                 options=ConceptOptions(k_range=(3, 5), max_neurons=100, precision="float64",
+                                                            hierarchy="none"))
     ref = explainer.explain(photo)
     assert ref.flows is not None and ref.flows.k == ref.concepts.k
     assert "graph_s" in ref.timings

@@ -102,7 +102,7 @@ def _model_source(model_config, model, weights, model_arg, labels):
 
 
 def _options(preset: str, features=None, concept_map=None, linkage=None, k_range=None, lam=None, max_neurons=None,
-             coverage=None, stability=None, k_rule=None, precision=None, graph=None):
+             coverage=None, stability=None, k_rule=None, precision=None, graph=None, hierarchy=None):
     """The preset's :class:`ConceptOptions` with the given flags on top (``max_neurons`` 0 = all,
     ``coverage`` 1 = no cut, ``stability`` = draws, 0 = none)."""
     from .concepts.options import preset as get_preset
@@ -114,7 +114,7 @@ def _options(preset: str, features=None, concept_map=None, linkage=None, k_range
         options = options.replace(stability=replace(options.stability, resamples=stability))
     overrides = {"features": features, "concept_map": concept_map, "method": linkage,
                  "k_range": _k_range(k_range) if k_range else None, "k_rule": k_rule, "precision": precision,
-                 "graph": graph}
+                 "graph": graph, "hierarchy": hierarchy}
     options = options.replace(**{key: v for key, v in overrides.items() if v is not None})
     if max_neurons is not None:
         options = options.replace(max_neurons=None if max_neurons == 0 else max_neurons)
@@ -156,8 +156,11 @@ def _output_folder(out: Path, overwrite: bool, files: tuple[str, ...]):
 # ---------------------------------------------------------------------- shared options
 MODEL_HELP = "default | timm:NAME | torchvision:NAME | dcne:PATH | pickle:PATH (or --model-config)."
 CONFIG_HELP = "Model configuration file (.json/.toml): spec, weights, kwargs, preprocessing, labels."
-DICTIONARY_HELP = ("A concept dictionary of this model (`conceptree dictionary`): read each image's concepts from it "
-                   "(same ids on every image, no clustering) instead of clustering per image.")
+DICTIONARY_HELP = ("A concept dictionary of this model (`conceptree dictionary`): its model-level tree gives the top "
+                   "level (same node ids on every image); with --hierarchy none, its flat concise list.")
+HIERARCHY_HELP = ("How the concepts are arranged: own | consensus (a top level over the photo's own clustering) | tree "
+                  "| tree+own (a dictionary's model-level tree) | none (a flat list). Default: the best route measured "
+                  "for the situation (docs/results/concise.md).")
 
 
 def _device(name: str):
@@ -194,15 +197,10 @@ def _explain(image: str | None, spec, options, *, target, layers, exclude_layers
         result.image_info = replace(result.image_info, file=Path(image).name if image else "chelsea (scikit-image)")
         result.save(out_dir)
     if not quiet:
-        typer.echo(f"{result.target_name} (p={result.probability:.2f}): {result.concepts.k} concepts -> {out_dir}")
-        names = {r.rank: r.name for r in result.references or []}
-        for concept in result.concepts.concepts[:10]:
-            rep = concept.representative
-            name = f"  ~ {names[concept.rank]}" if names.get(concept.rank) else ""
-            cid = f"  D{concept.concept_id}" if concept.concept_id is not None else ""
-            stab = f"  {concept.stability_label} {concept.stability:.2f}" if concept.stability is not None else ""
-            typer.echo(f"  #{concept.rank:<3} share {100 * concept.share:5.1f}%  {concept.size:5d} neurons  "
-                       f"rep {rep.layer}:{rep.channel}{cid}{stab}{name}")
+        lines = result.summary(limit=10)
+        typer.echo(f"{lines[0]} -> {out_dir}")
+        for text in lines[1:]:
+            typer.echo(text)
 
 
 @app.command("explain")
@@ -247,12 +245,13 @@ def explain_cmd(
     exact_references: bool = typer.Option(False, help="Crop references from their own recomputed LRP pass "
                                                       "(exact, ~30 s) instead of the index's stored peaks."),
     dictionary: str | None = typer.Option(None, help=DICTIONARY_HELP),
+    hierarchy: str | None = typer.Option(None, help=HIERARCHY_HELP),
 ) -> None:
     """Explain one image: concepts, maps and the report in --out."""
     spec = _load_spec(model, model_config, weights, model_arg, labels, trust_checkpoint, resize, crop, mean, std,
                       interpolation)
     options = _options(preset, features, concept_map, linkage, k_range, lam, max_neurons, coverage, stability, k_rule,
-                       precision, graph)
+                       precision, graph, hierarchy)
     _explain(image, spec, options, target=target, layers=layers, exclude_layers=exclude_layers, k=k, out=out,
              overwrite=overwrite, quiet=quiet, neuron_maps=neuron_maps, device=device, index=index,
              references=references, exact_references=exact_references, dictionary=dictionary)
@@ -270,10 +269,11 @@ def demo_cmd(
                                                 "each concept's strongest reference images and suggested names."),
     references: int | None = typer.Option(None, help="Reference images per concept (with --index; default 8)."),
     dictionary: str | None = typer.Option(None, help=DICTIONARY_HELP),
+    hierarchy: str | None = typer.Option(None, help=HIERARCHY_HELP),
 ) -> None:
     """Explain the built-in photo (scikit-image's 'chelsea') with the built-in EfficientNet-Lite0."""
     spec = _load_spec("default", None, None, [], None)
-    _explain(None, spec, _options(preset, coverage=coverage), target="auto", layers=[], exclude_layers=[], k=None, out=out,
+    _explain(None, spec, _options(preset, coverage=coverage, hierarchy=hierarchy), target="auto", layers=[], exclude_layers=[], k=None, out=out,
              overwrite=overwrite, quiet=quiet, neuron_maps=False, device=device, index=index, references=references,
              dictionary=dictionary)
 
@@ -300,6 +300,7 @@ def explain_many_cmd(
     quiet: bool = typer.Option(False, help="No progress bar."),
     index: str | None = typer.Option(None, help="A reference index of this model: references and names per concept."),
     dictionary: str | None = typer.Option(None, help=DICTIONARY_HELP),
+    hierarchy: str | None = typer.Option(None, help=HIERARCHY_HELP),
 ) -> None:
     """Explain every image of a folder, glob or list file (resumable; Ray when installed)."""
     from .runs import explain_many
@@ -311,11 +312,12 @@ def explain_many_cmd(
     if index is not None or dictionary is not None:  # and so does an index or dictionary of another model
         from .explainer import ConceptExplainer
 
-        ConceptExplainer.from_spec(spec, index=index, dictionary=dictionary)
+        ConceptExplainer.from_spec(spec, index=index, dictionary=dictionary,
+                                   options=_options(preset, hierarchy=hierarchy))
         index = str(Path(index).resolve()) if index is not None else None
         dictionary = str(Path(dictionary).resolve()) if dictionary is not None else None
     result = explain_many(images, source, out, options=_options(preset, max_neurons=max_neurons, stability=stability, precision=precision,
-                                                                   graph=graph),
+                                                                   graph=graph, hierarchy=hierarchy),
                           executor=executor,
                           ray_address=ray_address, workers=workers, max_retries=max_retries, progress=not quiet,
                           index=index, dictionary=dictionary)

@@ -177,6 +177,36 @@ class Explanation:
         order = sorted(by_size, key=lambda s: -(s[0] * s[1]) if s else 0)
         return [by_size[s] for s in order]
 
+    def summary(self, *, limit: int = 10) -> list[str]:
+        """Lines of text the CLI prints: the top level with its sub-concepts nested under each (or,
+        without a hierarchy, the ``limit`` largest concepts)."""
+        concepts = self.concepts
+        names = {r.rank: r.name for r in self.references or []}
+
+        def line(concept, indent: str) -> str:
+            rep = concept.representative
+            name = f"  ~ {names[concept.rank]}" if names.get(concept.rank) else ""
+            cid = f"  D{concept.concept_id}" if concept.concept_id is not None and concepts.method == "dictionary" else ""
+            stab = f"  {concept.stability_label} {concept.stability:.2f}" if concept.stability is not None else ""
+            return (f"{indent}#{concept.rank:<3} share {100 * concept.share:5.1f}%  {concept.size:5d} neurons  "
+                    f"rep {rep.layer}:{rep.channel}{cid}{stab}{name}")
+
+        if not concepts.top_level:
+            return [f"{self.target_name} (p={self.probability:.2f}): {concepts.k} concepts",
+                    *(line(c, "  ") for c in concepts.concepts[:limit])]
+        route = (concepts.hierarchy or {}).get("route", "?")
+        out = [f"{self.target_name} (p={self.probability:.2f}): {len(concepts.top_level)} top-level concepts over "
+               f"{concepts.k} sub-concepts ({route})"]
+        by_rank = {c.rank: c for c in concepts.concepts}
+        for top in concepts.top_level:
+            node = f"  node {top.concept_id}" if top.concept_id is not None else ""
+            out.append(f"  T{top.rank:<3} share {100 * top.share:5.1f}%  {top.size:5d} neurons  "
+                       f"{len(top.children)} sub-concepts{node}")
+            out.extend(line(by_rank[r], "      ") for r in top.children[:limit] if r in by_rank)
+            if len(top.children) > limit:
+                out.append(f"      ... {len(top.children) - limit} more (report.html)")
+        return out
+
     def to_dict(self) -> dict:
         """The JSON form (everything except the arrays)."""
         return {

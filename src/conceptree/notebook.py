@@ -77,11 +77,14 @@ def _made_of(explanation, c: int) -> str:
 def _card(explanation, c: int, size: int = THUMB) -> str:
     concept = explanation.concepts.concepts[c]
     colour = concept_colours(len(explanation.concepts.concepts))[c]
-    image, cmap = explanation.image, explanation.concept_maps[c]
+    maps = explanation.display_maps if explanation.display_maps is not None else explanation.concept_maps
+    image, cmap = explanation.image, maps[c]
     name = ""
     if explanation.references is not None and explanation.references[c].name:
         name = f" ~ <b>{html.escape(explanation.references[c].name)}</b>"
     stability = f" · {concept.stability_label} {concept.stability:.2f}" if concept.stability is not None else ""
+    if concept.parent is not None:
+        stability += f" · in T{concept.parent}"
     depth = _depth_text(explanation, concept)
     fragile = " fragile" if concept.stability_label == "fragile" else ""
     return (f"<div class='card{fragile}' style='max-width:{2 * size + 24}px'><span class='chip' style='background:{hex_colour(colour)};"
@@ -97,9 +100,35 @@ def _depth_text(explanation, concept) -> str:
     return "depth " + " · ".join(f"S{s + 1} {n}" for s, n in enumerate(counts) if n)
 
 
+def _top_card(explanation, t: int, size: int = THUMB) -> str:
+    """A top-level concept: its map and region (smoothed for the eye), share, and its sub-concepts."""
+    concepts = explanation.concepts
+    top = concepts.top_level[t]
+    colour = concept_colours(len(concepts.top_level))[t]
+    maps = explanation.top_display_maps if explanation.top_display_maps is not None else explanation.top_maps
+    image, cmap = explanation.image, maps[t]
+    subs = {c.rank: c for c in concepts.concepts}
+    kids = ", ".join(f"#{r} {100 * subs[r].share:.0f}%" for r in top.children if r in subs)
+    node = f" · node {top.concept_id}" if top.concept_id is not None else ""
+    made = ""
+    flows = explanation.top_flows
+    if flows is not None and flows.defined[t]:
+        parts = ", ".join(f"T{concepts.top_level[d].rank} {100 * s:.0f}%" for d, s in flows.made_of(t)[:4])
+        made = f"<div class='meta'>made of: {parts or 'no top-level concept &ge; 5%'}</div>"
+    return (f"<div class='card' style='max-width:{2 * size + 24}px'><span class='chip' style='background:{hex_colour(colour)};"
+            f"color:{text_colour(colour)}'>T{top.rank}</span> share {100 * top.share:.1f}% · {top.size} neurons{node}"
+            f"<div class='row'>{_figure(signed_overlay(image, cmap), 'map', size)}"
+            f"{_figure(masked_photo(image, cmap), 'most relevant region', size)}</div>"
+            f"<div class='meta'>{html.escape(_depth_text(explanation, top))}</div>{made}"
+            f"<div class='meta'>sub-concepts: {kids} (<code>explanation.show(concept=N)</code>)</div></div>")
+
+
 def explanation_html(explanation, *, cards: int = MAX_CARDS) -> str:
-    """The compact view of an explanation (module docstring): prediction, heatmap, overview, top cards."""
+    """The compact view of an explanation (module docstring): prediction, heatmap, overview, top cards
+    (the top level when there is one, each with its sub-concepts)."""
     esc = html.escape
+    if explanation.concepts.top_level:
+        return _hierarchy_view(explanation)
     concepts = explanation.concepts.concepts
     colours = concept_colours(len(concepts))
     faded = np.array([c.stability_label == "fragile" for c in concepts], bool)
@@ -118,6 +147,27 @@ def explanation_html(explanation, *, cards: int = MAX_CARDS) -> str:
             "or <code>explanation.save(folder)</code> for the full report</div>") if len(concepts) > shown else ""
     body = "".join(_card(explanation, c) for c in range(shown))
     return f"<div class='{WRAPPER}'>{_STYLE}{head}{pictures}<div class='row'>{body}</div>{more}</div>"
+
+
+def _hierarchy_view(explanation) -> str:
+    esc = html.escape
+    concepts = explanation.concepts
+    top = concepts.top_level
+    colours = concept_colours(len(top))
+    maps = explanation.top_display_maps if explanation.top_display_maps is not None else explanation.top_maps
+    top5 = "".join(f"<tr><td>{esc(p.name)}</td><td>{p.probability:.3f}</td></tr>" for p in explanation.top5)
+    chips = "".join(f"<span class='chip' style='background:{hex_colour(colours[i])};color:{text_colour(colours[i])}'>"
+                    f"T{c.rank} {100 * c.share:.0f}%</span>" for i, c in enumerate(top))
+    head = (f"<div><b>Why {esc(explanation.target.name)}?</b> p = {explanation.target.probability:.3f} · "
+            f"{len(top)} top-level concepts over {concepts.k} sub-concepts from {explanation.n_neurons:,} neurons · "
+            f"{esc(explanation.model.spec)}</div>")
+    overview = concept_overview(explanation.image, maps)
+    pictures = (f"<div class='row'>{_figure(explanation.image, 'input')}"
+                f"{_figure(signed_overlay(explanation.image, explanation.heatmap), 'class heatmap (red for, blue against)')}"
+                f"{_figure(overview, 'which top-level concept carries the most relevance where')}"
+                f"<table>{top5}</table></div><div>{chips}</div>")
+    body = "".join(_top_card(explanation, t) for t in range(len(top)))
+    return f"<div class='{WRAPPER}'>{_STYLE}{head}{pictures}<div class='row'>{body}</div></div>"
 
 
 def concept_html(explanation, rank: int, *, size: int = 2 * THUMB) -> str:

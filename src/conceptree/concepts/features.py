@@ -15,6 +15,7 @@ from ..attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
 from ..errors import InputError
 from .concepts import Concept, ConceptSet
 from .distance import DEFAULT_MAP_SIZE
+from .hierarchy import CONSENSUS_GRID, jittered_inputs
 from .layer_maps import layer_group_maps, layer_neuron_maps
 from .options import CONCEPT_MAPS, FEATURES, PRESETS, ConceptOptions
 
@@ -146,8 +147,6 @@ def consensus_copies(engine: CRPEngine, x, target: int, neurons: NeuronMaps, mea
     """The consensus route's jittered copies of the input ``x`` ``(1, C, H, W)`` (one batched LRP
     pass, :data:`~conceptree.concepts.hierarchy.JITTERS`): for each copy, the own-layer maps
     ``(n, *grid)`` and ``r_p`` ``(n,)`` of the same neurons as ``neurons``, row for row."""
-    from .hierarchy import CONSENSUS_GRID, jittered_inputs
-
     grid = grid or CONSENSUS_GRID
     batch = jittered_inputs(x, mean, std)
     result = engine.attribute_batch(batch, [target] * len(batch), keep_maps=True)

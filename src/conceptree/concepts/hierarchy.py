@@ -26,16 +26,23 @@ The model-level routes (a tree built from a reference index) are in
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy.spatial.distance import squareform
 
+from ..attribution.engine import NeuronMaps
 from ..errors import InputError
-from .distance import quantise_features
+from .clustering import DEFAULT_K_RANGE, nested_silhouettes
+from .concepts import ConceptSet, _build_concepts, _neuron, canonical_order
+from .distance import DistanceConfig, NeuronDistance, quantise_features
+from .layer_maps import to_grid
+from .linkage import cut_labels, linkage_matrix
 
 #: The frontier rule: the tree's own cut into this many nodes first ...
 TOP_START = 5
@@ -338,10 +345,6 @@ def co_association(partitions: Sequence[np.ndarray]) -> np.ndarray:
 
 def consensus_tree(partitions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Average linkage on ``1 - co-association``: ``(linkage (n - 1, 4), co-association (n, n))``."""
-    from scipy.spatial.distance import squareform
-
-    from .linkage import linkage_matrix
-
     co = co_association(partitions)
     dist = 1.0 - co.astype(np.float64)
     np.fill_diagonal(dist, 0.0)
@@ -368,8 +371,6 @@ def consensus_partitions(copies: Sequence[tuple[np.ndarray, np.ndarray]], k: int
                          grid: tuple[int, int] = CONSENSUS_GRID) -> list[np.ndarray]:
     """One k-means partition per copy, from each copy's ``(maps (n, h, w), relevance (n,))``
     (maps area-pooled to ``grid`` first)."""
-    from .layer_maps import to_grid
-
     out = []
     for maps, rel in copies:
         pooled = to_grid(torch.as_tensor(np.asarray(maps, dtype=np.float32)), grid).numpy()
@@ -385,8 +386,8 @@ def tree_from_groups(groups: Sequence[np.ndarray], n: int,
 
 # ---------------------------------------------------------------------------------------------- concepts
 def hierarchical_concepts(
-    neurons,
-    distance=None,
+    neurons: NeuronMaps,
+    distance: DistanceConfig | None = None,
     k_range: tuple[int, int] | None = None,
     k: int | None = None,
     *,
@@ -394,7 +395,7 @@ def hierarchical_concepts(
     copies: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     groups_of_row: np.ndarray | None = None,
     group_ids: Sequence[int] | None = None,
-):
+) -> ConceptSet:
     """Cluster one photo's neurons into a top level, sub-concepts nested in it, and neurons.
 
     Parameters
@@ -424,21 +425,10 @@ def hierarchical_concepts(
         concept), ``top_level`` the top-level concepts (ranked; ``children`` their sub-concepts'
         ranks), ``linkage`` the nested tree over ``active_index``.
     """
-    import time
-
-    from scipy.spatial.distance import squareform
-
-    from .clustering import DEFAULT_K_RANGE, nested_silhouettes
-    from .concepts import ConceptSet, _build_concepts, _neuron, canonical_order
-    from .distance import DistanceConfig, NeuronDistance
-    from .linkage import cut_labels, linkage_matrix
-
     if route not in (*ROUTES, "given"):
         raise InputError(f"unknown hierarchy route {route!r}; use one of {', '.join(ROUTES)}")
     distance = distance or DistanceConfig()
     if distance.exact_ward is None:
-        from dataclasses import replace
-
         distance = replace(distance, exact_ward=True)
     k_range = tuple(k_range or DEFAULT_K_RANGE)
     t0 = time.perf_counter()
