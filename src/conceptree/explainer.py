@@ -298,11 +298,13 @@ class ConceptExplainer:
                 raise InputError("the 'tree' route reads the model-level tree; it takes no precomputed neurons")
             if route == "tree":
                 t2 = time.perf_counter()
+                assert self.model_tree is not None  # set with the tree routes in __init__
                 concepts, neurons = tree_concepts(self.model_tree, attribution, layers, k=k)
             else:
                 neurons = neurons if neurons is not None else features_for(self.engine, attribution, options,
                                                                            self.batch_size, self.progress)
                 t2 = time.perf_counter()
+                assert self.model_tree is not None
                 concepts = tree_own_concepts(self.model_tree, attribution, neurons, distance=options.distance,
                                              k_range=options.k_range, k=k)
         elif self.dictionary is not None:
@@ -329,16 +331,17 @@ class ConceptExplainer:
                                                  copies=copies)
         t3 = time.perf_counter()
         maps = concept_maps(self.engine, attribution, concepts.concepts, options.concept_map, self.batch_size)
-        top = concepts.top_level
-        top_maps = concept_maps(self.engine, attribution, top, options.concept_map, self.batch_size) if top else None
-        size = tuple(attribution.forward.input.shape[-2:])
+        top_level = concepts.top_level
+        top_maps = (concept_maps(self.engine, attribution, top_level, options.concept_map, self.batch_size)
+                    if top_level else None)
+        size = (int(attribution.forward.input.shape[-2]), int(attribution.forward.input.shape[-1]))
         display = smooth_group_maps(attribution, [c.groups() for c in concepts.concepts], size)
-        top_display = smooth_group_maps(attribution, [c.groups() for c in top], size) if top else None
+        top_display = smooth_group_maps(attribution, [c.groups() for c in top_level], size) if top_level else None
         flows = top_flows = None
         t_graph = time.perf_counter()
         if options.graph:
-            if top:
-                top_flows = concept_flows(self.engine, attribution, top)
+            if top_level:
+                top_flows = concept_flows(self.engine, attribution, top_level)
             else:
                 flows = concept_flows(self.engine, attribution, concepts.concepts)
         t4 = time.perf_counter()

@@ -174,7 +174,7 @@ def subtree(tree: Tree, node: int) -> tuple[np.ndarray, np.ndarray]:
     """The subtree under ``node`` as ``(leaves (m,), linkage (m - 1, 4))`` over local leaf ids."""
     leaves = tree.leaves(node)
     local = {int(v): i for i, v in enumerate(leaves)}
-    rows = []
+    rows: list[tuple[int, int, float, float]] = []
     stack = [node] if node >= tree.n else []
     internal = []
     while stack:
@@ -217,7 +217,7 @@ def nested_linkage(groups: Sequence[np.ndarray], linkages: Sequence[np.ndarray],
     node_of: list[dict[int, int]] = [{i: int(v) for i, v in enumerate(np.asarray(groups[g], dtype=np.int64))}
                                      for g in range(len(groups))]
     size = np.ones(2 * n - 1)
-    rows = []
+    rows: list[tuple[int, int, float, float]] = []
     for height, g, j in merges:
         m = len(groups[g])
         Z = linkages[g]
@@ -280,11 +280,11 @@ def jittered_inputs(x: torch.Tensor, mean: Sequence[float] | float, std: Sequenc
             if value > 0:
                 ch, cw = round(h / (1 + value)), round(w / (1 + value))
                 top, left = (h - ch) // 2, (w - cw) // 2
-                zoomed = np.asarray(picture.resize((w, h), Image.BILINEAR, box=(left, top, left + cw, top + ch)))
+                zoomed = np.asarray(picture.resize((w, h), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch)))
             else:
                 sh, sw = round(h * (1 + value)), round(w * (1 + value))
                 top, left = (h - sh) // 2, (w - sw) // 2
-                small = np.asarray(picture.resize((sw, sh), Image.BILINEAR))
+                small = np.asarray(picture.resize((sw, sh), Image.Resampling.BILINEAR))
                 zoomed = np.pad(small, ((top, h - sh - top), (left, w - sw - left), (0, 0)), mode="edge")
             back = torch.from_numpy(np.array(zoomed)).permute(2, 0, 1)[None]
             out.append((back.to(x.dtype) / 255 - m) / s)
@@ -430,7 +430,8 @@ def hierarchical_concepts(
     distance = distance or DistanceConfig()
     if distance.exact_ward is None:
         distance = replace(distance, exact_ward=True)
-    k_range = tuple(k_range or DEFAULT_K_RANGE)
+    low_k, high_k = k_range or DEFAULT_K_RANGE
+    k_range = (int(low_k), int(high_k))
     t0 = time.perf_counter()
     order = canonical_order(neurons)
     flat = neurons.maps.reshape(len(neurons), -1)

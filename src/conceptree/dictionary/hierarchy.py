@@ -132,7 +132,8 @@ def tree_concepts(model_tree: ModelTree, attribution: Attribution, layers: list[
     leaf_top = tree.labels(top)
     rank_of = {c.concept_id: c.rank for c in top_concepts}
     for c in sub_concepts:
-        parent_node = top[int(leaf_top[tree.leaves(int(c.concept_id))[0]])]
+        node = int(c.concept_id) if c.concept_id is not None else -1
+        parent_node = top[int(leaf_top[tree.leaves(node)[0]])]
         c.parent = rank_of[parent_node]
         top_concepts[c.parent - 1].children.append(c.rank)
     info = {"route": "tree", "top_nodes": [c.concept_id for c in top_concepts],
