@@ -28,9 +28,12 @@ from conceptree.concepts.options import ConceptOptions
 from conceptree.dictionary import DictionaryBuilder
 from conceptree.dictionary.hierarchy import ModelTree
 from conceptree.index import build_index
+from conceptree.models.loading import Preprocessing
 from conceptree.runs import ModelSource
 
 SPEC = "timm:resnet10t"
+#: the per-photo routes on a small input and neuron set (fast; the tree routes keep the index's 224)
+SMALL = {"preprocessing": Preprocessing(resize=96, crop=96)}
 
 
 # ---------------------------------------------------------------------------------------------- the rule
@@ -154,7 +157,7 @@ def _check_nesting(concepts) -> None:
 @pytest.mark.parametrize("route", ["own", "consensus"])
 def test_top_level_nests_sub_concepts_and_neurons(setup, route, tmp_path):
     folder, source, _, _ = setup
-    explainer = ConceptExplainer.from_spec(source.load(), options=ConceptOptions(hierarchy=route))
+    explainer = ConceptExplainer.from_spec(source.load(), options=ConceptOptions(hierarchy=route, max_neurons=1500), **SMALL)
     explanation = explainer.explain(folder / "chelsea.png")
     concepts = explanation.concepts
     _check_nesting(concepts)
@@ -201,7 +204,8 @@ def test_tree_route_gives_the_same_ids_the_same_neurons_on_two_photos(setup):
 
 def test_same_output_for_one_and_two_threads_and_twice(setup):
     folder, source, _, _ = setup
-    explainer = ConceptExplainer.from_spec(source.load(), options=ConceptOptions(hierarchy="consensus"))
+    explainer = ConceptExplainer.from_spec(source.load(), options=ConceptOptions(hierarchy="consensus", max_neurons=1500),
+                                           **SMALL)
     before = torch.get_num_threads()
 
     def signature(threads: int):

@@ -231,7 +231,7 @@ details{font-size:12px;margin-top:6px}summary{cursor:pointer;color:#245}
 .flows{font-size:12px;margin:4px 0}.flows a{text-decoration:none}.graphbox{overflow-x:auto}
 .card.fragile{opacity:.72}.legend a.fragile{opacity:.45}
 .scale{font-size:11px;color:#555}.scale b{color:#b2182b}.scale i{color:#2166ac;font-style:normal;font-weight:bold}
-.card.top{border-width:3px}.overlap{font-size:12px;color:#9a6700;margin-top:6px}
+.card.toplevel{border-width:3px}.overlap{font-size:12px;color:#9a6700;margin-top:6px}
 .strip{display:flex;gap:4px;margin-top:8px;flex-wrap:wrap}.strip a{text-decoration:none;color:#222}
 .strip figure{margin:0;width:96px}.strip img{width:96px;display:block;border-radius:2px}
 .strip figcaption{font-size:10px;color:#555}details.subs>summary{font-size:13px;margin-top:6px}
@@ -474,7 +474,7 @@ def _hierarchy_html(explanation, parts: list[str]) -> None:
         ident = (f" <span class='meta' title='node of the model-level tree: the same neurons on every image'>· node "
                  f"{concept.concept_id}</span>" if concept.concept_id is not None else "")
         parts.append(
-            f"<div class='card top' id='top-{concept.rank}' style='width:{_card_width(concept.share, largest)}px;"
+            f"<div class='card toplevel' id='top-{concept.rank}' style='width:{_card_width(concept.share, largest)}px;"
             f"border-color:{hex_colour(colour)}'>"
             f"<h3><span class='chip' style='background:{hex_colour(colour)}'></span>T{concept.rank}{ident} "
             f"<span class='meta'>share {100 * concept.share:.1f}% · {concept.size} neurons · {len(kids)} sub-concepts"

@@ -131,14 +131,14 @@ def smooth_group_maps(
     attribution: Attribution | Mapping[str, Tensor],
     groups: Sequence[Mapping[str, Sequence[int]]],
     size: tuple[int, int],
-    sigma_cells: float = 0.7,
+    sigma_cells: float = 1.0,
 ) -> np.ndarray:
     """Each group's own-layer relevance drawn for the eye: every layer resolution smoothed before summing.
 
     :func:`layer_group_maps` resizes a 7×7 layer to the input as 32-pixel tiles and keeps a strided
     layer's checkerboard; both read as a grid, not a region. Here the group's relevance at each
     resolution is blurred at that resolution by a Gaussian of ``sigma_cells`` cells (a one-cell
-    checkerboard of period two cells keeps 9 % of its amplitude), upsampled bilinearly and summed over resolutions.
+    checkerboard of period two cells keeps 0.7 % of its amplitude), upsampled bilinearly and summed over resolutions.
     The blur keeps each total (edges reflected); the evaluated maps stay :func:`layer_group_maps`'.
 
     Returns
