@@ -197,7 +197,7 @@ def _explain(image: str | None, spec, options, *, target, layers, exclude_layers
         result.image_info = replace(result.image_info, file=Path(image).name if image else "chelsea (scikit-image)")
         result.save(out_dir)
     if not quiet:
-        lines = result.summary(limit=10)
+        lines = result.summary(limit=3)
         typer.echo(f"{lines[0]} -> {out_dir}")
         for text in lines[1:]:
             typer.echo(text)

@@ -179,23 +179,33 @@ def dendrogram_figure(linkage: np.ndarray, k: int):
 
 
 def concept_grid(explanation, path: str | Path, columns: int = 6) -> Path:
-    """``concepts.png``: the photo, then every concept's signed map over it with rank and share."""
+    """``concepts.png``: the photo, the top-level concepts' maps (when there is a top level), then every
+    (sub-)concept's signed map over it with rank, parent and share (the drawn, smoothed maps)."""
     from matplotlib.figure import Figure
 
-    maps = explanation.concept_maps
-    rows = max(1, int(np.ceil((len(maps) + 1) / columns)))
+    maps = explanation.display_maps if explanation.display_maps is not None else explanation.concept_maps
+    top = explanation.concepts.top_level
+    top_maps = explanation.top_display_maps if explanation.top_display_maps is not None else explanation.top_maps
+    panels: list[tuple[np.ndarray, str]] = []
+    for t, concept in enumerate(top):
+        panels.append((top_maps[t], f"T{concept.rank} {100 * concept.share:.1f}% n={concept.size}\n"
+                                    f"{len(concept.children)} sub-concepts"))
+    for i, concept in enumerate(explanation.concepts.concepts):
+        rep = concept.representative
+        stab = f" s={concept.stability:.2f}" if concept.stability is not None else ""
+        parent = f"T{concept.parent} › " if concept.parent is not None else ""
+        panels.append((maps[i], f"{parent}#{concept.rank} {100 * concept.share:.1f}% n={concept.size}{stab}\n"
+                                f"{rep.layer}:{rep.channel}"))
+    rows = max(1, int(np.ceil((len(panels) + 1) / columns)))
     fig = Figure(figsize=(2.2 * columns, 2.4 * rows))
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")
     axes[0].imshow(explanation.image)
     axes[0].set_title(f"{explanation.target_name[:24]}\np={explanation.probability:.2f}", fontsize=8)
-    for i, concept in enumerate(explanation.concepts.concepts):
-        axes[i + 1].imshow(signed_overlay(explanation.image, maps[i]))
-        rep = concept.representative
-        stab = f" s={concept.stability:.2f}" if concept.stability is not None else ""
-        axes[i + 1].set_title(f"#{concept.rank} {100 * concept.share:.1f}% n={concept.size}{stab}\n{rep.layer}:{rep.channel}",
-                              fontsize=7)
+    for ax, (values, title) in zip(axes[1:], panels):
+        ax.imshow(signed_overlay(explanation.image, values))
+        ax.set_title(title, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return Path(path)

@@ -132,14 +132,17 @@ def smooth_group_maps(
     groups: Sequence[Mapping[str, Sequence[int]]],
     size: tuple[int, int],
     sigma_cells: float = 1.0,
+    sigma_pixels: float = 3.0,
 ) -> np.ndarray:
     """Each group's own-layer relevance drawn for the eye: every layer resolution smoothed before summing.
 
     :func:`layer_group_maps` resizes a 7×7 layer to the input as 32-pixel tiles and keeps a strided
     layer's checkerboard; both read as a grid, not a region. Here the group's relevance at each
     resolution is blurred at that resolution by a Gaussian of ``sigma_cells`` cells (a one-cell
-    checkerboard of period two cells keeps 0.7 % of its amplitude), upsampled bilinearly and summed over resolutions.
-    The blur keeps each total (edges reflected); the evaluated maps stay :func:`layer_group_maps`'.
+    checkerboard of period two cells keeps 0.7 % of its amplitude), upsampled bilinearly and summed
+    over resolutions; the sum is blurred once more by ``sigma_pixels`` input pixels (what is left of
+    an 8-pixel pattern of a strided block: 6 %). The blurs keep each total (edges reflected); the
+    evaluated maps stay :func:`layer_group_maps`'.
 
     Returns
     -------
@@ -159,4 +162,6 @@ def smooth_group_maps(
         for (h, w), rel in by_size.items():
             blurred = torch.from_numpy(gaussian_filter(rel.cpu().numpy(), sigma_cells, mode="reflect"))
             out[g] += (to_grid(blurred[None], size)[0] * (h * w) / (size[0] * size[1])).numpy()
+        if sigma_pixels > 0:
+            out[g] = gaussian_filter(out[g], sigma_pixels, mode="reflect")
     return out
