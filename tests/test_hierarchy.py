@@ -24,7 +24,7 @@ from conceptree.concepts.hierarchy import (
 )
 from conceptree.concepts.layer_maps import layer_group_maps, smooth_group_maps
 from conceptree.concepts.linkage import cut_labels
-from conceptree.concepts.options import ConceptOptions
+from conceptree.concepts.options import DEFAULT_HIERARCHY, ConceptOptions
 from conceptree.dictionary import DictionaryBuilder
 from conceptree.dictionary.hierarchy import ModelTree
 from conceptree.index import build_index
@@ -181,11 +181,13 @@ def test_tree_route_gives_the_same_ids_the_same_neurons_on_two_photos(setup):
     model_tree = ModelTree(dictionary)
     names = dictionary.neuron_names()
     for route in ("tree", "tree+own"):
-        explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary,
+        explainer = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, index=index, n_references=2,
                                                options=ConceptOptions(hierarchy=route))
         seen: dict[int, set] = {}
         for photo in ("chelsea.png", "coffee.png"):
-            concepts = explainer.explain(folder / photo).concepts
+            explanation = explainer.explain(folder / photo)
+            concepts = explanation.concepts
+            assert [r.rank for r in explanation.references] == [c.rank for c in concepts.concepts]  # found, not looked up
             _check_nesting(concepts)
             assert concepts.hierarchy["route"] == route
             for t in concepts.top_level:
@@ -196,8 +198,10 @@ def test_tree_route_gives_the_same_ids_the_same_neurons_on_two_photos(setup):
                     assert seen.setdefault(t.concept_id, members) == members
                 else:  # the node's members among the photo's clustered neurons
                     assert members <= node
-    # the with-dictionary default is a tree route; the flat list stays one option away
-    assert ConceptExplainer.from_spec(source.load(), dictionary=dictionary).hierarchy in ("tree", "tree+own")
+    # with a dictionary the default is the measured one (docs/results/concise.md); the flat list is an option
+    default = ConceptExplainer.from_spec(source.load(), dictionary=dictionary)
+    assert default.hierarchy == DEFAULT_HIERARCHY["with_index"]
+    assert default.explain(folder / "rocket.png").concepts.hierarchy["route"] == DEFAULT_HIERARCHY["with_index"]
     flat = ConceptExplainer.from_spec(source.load(), dictionary=dictionary, options=ConceptOptions(hierarchy="none"))
     assert flat.explain(folder / "rocket.png").concepts.method == "dictionary"
 

@@ -156,8 +156,9 @@ def _output_folder(out: Path, overwrite: bool, files: tuple[str, ...]):
 # ---------------------------------------------------------------------- shared options
 MODEL_HELP = "default | timm:NAME | torchvision:NAME | dcne:PATH | pickle:PATH (or --model-config)."
 CONFIG_HELP = "Model configuration file (.json/.toml): spec, weights, kwargs, preprocessing, labels."
-DICTIONARY_HELP = ("A concept dictionary of this model (`conceptree dictionary`): its model-level tree gives the top "
-                   "level (same node ids on every image); with --hierarchy none, its flat concise list.")
+DICTIONARY_HELP = ("A concept dictionary of this model (`conceptree dictionary`): with --hierarchy tree or tree+own its "
+                   "model-level tree gives the top level (same node ids on every image); with --hierarchy none its "
+                   "flat concise list is the explanation.")
 HIERARCHY_HELP = ("How the concepts are arranged: own | consensus (a top level over the photo's own clustering) | tree "
                   "| tree+own (a dictionary's model-level tree) | none (a flat list). Default: the best route measured "
                   "for the situation (docs/results/concise.md).")

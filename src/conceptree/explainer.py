@@ -102,14 +102,16 @@ class ConceptExplainer:
         concepts are then read from it instead of clustered: one LRP pass, each dictionary
         concept's relevance (the sum of its members' ``r_p``) and the concise list
         (:mod:`conceptree.dictionary.concepts`), with the same concept ids on every image.
-        Its tree is the model-level hierarchy of the ``"tree"`` routes (``options.hierarchy``).
+        Its tree is the model-level hierarchy of the ``"tree"`` routes; with ``hierarchy="none"``
+        its flat concise list is the explanation (``options.hierarchy``).
 
     Notes
     -----
     By default every explanation has a concise **top level** (at most 8 concepts), each opening
     into its sub-concepts and their neurons (``options.hierarchy``, :mod:`conceptree.concepts.hierarchy`):
-    without a dictionary the photo's own tree, with one the model-level tree's nodes (the same
-    ids on every image) over the photo's own sub-concepts.
+    the photo's own tree, with or without a dictionary (the route chosen on the dev photos,
+    ``docs/results/concise.md``); ``hierarchy="tree"`` / ``"tree+own"`` use the dictionary's
+    model-level tree (the same ids on every image), ``"none"`` its flat concise list.
 
     Examples
     --------
@@ -307,7 +309,7 @@ class ConceptExplainer:
                 assert self.model_tree is not None
                 concepts = tree_own_concepts(self.model_tree, attribution, neurons, distance=options.distance,
                                              k_range=options.k_range, k=k)
-        elif self.dictionary is not None:
+        elif route == "none" and self.dictionary is not None:  # the dictionary's flat concise list
             if neurons is not None:
                 raise InputError("precomputed neurons are clustered per image; an explainer with a dictionary takes none")
             t2 = time.perf_counter()
@@ -351,7 +353,7 @@ class ConceptExplainer:
             finder = ReferenceFinder(self.engine, self.preprocessing, self.index, n=self.n_references,
                                      exact=self.exact_references)
             ranked = None
-            if self._stored_references:
+            if self._stored_references and concepts.method == "dictionary":  # ids of the flat dictionary's concepts
                 stored = [self.dictionary.concepts[c.concept_id].references for c in concepts.concepts]
                 if all(len(top) > self.n_references for top in stored):  # enough to leave this photo out
                     ranked = stored  # the dictionary's references: a lookup, ranked by the concept's share there

@@ -320,10 +320,15 @@ def _references_html(refs) -> str:
             f"<div class='name'>{name} <span class='meta'>· {' · '.join(facts)}</span></div>")
 
 
-def _id_label(concept) -> str:
-    """`` · D12`` for a concept of a dictionary (its id on every image), else nothing."""
-    return f" <span class='meta' title='concept id in the model&#39;s dictionary'>· D{concept.concept_id}</span>" \
-        if concept.concept_id is not None else ""
+def _id_label(concept, node: bool = False) -> str:
+    """`` · D12`` for a concept of a dictionary (its id on every image), `` · node 3401`` for a node of
+    a dictionary's model-level tree (``node``), else nothing."""
+    if concept.concept_id is None:
+        return ""
+    if node:
+        return (f" <span class='meta' title='node of the model-level tree: the same neurons on every image'>· node "
+                f"{concept.concept_id}</span>")
+    return f" <span class='meta' title='concept id in the model&#39;s dictionary'>· D{concept.concept_id}</span>"
 
 
 def _stability_html(concept) -> str:
@@ -479,7 +484,7 @@ def _hierarchy_html(explanation, parts: list[str]) -> None:
         cards = "".join(
             _card_html(explanation, subs[r], concepts.concepts[subs[r]], maps[subs[r]], colour, 330,
                        concepts.concepts[subs[r]].stability_label == "fragile", references[subs[r]],
-                       _flows_html(explanation.flows, concepts.concepts, subs[r]), _id_label(concepts.concepts[subs[r]]))
+                       _flows_html(explanation.flows, concepts.concepts, subs[r]), _id_label(concepts.concepts[subs[r]], node=True))
             for r in kids)
         ident = (f" <span class='meta' title='node of the model-level tree: the same neurons on every image'>· node "
                  f"{concept.concept_id}</span>" if concept.concept_id is not None else "")
