@@ -132,7 +132,7 @@ def smooth_group_maps(
     groups: Sequence[Mapping[str, Sequence[int]]],
     size: tuple[int, int],
     sigma_cells: float = 1.0,
-    sigma_pixels: float = 3.0,
+    sigma_pixels: float = 6.0,
 ) -> np.ndarray:
     """Each group's own-layer relevance drawn for the eye: every layer resolution smoothed before summing.
 
@@ -140,9 +140,10 @@ def smooth_group_maps(
     layer's checkerboard; both read as a grid, not a region. Here the group's relevance at each
     resolution is blurred at that resolution by a Gaussian of ``sigma_cells`` cells (a one-cell
     checkerboard of period two cells keeps 0.7 % of its amplitude), upsampled bilinearly and summed
-    over resolutions; the sum is blurred once more by ``sigma_pixels`` input pixels (what is left of
-    an 8-pixel pattern of a strided block: 6 %). The blurs keep each total (edges reflected); the
-    evaluated maps stay :func:`layer_group_maps`'.
+    over resolutions; the sum is blurred once more by ``sigma_pixels`` input pixels: relevance that
+    came down from a 14×14 layer carries its 16-pixel grid into the shallow layers, and 6 pixels
+    leave 6 % of that pattern (detail finer than about 10 pixels is lost in the drawing). The blurs
+    keep each total (edges reflected); the evaluated maps stay :func:`layer_group_maps`'.
 
     Returns
     -------
