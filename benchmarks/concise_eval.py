@@ -83,11 +83,7 @@ def tree_top_on(model_tree: ModelTree, attribution, neurons) -> list[Concept]:
     """``tree+own``'s top level on the photo's clustered neurons, without clustering below it."""
     _, node_rel = model_tree.node_relevance(attribution)
     top = model_tree.top_level(node_rel)
-    leaf_top = model_tree.tree.labels(top)
-    offsets = {layer: o for layer, (o, _) in model_tree.dictionary.columns.items()}
-    cols = np.array([offsets[neurons.layers[li]] + int(c) for li, c in zip(neurons.layer_index, neurons.channel)])
-    leaves = model_tree.leaf_of_column[cols]
-    groups = np.where(leaves >= 0, leaf_top[np.maximum(leaves, 0)], -1)
+    groups = model_tree.groups_of(neurons, top)
     order = canonical_order(neurons)
     active = order[groups[order] >= 0]
     present = sorted(set(groups[active].tolist()))
@@ -99,7 +95,9 @@ def tree_top_on(model_tree: ModelTree, attribution, neurons) -> list[Concept]:
 
 
 def random_partition(concepts: list[Concept], neurons, seed: int) -> list[Concept]:
-    """The same member counts, neurons drawn at random among those the concepts hold."""
+    """The same member counts, neurons drawn at random among those the concepts hold (the control
+    written in concise.md; ``conceptree.concepts.random_groups.random_partition`` also keeps each
+    concept's layer mix, a stricter control not used here)."""
     rows = np.concatenate([c.index for c in concepts])
     labels = np.concatenate([np.full(len(c.index), i) for i, c in enumerate(concepts)])
     perm = np.random.default_rng(seed).permutation(len(rows))

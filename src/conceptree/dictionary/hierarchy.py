@@ -65,6 +65,15 @@ class ModelTree:
         """The photo's top-level node ids (the frontier rule)."""
         return top_frontier(self.tree, node_relevance)
 
+    def groups_of(self, neurons: NeuronMaps, top: list[int]) -> np.ndarray:
+        """Position in ``top`` of the top-level node holding each row of ``neurons``, ``(n,)``
+        (-1: a neuron the dictionary lists as inactive)."""
+        offsets = {layer: offset for layer, (offset, _) in self.dictionary.columns.items()}
+        cols = np.array([offsets[neurons.layers[li]] + int(c) for li, c in zip(neurons.layer_index, neurons.channel)],
+                        dtype=np.int64)
+        leaves = self.leaf_of_column[cols]
+        return np.where(leaves >= 0, self.tree.labels(top)[np.maximum(leaves, 0)], -1)
+
     def permuted(self, seed: int) -> ModelTree:
         """The control: the same tree shape with its leaves given to random neurons."""
         other = ModelTree.__new__(ModelTree)
@@ -156,15 +165,9 @@ def tree_own_concepts(model_tree: ModelTree, attribution: Attribution, neurons: 
     """
     _, node_rel = model_tree.node_relevance(attribution)
     top = model_tree.top_level(node_rel)
-    leaf_top = model_tree.tree.labels(top)
     d = model_tree.dictionary
-    offsets = {layer: offset for layer, (offset, _) in d.columns.items()}
-    cols = np.array([offsets[neurons.layers[li]] + int(c) for li, c in zip(neurons.layer_index, neurons.channel)],
-                    dtype=np.int64)
-    leaves = model_tree.leaf_of_column[cols]
-    groups = np.where(leaves >= 0, leaf_top[np.maximum(leaves, 0)], -1)
-    concept_set = hierarchical_concepts(neurons, distance, k_range, k, route="given", groups_of_row=groups,
-                                        group_ids=top)
+    concept_set = hierarchical_concepts(neurons, distance, k_range, k, route="given",
+                                        groups_of_row=model_tree.groups_of(neurons, top), group_ids=top)
     concept_set.hierarchy = {**(concept_set.hierarchy or {}), "route": "tree+own",
                              "dictionary": str(d.path) if d.path else None}
     return concept_set
