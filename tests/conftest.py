@@ -50,3 +50,25 @@ def cifar_image() -> torch.Tensor:
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     return ((pixels - mean) / std).unsqueeze(0)
+
+
+@pytest.fixture(scope="session")
+def dictionary_setup(tmp_path_factory):
+    """Six scikit-image photos, a random-weight resnet10t, its index and a k = 12 dictionary:
+    ``(folder, source, index, dictionary)``, built once for the dictionary and hierarchy tests."""
+    from PIL import Image
+    from skimage import data
+
+    from conceptree.dictionary import DictionaryBuilder
+    from conceptree.index import build_index
+    from conceptree.runs import ModelSource
+
+    from .helpers import resnet10t_weights
+
+    folder = tmp_path_factory.mktemp("dict_refs")
+    for name in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    source = ModelSource(spec="timm:resnet10t", weights=resnet10t_weights(folder / "w.pth", 0), kwargs={"num_classes": 10})
+    index = build_index(folder, source, tmp_path_factory.mktemp("dict_index") / "idx", executor="local",
+                        batch_size=3, progress=False)
+    return folder, source, index, DictionaryBuilder(k=12).fit(index)

@@ -130,3 +130,10 @@ def zennit_canonizers(kind: str, model: nn.Module | None = None) -> list:
     if kind == "cifar":
         return [CompositeCanonizer([SequentialMergeBatchNorm(), _CifarResidualCanonizer()])]
     raise ValueError(kind)
+
+
+def resnet10t_weights(path, seed: int) -> str:
+    """A state dict of timm's resnet10t (10 classes, random weights from ``seed``) saved at ``path``."""
+    torch.manual_seed(seed)
+    torch.save(timm.create_model("resnet10t", pretrained=False, num_classes=10).state_dict(), path)
+    return str(path)

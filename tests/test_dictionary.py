@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scipy.spatial.distance import pdist
 
 from conceptree import ConceptExplainer, Explanation, InputError
@@ -28,32 +27,16 @@ from conceptree.dictionary.features import condensed_euclidean, neuron_features
 from conceptree.index import build_index
 from conceptree.runs import ModelSource
 
+from .helpers import resnet10t_weights
+
 SPEC = "timm:resnet10t"
 FLAT = ConceptOptions(hierarchy="none")
 
 
-def _weights(path, seed: int) -> str:
-    import timm
-
-    torch.manual_seed(seed)
-    model = timm.create_model("resnet10t", pretrained=False, num_classes=10)
-    torch.save(model.state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("dict_refs")
-    for name in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry"):
-        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
-    weights = _weights(folder / "w.pth", 0)
-    source = ModelSource(spec=SPEC, weights=weights, kwargs={"num_classes": 10})
-    index = build_index(folder, source, tmp_path_factory.mktemp("dict_index") / "idx", executor="local",
-                        batch_size=3, progress=False)
-    dictionary = DictionaryBuilder(k=12).fit(index)
-    return folder, source, index, dictionary
+@pytest.fixture
+def setup(dictionary_setup):
+    """``(folder, source, index, dictionary)``: the session's (tests/conftest.py)."""
+    return dictionary_setup
 
 
 def test_every_active_neuron_in_exactly_one_concept(setup, tmp_path):
@@ -127,7 +110,7 @@ def test_explanation_with_a_dictionary_saves_and_reloads(setup, tmp_path):
 
 def test_dictionary_of_another_model_or_index_refused(setup, tmp_path):
     folder, source, index, dictionary = setup
-    other = ModelSource(spec=SPEC, weights=_weights(tmp_path / "other.pth", 1), kwargs={"num_classes": 10})
+    other = ModelSource(spec=SPEC, weights=resnet10t_weights(tmp_path / "other.pth", 1), kwargs={"num_classes": 10})
     with pytest.raises(InputError, match="dictionary at .* was built with other model parameters") as err:
         ConceptExplainer.from_spec(other.load(), dictionary=dictionary)
     assert "\n" not in str(err.value)
@@ -201,7 +184,7 @@ def test_evaluation_scores_a_dictionary_at_every_k(setup, tmp_path):
     sums = by_k[5].reshape(5, -1).sum(1)
     assert np.allclose(sums, dictionary.concept_relevance(neuron_relevance(attribution, dictionary))[top], rtol=1e-3, atol=1e-6)
     dictionary.save(tmp_path / "d")
-    other = ModelSource(spec=SPEC, weights=_weights(tmp_path / "o.pth", 2), kwargs={"num_classes": 10}).load()
+    other = ModelSource(spec=SPEC, weights=resnet10t_weights(tmp_path / "o.pth", 2), kwargs={"num_classes": 10}).load()
     with pytest.raises(InputError, match="other model parameters"):
         _load_dictionaries({"dictionary": str(tmp_path / "d")}, ConceptExplainer.from_spec(other).engine, other)
     with pytest.raises(InputError, match="also a variant of ours"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scipy.cluster.hierarchy import linkage, to_tree
 
 from conceptree import ConceptExplainer, Explanation, InputError
@@ -27,9 +26,10 @@ from conceptree.concepts.linkage import cut_labels
 from conceptree.concepts.options import DEFAULT_HIERARCHY, ConceptOptions
 from conceptree.dictionary import DictionaryBuilder
 from conceptree.dictionary.hierarchy import ModelTree
-from conceptree.index import build_index
 from conceptree.models.loading import Preprocessing
 from conceptree.runs import ModelSource
+
+from .helpers import resnet10t_weights
 
 SPEC = "timm:resnet10t"
 #: the per-photo routes on a small input and neuron set (fast; the tree routes keep the index's 224)
@@ -115,27 +115,10 @@ def test_kmeans_and_co_association_are_exact():
 
 
 # ---------------------------------------------------------------------------------------------- explanations
-def _weights(path, seed: int) -> str:
-    import timm
-
-    torch.manual_seed(seed)
-    model = timm.create_model("resnet10t", pretrained=False, num_classes=10)
-    torch.save(model.state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("hier_refs")
-    for name in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry"):
-        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
-    source = ModelSource(spec=SPEC, weights=_weights(folder / "w.pth", 0), kwargs={"num_classes": 10})
-    index = build_index(folder, source, tmp_path_factory.mktemp("hier_index") / "idx", executor="local",
-                        batch_size=3, progress=False)
-    dictionary = DictionaryBuilder(k=12).fit(index)
-    return folder, source, index, dictionary
+@pytest.fixture
+def setup(dictionary_setup):
+    """``(folder, source, index, dictionary)``: the session's (tests/conftest.py)."""
+    return dictionary_setup
 
 
 def _check_nesting(concepts) -> None:
@@ -242,7 +225,7 @@ def test_trees_of_another_model_or_without_a_dictionary_refused(setup, tmp_path)
     with pytest.raises(InputError, match="needs a concept dictionary") as err:
         ConceptExplainer.from_spec(source.load(), options=ConceptOptions(hierarchy="tree"))
     assert "\n" not in str(err.value)
-    other = ModelSource(spec=SPEC, weights=_weights(tmp_path / "other.pth", 1), kwargs={"num_classes": 10})
+    other = ModelSource(spec=SPEC, weights=resnet10t_weights(tmp_path / "other.pth", 1), kwargs={"num_classes": 10})
     with pytest.raises(InputError, match="dictionary at .* was built with other model parameters") as err:
         ConceptExplainer.from_spec(other.load(), dictionary=dictionary, options=ConceptOptions(hierarchy="tree+own"))
     assert "\n" not in str(err.value)

@@ -117,13 +117,8 @@ def dictionary_concepts(
     listed = concise_list(by_concept, share, cap, k)
     total = float(r.sum())
     member_cols = np.sort(np.concatenate([dictionary.concepts[int(c)].columns for c in listed]))
-    wanted: dict[str, list[int]] = {}
-    for layer, (offset, channels) in dictionary.columns.items():
-        inside = member_cols[(member_cols >= offset) & (member_cols < offset + channels)]
-        if inside.size:
-            wanted[layer] = (inside - offset).tolist()
     names = dictionary.neuron_names()
-    neurons = layer_neuron_maps(attribution, layers, wanted, map_size or DEFAULT_MAP_SIZE)
+    neurons = layer_neuron_maps(attribution, layers, dictionary.channels_of(member_cols), map_size or DEFAULT_MAP_SIZE)
     # neurons' rows follow the columns' order (layers in model order, channels ascending)
     row_of_column = np.full(dictionary.n_neurons, -1, dtype=np.int64)
     row_of_column[member_cols] = np.arange(member_cols.size)

@@ -114,13 +114,8 @@ def tree_concepts(model_tree: ModelTree, attribution: Attribution, layers: list[
         raise InputError(f"k={k} is below the {len(top)} top-level concepts; ask for at least {len(top)}")
     subs = grow_frontier(tree, top, k, node_rel)
     d = model_tree.dictionary
-    wanted: dict[str, list[int]] = {}
     cols = np.sort(model_tree.columns)
-    for layer, (offset, channels) in d.columns.items():
-        inside = cols[(cols >= offset) & (cols < offset + channels)]
-        if inside.size:
-            wanted[layer] = (inside - offset).tolist()
-    neurons = layer_neuron_maps(attribution, layers, wanted, THUMBNAIL_GRID)
+    neurons = layer_neuron_maps(attribution, layers, d.channels_of(cols), THUMBNAIL_GRID)
     row_of_column = np.full(d.n_neurons, -1, dtype=np.int64)
     row_of_column[cols] = np.arange(cols.size)  # rows follow the columns' order
     total = float(r.sum())

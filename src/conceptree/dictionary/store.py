@@ -145,6 +145,16 @@ class ConceptDictionary:
         self._names = tuple(names)
         return names
 
+    def channels_of(self, columns: np.ndarray) -> dict[str, list[int]]:
+        """Sorted neuron ``columns`` as ``layer -> channels`` (for :func:`layer_neuron_maps`)."""
+        columns = np.sort(np.asarray(columns, dtype=np.int64))
+        wanted: dict[str, list[int]] = {}
+        for layer, (offset, channels) in self.columns.items():
+            inside = columns[(columns >= offset) & (columns < offset + channels)]
+            if inside.size:
+                wanted[layer] = (inside - offset).tolist()
+        return wanted
+
     @property
     def k(self) -> int:
         return len(self.concepts)
