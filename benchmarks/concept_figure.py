@@ -17,11 +17,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from conceptree.concepts.options import PRESETS
-from conceptree.evaluation.cub_parts import load_cub_parts
+from conceptree.datasets.cub_parts import load_cub_parts
 from conceptree.evaluation.runner import cache_model, input_neurons_path, load_input_neurons
 from conceptree.explainer import ConceptExplainer
 from conceptree.models.loading import load_image
-from conceptree.report import signed_overlay
+from conceptree.render.report import signed_overlay
 
 SHOWN = 8
 

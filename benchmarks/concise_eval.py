@@ -31,11 +31,11 @@ from conceptree import ConceptExplainer
 from conceptree.concepts import find_concepts
 from conceptree.concepts.concepts import Concept, _build_concepts, canonical_order, cut_concepts
 from conceptree.concepts.features import concept_maps, consensus_copies, features_for
-from conceptree.concepts.graph import concept_flows
+from conceptree.concepts.flows import concept_flows
 from conceptree.concepts.hierarchy import hierarchical_concepts
+from conceptree.datasets.cub_parts import REGION_RULES, load_cub_parts, select
 from conceptree.dictionary import DictionaryBuilder
 from conceptree.dictionary.hierarchy import ModelTree, tree_concepts, tree_own_concepts
-from conceptree.evaluation.cub_parts import REGION_RULES, load_cub_parts, select
 from conceptree.evaluation.methods import disk_maps
 from conceptree.evaluation.nuisance import CHANGES, changed_input
 from conceptree.evaluation.runner import at_k_table, at_key, dataset_parts, score_method_maps, summarise

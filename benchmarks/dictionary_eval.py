@@ -29,9 +29,9 @@ from conceptree import ConceptExplainer
 from conceptree.concepts import find_concepts
 from conceptree.concepts.concepts import cut_concepts
 from conceptree.concepts.features import concept_maps, features_for
+from conceptree.datasets.cub_parts import REGION_RULES, load_cub_parts, select
 from conceptree.dictionary import ConceptDictionary, DictionaryBuilder, concise_list, neuron_relevance
 from conceptree.dictionary.concepts import dictionary_concepts
-from conceptree.evaluation.cub_parts import REGION_RULES, load_cub_parts, select
 from conceptree.evaluation.faithfulness import occlusion_drops, summarise_faithfulness
 from conceptree.evaluation.methods import disk_maps
 from conceptree.evaluation.nuisance import CHANGES, changed_input

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from conceptree import ConceptExplainer
-from conceptree.concepts.graph import concept_flows
+from conceptree.concepts.flows import concept_flows
 from conceptree.concepts.options import ConceptOptions
 
 

@@ -1,7 +1,7 @@
 """Is the concept graph more than noise? Concentration of flows of real concepts against random partitions.
 
 For every dev photo of the CUB evaluation (true class, default options): the explanation's
-concepts and their first-passage flows (:mod:`conceptree.concepts.graph`); then ``--draws``
+concepts and their first-passage flows (:mod:`conceptree.concepts.flows`); then ``--draws``
 random partitions of the *same* clustered neurons into concepts of the same sizes and the same
 layer mixes (within each layer, the member neurons' concept labels are permuted), and their
 flows on the same LRP pass. Statistic per concept: the share of what it draws from other
@@ -24,10 +24,10 @@ import numpy as np
 from tqdm import tqdm
 
 from conceptree import ConceptExplainer
-from conceptree.concepts.graph import EDGE_SHARE, ConceptFlows, concept_flows
+from conceptree.concepts.flows import EDGE_SHARE, ConceptFlows, concept_flows
 from conceptree.concepts.options import ConceptOptions
 from conceptree.concepts.random_groups import random_partition
-from conceptree.evaluation.cub_parts import load_cub_parts, select
+from conceptree.datasets.cub_parts import load_cub_parts, select
 from conceptree.models.loading import load_image, preprocess
 
 TOP = 3

@@ -39,7 +39,7 @@ print(json.dumps({**index.meta["build"], "peak_rss_mb": resource.getrusage(resou
 
 
 def throughput(data: Path, n_images: int, batch: int, threads: int) -> dict:
-    from conceptree.evaluation.cub_parts import load_cub_parts
+    from conceptree.datasets.cub_parts import load_cub_parts
 
     images, _ = load_cub_parts(data, require_target=False)
     with tempfile.TemporaryDirectory() as tmp:

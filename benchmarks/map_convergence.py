@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from conceptree.attribution import CRPEngine
 from conceptree.concepts.layer_maps import layer_neuron_maps
-from conceptree.evaluation.cub_parts import load_cub_parts
+from conceptree.datasets.cub_parts import load_cub_parts
 from conceptree.evaluation.runner import _input, cache_model
 
 

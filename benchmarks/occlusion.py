@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from conceptree.concepts.options import PRESETS
-from conceptree.evaluation.cub_parts import load_cub_parts
+from conceptree.datasets.cub_parts import load_cub_parts
 from conceptree.evaluation.occlusion import (
     HEAD_KEYPOINTS,
     HEAD_RADIUS,

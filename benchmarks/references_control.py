@@ -68,7 +68,7 @@ def explain_dev(data: Path, cache: Path, limit: int | None = None, dictionary: P
     """The default explanation's concepts of every dev photo (cached as JSON); with a concept
     dictionary, its concise list of each photo."""
     from conceptree import ConceptExplainer
-    from conceptree.evaluation.cub_parts import load_cub_parts, select
+    from conceptree.datasets.cub_parts import load_cub_parts, select
 
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -325,7 +325,7 @@ def main() -> None:
                                for band, cs in sorted(by_band.items())}
     print(json.dumps(summary, indent=1), flush=True)
     exact = exact_check(args, index, prep, size, dev, tests, top_rows, part_of) if args.exact_check else None
-    from conceptree.evaluation.cub_parts import REGIONS
+    from conceptree.datasets.cub_parts import REGIONS
 
     result = {
         "command": "python benchmarks/references_control.py " + " ".join(sys.argv[1:]),

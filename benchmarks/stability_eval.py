@@ -49,7 +49,7 @@ from conceptree.concepts.layer_maps import layer_group_maps
 from conceptree.concepts.linkage import cut_labels, linkage_matrix
 from conceptree.concepts.options import PAPER_POOL, ConceptOptions
 from conceptree.concepts.stability import StabilityConfig, cut_stability, weighted_stability
-from conceptree.evaluation.cub_parts import REGION_RULES, load_cub_parts, select
+from conceptree.datasets.cub_parts import REGION_RULES, load_cub_parts, select
 from conceptree.evaluation.methods import random_disks
 from conceptree.evaluation.nuisance import CHANGES, align_maps, changed_input
 from conceptree.evaluation.runner import dataset_parts, score_method_maps, summarise

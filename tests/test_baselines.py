@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conceptree.attribution.graph import canonize
+from conceptree.attribution.tracing import canonize
 from conceptree.errors import InputError
 from conceptree.evaluation.baselines import CAM_METHODS, cam_maps, conv_layers, dcne_maps, top_neurons
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from conceptree.datasets.cub_parts import PART_RADIUS, SLIC_CLIP, PartImage
 from conceptree.errors import InputError
 from conceptree.evaluation.controls import DISK_COUNTS, random_disks, randomise_model
-from conceptree.evaluation.cub_parts import PART_RADIUS, SLIC_CLIP, PartImage
 from conceptree.evaluation.faithfulness import occlusion_drops, shifted, summarise_faithfulness, top_region
 from conceptree.evaluation.image_maps import ImageMaps
 from conceptree.evaluation.methods import at_key, baseline_maps, disk_maps, redundancy

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conceptree.datasets.cub_expert import decode_rle, encode_rle, load_cub_expert, mask_to_rle, rle_to_mask
 from conceptree.errors import InputError
-from conceptree.evaluation.cub_expert import decode_rle, encode_rle, load_cub_expert, mask_to_rle, rle_to_mask
 
 FIXTURE = Path(__file__).parent / "data" / "cub_expert"
 

@@ -11,8 +11,8 @@ import torch
 import torchvision
 from PIL import Image
 
+from conceptree.datasets.cub_parts import PART_RADIUS, REGIONS, load_cub_parts, select
 from conceptree.errors import InputError
-from conceptree.evaluation.cub_parts import PART_RADIUS, REGIONS, load_cub_parts, select
 from conceptree.evaluation.outputs import OUTPUT_FILES, load_results
 
 from .conftest import shared_path

@@ -186,9 +186,9 @@ def test_edits_are_deterministic_and_local(reference):
 def test_faces_dataset_reads_chips_and_measures_regions(tmp_path, reference):
     from PIL import Image
 
+    from conceptree.datasets.faces_parts import FACE_PARTS
     from conceptree.errors import InputError
     from conceptree.evaluation.evaluate import load_items
-    from conceptree.evaluation.faces_parts import FACE_PARTS
     from conceptree.faces.align import CHIP_TEMPLATE
 
     (tmp_path / "chips").mkdir()

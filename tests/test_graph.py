@@ -14,12 +14,12 @@ from conceptree.attribution import CRPEngine
 from conceptree.compare import lost_parts
 from conceptree.concepts import Concept, Neuron, find_concepts
 from conceptree.concepts.features import neuron_features
-from conceptree.concepts.graph import EDGE_SHARE, ConceptFlows, concept_flows
+from conceptree.concepts.flows import EDGE_SHARE, ConceptFlows, concept_flows
 from conceptree.concepts.options import ConceptOptions
 from conceptree.explainer import ConceptExplainer
 from conceptree.explanation import Explanation
 from conceptree.models.loading import Preprocessing
-from conceptree.report_graph import graph_svg
+from conceptree.render.flows_svg import graph_svg
 
 from .helpers import cifar_model
 
@@ -210,7 +210,7 @@ def test_lost_parts_flags_edges_that_fell_below_the_fraction():
 def test_shares_of_a_concept_without_positive_relevance_are_not_read():
     """A concept whose members' relevance sums to <= 0 has mixed-sign parts whose ratios to R_C are
     not proportions (seen on a face: 262 %); it is kept in the matrix, not listed or counted."""
-    from conceptree.concepts.graph import ConceptFlows
+    from conceptree.concepts.flows import ConceptFlows
 
     flows = np.array([[0.0, 0.6, 0.2], [0.3, 0.0, 0.1], [2.6, -1.9, 0.0]])
     f = ConceptFlows(flows, np.zeros(3), np.zeros(3), 1 - flows.sum(1), np.array([2.0, 1.0, -0.1]))

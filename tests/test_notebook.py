@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conceptree import ConceptExplainer, ConceptOptions, Explanation
-from conceptree.notebook import MAX_BYTES, WRAPPER
+from conceptree.render.notebook import MAX_BYTES, WRAPPER
 
 
 @pytest.fixture(scope="module")

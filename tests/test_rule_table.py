@@ -190,7 +190,7 @@ def test_table_lookup_prefers_added_rules_and_the_most_specific_class():
     assert table[nn.Conv2d] is rule_table.pass_rule
     default = Composite().rule_table()
     assert default[nn.Conv2d] is rule_table.conv_rule and default[nn.SiLU] is rule_table.pass_rule
-    from conceptree.attribution.graph import canonize
+    from conceptree.attribution.tracing import canonize
 
     graph = canonize(nn.Sequential(timm.layers.Conv2dSame(3, 4, 3)))  # a Conv2d subclass, traced as a leaf
     node = next(n for n in graph.graph.nodes if n.op == "call_module")

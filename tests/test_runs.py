@@ -181,7 +181,7 @@ def test_evaluation_cache_on_ray_equals_the_local_one(tmp_path):
     import torch
     import torchvision
 
-    from conceptree.evaluation.cub_parts import load_cub_parts
+    from conceptree.datasets.cub_parts import load_cub_parts
     from conceptree.evaluation.runner import build_cache, cache_path
     from conceptree.models.loading import Preprocessing
 

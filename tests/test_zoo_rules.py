@@ -12,7 +12,7 @@ from torch import nn
 from conceptree import Composite, CRPEngine
 from conceptree.attribution import rule_table
 from conceptree.attribution import rules as R
-from conceptree.attribution.graph import canonize, guards
+from conceptree.attribution.tracing import canonize, guards
 from conceptree.errors import InputError, UnsupportedModelError
 
 from . import helpers

@@ -5,7 +5,7 @@ neurons' ``r_p`` there), its share of the image's total, the ratio to the refere
 group's map (of the same kind as the reference's concept maps: the members' own-layer maps,
 or the sum of their conditional maps). A concept is flagged **missing** when
 its ratio falls below ``missing_fraction`` (default 0.5: it lost more than half its
-relevance). When the reference has a concept graph (:mod:`conceptree.concepts.graph`), the
+relevance). When the reference has a concept graph (:mod:`conceptree.concepts.flows`), the
 flows between the reference's concepts are computed on each image too, and a concept **lost a
 part** ``D`` when ``D`` supplied at least ``EDGE_SHARE`` of it on the reference and less than
 ``missing_fraction`` of that share on the image (the paper's missing concept, one level deeper). With ``explain_new=True`` the other image is explained too, and each of its own
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .concepts.graph import EDGE_SHARE, ConceptFlows, concept_flows
+from .concepts.flows import EDGE_SHARE, ConceptFlows, concept_flows
 from .concepts.layer_maps import layer_group_maps
 from .errors import InputError
 from .explanation import Explanation
@@ -143,8 +143,8 @@ class Comparison:
         return out
 
     def _repr_html_(self) -> str:
-        """The compact inline view a notebook shows (:mod:`conceptree.notebook`)."""
-        from .notebook import comparison_html
+        """The compact inline view a notebook shows (:mod:`conceptree.render.notebook`)."""
+        from .render.notebook import comparison_html
 
         return comparison_html(self)
 
@@ -252,7 +252,7 @@ def trace_concepts(
 
 def write_comparison_html(comparison: Comparison, path: str | Path) -> Path:
     """Self-contained page: per concept, the reference map and each image's group map side by side."""
-    from .report import image_data_uri, signed_overlay
+    from .render.report import image_data_uri, signed_overlay
 
     def _overlay_png(image, values):
         return image_data_uri(image if values is None else signed_overlay(image, values))

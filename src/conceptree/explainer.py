@@ -28,7 +28,7 @@ from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
 from .compare import MISSING_FRACTION, NEW_OVERLAP, trace_concepts
 from .concepts import find_concepts
 from .concepts.features import concept_maps, consensus_copies, features_for, member_maps
-from .concepts.graph import concept_flows
+from .concepts.flows import concept_flows
 from .concepts.hierarchy import hierarchical_concepts
 from .concepts.layer_maps import smooth_group_maps
 from .concepts.options import ConceptOptions, preset

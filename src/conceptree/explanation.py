@@ -18,7 +18,7 @@ import numpy as np
 
 from .attribution import Composite
 from .concepts import ConceptSet
-from .concepts.graph import ConceptFlows
+from .concepts.flows import ConceptFlows
 from .concepts.options import ConceptOptions
 from .errors import InputError
 from .index.references import ConceptReferences
@@ -103,7 +103,7 @@ class Explanation:
     index_info : dict, optional
         The index used (path, images, neurons, target rule).
     flows : ConceptFlows, optional
-        The concept graph: what each concept is made of (:mod:`conceptree.concepts.graph`;
+        The concept graph: what each concept is made of (:mod:`conceptree.concepts.flows`;
         rows and columns in the order of ``concepts.concepts``), when ``options.graph`` and the
         explanation has no top level.
     top_maps : np.ndarray, optional
@@ -150,8 +150,8 @@ class Explanation:
         return self.target.name
 
     def _repr_html_(self) -> str:
-        """The compact inline view a notebook shows (:mod:`conceptree.notebook`)."""
-        from .notebook import explanation_html
+        """The compact inline view a notebook shows (:mod:`conceptree.render.notebook`)."""
+        from .render.notebook import explanation_html
 
         return explanation_html(self)
 
@@ -159,7 +159,7 @@ class Explanation:
         """An inline view: the whole explanation, or concept ``#concept`` in full (its map, region,
         members, what it is made of and feeds, its references). Returns an object notebooks
         display; ``str()`` of it is the HTML."""
-        from .notebook import HTMLView, concept_html, explanation_html
+        from .render.notebook import HTMLView, concept_html, explanation_html
 
         return HTMLView(explanation_html(self) if concept is None else concept_html(self, concept))
 
@@ -261,7 +261,7 @@ class Explanation:
     def render(self, out: str | Path) -> Path:
         """Draw ``concepts.png`` and the self-contained ``report.html`` into ``out`` (from the data
         alone: a reloaded explanation renders the same)."""
-        from .report import concept_grid, write_html
+        from .render.report import concept_grid, write_html
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,6 @@
 
 from .composites import Composite
 from .engine import Attribution, BatchAttribution, CRPEngine, ForwardPass, MapBatch, NeuronMaps
-from .graph import LayerInfo, canonize
+from .tracing import LayerInfo, canonize
 
 __all__ = ["Attribution", "BatchAttribution", "CRPEngine", "Composite", "ForwardPass", "LayerInfo", "MapBatch", "NeuronMaps", "canonize"]

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from ..errors import ConceptreeError, InputError, UnsupportedModelError
 from . import rules as R
 from .composites import Composite
-from .graph import LayerInfo, ZennitCompat, canonize, guards, list_layers, select_layers
 from .rule_table import RuleContext, lookup
+from .tracing import LayerInfo, ZennitCompat, canonize, guards, list_layers, select_layers
 
 InitRelevance = Literal["logit", "one"]
 
@@ -231,12 +231,12 @@ class CRPEngine:
     example_input : Tensor, optional
         ``(1, C, H, W)`` input for models whose ``forward`` branches on the input size (timm's
         VGG): the trace follows it where symbolic tracing fails, and inputs that would take
-        another branch are refused (:mod:`conceptree.attribution.graph`). Default: zeros of the
+        another branch are refused (:mod:`conceptree.attribution.tracing`). Default: zeros of the
         model's ``pretrained_cfg["input_size"]`` (timm) or ``(1, C, 224, 224)``.
     reparameterize : bool
         Fuse re-parameterisable blocks (RepVGG, MobileOne, FastViT, RepViT) into the single
         convolutions they are at inference, checked on a random input (default True; see
-        :func:`~conceptree.attribution.graph.canonize`). False explains the training-time branches.
+        :func:`~conceptree.attribution.tracing.canonize`). False explains the training-time branches.
 
     Examples
     --------
@@ -563,7 +563,7 @@ class CRPEngine:
         marked channels (``absorb[node]``, a 0/1 tensor with one value per channel, in the
         node's layout: ``(1, C, 1, 1)``, ``(1, 1, 1, C)`` or ``(1, C)``) is summed per channel and not propagated further; the
         rest goes on, together with the node's own ``start`` (which is never absorbed at its own
-        node). :func:`conceptree.concepts.graph.concept_flows` builds concept-to-concept flows on it.
+        node). :func:`conceptree.concepts.flows.concept_flows` builds concept-to-concept flows on it.
 
         Returns
         -------

@@ -64,7 +64,7 @@ Rules of the CNN families beyond ResNet/VGG (each with its reasoning and referen
   built in ``forward``): a constant is a bias — it receives no relevance and, as biases are
   kept out of every rule's denominator here (``zero_bias=True``), the activation keeps all of
   it. Conserving. Weight-standardised convolutions (NFNets, BiT) are canonized before tracing
-  into plain convolutions with their standardised weight (:mod:`conceptree.attribution.graph`).
+  into plain convolutions with their standardised weight (:mod:`conceptree.attribution.tracing`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from . import rules as R
-from .graph import TIMM_RMS_NORMS
+from .tracing import TIMM_RMS_NORMS
 
 RuleKey = type | Callable | str
 RuleFactory = Callable[["RuleContext"], R.Rule | None]
@@ -526,7 +526,7 @@ def _torchvision_pass_keys() -> tuple:
 
 def default_rules() -> dict[RuleKey, RuleFactory]:
     """The built-in table (a fresh dict; :data:`DEFAULT_RULES` is the shared one)."""
-    from .graph import ZennitMergedBatchNorm
+    from .tracing import ZennitMergedBatchNorm
 
     table: dict[RuleKey, RuleFactory] = {
         nn.Conv2d: conv_rule,

@@ -81,7 +81,7 @@ class ConceptOptions:
         neuron's relevance, enough to move a cut); ``"float32"`` is faster (docs/results/stability.md).
     graph : bool
         Also compute the concept graph: which concepts each concept is made of
-        (:mod:`conceptree.concepts.graph`; one batched propagation of the concepts; with a
+        (:mod:`conceptree.concepts.flows`; one batched propagation of the concepts; with a
         hierarchy, of the top-level concepts).
     hierarchy : str or None
         :data:`HIERARCHIES`; None: :data:`DEFAULT_HIERARCHY` of the situation (with a concept

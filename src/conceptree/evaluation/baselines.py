@@ -88,7 +88,7 @@ def cam_maps(method: str, model: nn.Module, x: torch.Tensor, target: int) -> np.
         A key of :data:`CAM_METHODS`.
     model : nn.Module
         The classifier in eval mode. For ``fullgrad`` its BatchNorms should be merged into
-        the convs (e.g. :func:`conceptree.attribution.graph.canonize`) so every layer's
+        the convs (e.g. :func:`conceptree.attribution.tracing.canonize`) so every layer's
         bias is the effective one.
     x : Tensor
         ``(1, C, H, W)`` preprocessed image.

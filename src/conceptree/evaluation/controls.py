@@ -4,7 +4,7 @@ Random disks (no model)
 -----------------------
 ``random-disks-N`` is a method with ``N`` binary disk maps per photo: centres uniform over
 the photo, radius ``f × bird size`` with ``f`` drawn uniformly from the part radii of the
-region rule (:data:`conceptree.evaluation.cub_parts.PART_RADIUS`), so the disks are sized
+region rule (:data:`conceptree.datasets.cub_parts.PART_RADIUS`), so the disks are sized
 like the part regions they are scored against. Disks are drawn once per photo from a
 generator seeded with ``(seed, image id)``; ``random-disks-N`` is the first ``N`` of them,
 so best-of-N is monotone in N and each photo gets the same disks in every run.
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..datasets.images import AnnotatedImage
 from ..errors import InputError
-from .images import AnnotatedImage
 
 #: Numbers of random disks reported as ``random-disks-N``.
 DISK_COUNTS: tuple[int, ...] = (5, 10, 20, 30, 52, 300)
@@ -71,7 +71,7 @@ def random_disks(
     if n < 0:
         raise InputError(f"number of disks must be >= 0, got {n}")
     if radius_fractions is None:
-        from .cub_parts import PART_RADIUS
+        from ..datasets.cub_parts import PART_RADIUS
 
         radius_fractions = tuple(PART_RADIUS.values())
     rng = image_seed(seed, image.image_id)

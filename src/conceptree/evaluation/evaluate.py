@@ -80,17 +80,17 @@ def load_items(data: str | Path, dataset: str = "cub-parts", images: str | Path 
                annotator: str | None = None) -> tuple[list, dict]:
     """The annotated photos of ``dataset`` under ``data`` and the skipped ones (with reasons)."""
     if dataset == "cub-parts":
-        from .cub_parts import load_cub_parts
+        from ..datasets.cub_parts import load_cub_parts
 
         items, skipped = load_cub_parts(data)
     elif dataset == "cub-expert":
-        from .cub_expert import load_cub_expert
+        from ..datasets.cub_expert import load_cub_expert
 
         if images is None:
             raise InputError("the cub-expert dataset needs images= (CUB_200_2011/images); CLI: --images")
         items, skipped = load_cub_expert(data, images, annotator), {}
     elif dataset == "faces":
-        from .faces_parts import load_faces
+        from ..datasets.faces_parts import load_faces
 
         items, skipped = load_faces(data), {}
     else:
@@ -160,8 +160,8 @@ def evaluate(
     -------
     EvaluationResult
     """
+    from ..datasets.cub_parts import select
     from .baselines import require_grad_cam
-    from .cub_parts import select
     from .outputs import write_outputs
 
     t0 = time.perf_counter()

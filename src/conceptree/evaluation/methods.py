@@ -26,10 +26,10 @@ from ..concepts.concepts import cut_concepts
 from ..concepts.distance import DEFAULT_MAP_SIZE
 from ..concepts.features import concept_maps, features_for
 from ..concepts.options import ConceptOptions
+from ..datasets.images import AnnotatedImage
 from .baselines import CAM_METHODS
 from .controls import DISK_COUNTS, random_disks
 from .image_maps import ImageMaps
-from .images import AnnotatedImage
 
 #: Equal-complexity budgets (maps per photo).
 K_VALUES: tuple[int, ...] = (5, 10, 20, 30)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cub_parts import PartImage
+from ..datasets.cub_parts import PartImage
 from .protocol import nearest_source
 
 #: Keypoints whose disks make up "the head" that is greyed out.

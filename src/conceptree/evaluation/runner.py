@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from ..attribution.engine import CRPEngine, NeuronMaps
-from ..attribution.graph import canonize
+from ..attribution.tracing import canonize
 from ..concepts.features import features_for
 from ..concepts.options import PRESETS, ConceptOptions
+from ..datasets.cub_parts import REGION_RULES
+from ..datasets.images import AnnotatedImage
 from ..errors import InputError
 from ..models.loading import ModelSpec, Preprocessing, load_image, preprocess
 from ..tasks import ModelSource
 from .controls import randomise_model
-from .cub_parts import REGION_RULES
 from .faithfulness import FaithfulnessResult, occlusion_drops, summarise_faithfulness
 from .image_maps import ImageMaps, compute_image_maps
-from .images import AnnotatedImage
 from .methods import K_VALUES, at_key, baseline_maps, disk_maps, ours_maps, redundancy
 from .protocol import (
     THRESHOLDS,

@@ -64,7 +64,7 @@ def reference_set(source: str | Path | Sequence[str | Path]) -> tuple[Path, list
     anything else is read by :func:`~conceptree.runs.tasks.collect_images` (no labels).
     """
     if isinstance(source, (str, Path)) and (Path(source) / "annotations.json").is_file():
-        from ..evaluation.cub_parts import load_cub_parts
+        from ..datasets.cub_parts import load_cub_parts
 
         root = Path(source).resolve()
         images, _ = load_cub_parts(root, require_target=False)

@@ -2,8 +2,8 @@
 
 Part (where the set has CUB keypoints; rule fixed before any result)
 --------------------------------------------------------------------
-The keypoints become the evaluation's regions (:data:`~conceptree.evaluation.cub_parts.REGIONS`,
-disks of :data:`~conceptree.evaluation.cub_parts.PART_RADIUS` × the bird's size), mapped into
+The keypoints become the evaluation's regions (:data:`~conceptree.datasets.cub_parts.REGIONS`,
+disks of :data:`~conceptree.datasets.cub_parts.PART_RADIUS` × the bird's size), mapped into
 the model input with the preprocessing's resize and crop. Each input pixel belongs to the
 region of the keypoint whose disk holds it at the smallest normalised distance (``-1``: no
 disk). The concept's part on a reference is the region at its region's seed (the map's
@@ -33,7 +33,7 @@ def part_label_map(annotation: dict, prep: Preprocessing, size: tuple[int, int],
     With ``at = (rows, cols)`` only those pixel rows and columns are labelled (a
     ``(len(rows), len(cols))`` map, e.g. the pixels the crop rule shows its grid cells' seeds at).
     """
-    from ..evaluation.cub_parts import PART_RADIUS, REGIONS
+    from ..datasets.cub_parts import PART_RADIUS, REGIONS
 
     names = list(REGIONS)
     region_of = {kp: i for i, (_, kps) in enumerate(REGIONS.items()) for kp in kps}

@@ -426,7 +426,7 @@ def suggest_name(index: ConceptIndex, refs: list[Reference], part_maps: list[np.
     part = None
     annotated = [r for r in refs if r.part is not None]
     if annotated:
-        from ..evaluation.cub_parts import REGIONS
+        from ..datasets.cub_parts import REGIONS
 
         names = list(REGIONS)
         shares = np.zeros(len(names))

@@ -96,8 +96,8 @@ class Atlas:
 
     def _repr_html_(self) -> str:
         """A notebook's view: one row per recurring concept (text only; crops are in ``atlas.html``,
-        :func:`write_atlas`), scoped like :mod:`conceptree.notebook`'s views."""
-        from ..notebook import WRAPPER
+        :func:`write_atlas`), scoped like :mod:`conceptree.render.notebook`'s views."""
+        from ..render.notebook import WRAPPER
 
         esc = html.escape
         rows = []
@@ -203,7 +203,7 @@ def build_atlas(
         ``maps[id]``: ``(n_images, H, W)`` traced core maps of recurring concept ``id``.
     """
     from ..concepts.layer_maps import layer_group_maps
-    from ..report import region_mask
+    from ..render.report import region_mask
 
     if not explanations:
         raise InputError("the atlas needs at least one explanation")
@@ -295,7 +295,7 @@ def _input(explanation: Explanation):
 def write_atlas(atlas: Atlas, explanations: list[Explanation], folders: list[str], out: str | Path,
                 crops_per_concept: int = 8) -> Path:
     """``atlas.json`` and a self-contained ``atlas.html`` (crops of the strongest regions) in ``out``."""
-    from ..report import image_data_uri
+    from ..render.report import image_data_uri
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

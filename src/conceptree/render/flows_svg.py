@@ -3,7 +3,7 @@
 A node is a concept, placed in a row by its depth (the relevance-weighted mean network stage of
 its members, in half-stage steps; deepest on top), sized by its share and coloured as in the
 overview; an edge ``C -> D`` is drawn for every flow ``flow(C <- D) >= EDGE_SHARE`` ("C is made of
-D", :mod:`conceptree.concepts.graph`) of a concept with positive relevance, labelled with its share from ``LABEL_SHARE`` on, from the bottom of ``C`` to the top
+D", :mod:`conceptree.concepts.flows`) of a concept with positive relevance, labelled with its share from ``LABEL_SHARE`` on, from the bottom of ``C`` to the top
 of ``D``, its width growing with the share times the source node's relative size. Within a row, concepts are ordered by the mean position of the concepts they connect to
 (two barycentre sweeps), so that edges cross less. Plain SVG strings: no pyplot, no scripts.
 """
@@ -14,8 +14,8 @@ import html
 
 import numpy as np
 
+from ..concepts.flows import EDGE_SHARE, ConceptFlows
 from .colours import concept_colours, hex_colour, text_colour
-from .concepts.graph import EDGE_SHARE, ConceptFlows
 
 ROW_HEIGHT = 92
 MARGIN = 36

@@ -1,0 +1,479 @@
+"""Tracing a classifier into a graph the LRP engine can walk backwards.
+
+The model is deep-copied (the user's model is never modified), switched to eval mode,
+traced with :mod:`torch.fx`, and canonized: every BatchNorm that directly follows a
+convolution or dense layer (and is that layer's only consumer) is merged into it.
+Functional operations in ``forward`` (``+``, ``torch.add``, ``F.pad``, slicing,
+``torch.cat``/``stack``, ``flatten``...) become graph nodes and are handled like modules.
+
+Models whose ``forward`` branches on the input's size (timm's VGG checks the feature map
+against its pre-logits kernel) cannot be traced symbolically. For them the trace follows an
+example input (:class:`_ConcreteTracer`): every node is also evaluated on the example, a
+branch reads the concrete value, and the node that decided it is kept in the graph as a
+*guard* (``node.meta["guard"]``, the value it had). The graph keeps fx's torch-level nodes,
+so the rule table applies unchanged; the engine re-evaluates every guard on each forward
+pass and refuses, in one line, an input that would take another branch (rather than
+explaining the wrong graph). ``torch.export``/``make_fx`` were not used: they trace to aten
+operators, where the rule table's modules (``nn.Conv2d``, activations, norms) no longer exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import operator
+from collections.abc import Callable, Sized
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InputError, UnsupportedModelError
+
+#: class names of third-party modules that are traced as opaque leaves.
+#: timm's RMS-type norms (``x / rms(x) * weight``): leaves, so that their statistics are one node
+#: (the pass rule, :mod:`conceptree.attribution.rule_table`)
+TIMM_RMS_NORMS = ("RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32", "SimpleNorm", "SimpleNorm2d",
+                  "SimpleNormFp32", "SimpleNorm2dFp32")
+_LEAF_CLASS_NAMES = {"Conv2dSame", "BatchNormAct2d", "Sum", "ZennitMergedBatchNorm", "StarReLU", *TIMM_RMS_NORMS}
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps convolutions (incl. timm's ``Conv2dSame``) and BN+act as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or type(m).__name__ in _LEAF_CLASS_NAMES:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or (
+        type(module).__name__ == "BatchNormAct2d"
+    )
+
+
+_UNKNOWN = object()
+
+
+class _ConcreteTracer(_Tracer):
+    """fx tracer that also evaluates every node on an example input.
+
+    Control flow on a traced value (``if x.shape[-1] < 7``, ``for a in proxy``) reads the
+    example's value instead of failing; the node whose truth value decided a branch is marked
+    ``node.meta["guard"] = value`` so that the engine can check it on every later input.
+    """
+
+    def __init__(self, example: Tensor) -> None:
+        super().__init__()
+        self.example = example
+        self._placeholders = 0
+        self._evaluating = False
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[no-untyped-def]
+        if self._evaluating:  # a module called while evaluating a node on the example: just run it
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):  # type: ignore[no-untyped-def]
+        if self._evaluating:  # the module's real parameters, not proxies
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:  # type: ignore[no-untyped-def]
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        node.meta["concrete"] = self._evaluate(node)
+        return node
+
+    def _evaluate(self, node: fx.Node) -> object:
+        if node.op == "placeholder":
+            self._placeholders += 1
+            return self.example.clone() if self._placeholders == 1 else _UNKNOWN
+        if node.op == "output":
+            return _UNKNOWN
+        values = [n.meta.get("concrete", _UNKNOWN) for n in node.all_input_nodes]
+        if any(v is _UNKNOWN for v in values):
+            return _UNKNOWN
+        load = lambda a: fx.node.map_arg(a, lambda n: n.meta["concrete"])  # noqa: E731
+        args, kwargs = load(node.args), load(node.kwargs)
+        self._evaluating = True
+        try:
+            with torch.no_grad():
+                if node.op == "get_attr":
+                    return operator.attrgetter(str(node.target))(self.root)
+                if node.op == "call_module":
+                    return self.root.get_submodule(str(node.target))(*args, **kwargs)
+                if node.op == "call_function":
+                    return cast(Callable, node.target)(*args, **kwargs)
+                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        except Exception:  # noqa: BLE001 - a value we cannot compute stays unknown (branching on it fails below)
+            return _UNKNOWN
+        finally:
+            self._evaluating = False
+
+    def _concrete(self, obj: fx.Proxy) -> object:
+        value = obj.node.meta.get("concrete", _UNKNOWN)
+        if value is _UNKNOWN:
+            raise fx.proxy.TraceError(f"the value of node '{obj.node.name}' that forward() branches on is unknown")
+        return value
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        value = bool(self._concrete(obj))
+        obj.node.meta["guard"] = value
+        return value
+
+    def iter(self, obj: fx.Proxy):  # type: ignore[no-untyped-def]
+        value = cast(Sized, self._concrete(obj))
+        return iter([cast(Any, obj)[i] for i in range(len(value))])
+
+
+def _trace(model: nn.Module, example: Tensor | None = None) -> fx.GraphModule:
+    """Trace symbolically; on control flow that needs values, follow ``example`` (module docstring)."""
+    graph: fx.Graph | None = None
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises many types; report one clear line
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, fx.proxy.TraceError) and example is not None:
+            try:
+                graph = _ConcreteTracer(example).trace(model)
+            except Exception:  # noqa: BLE001 - report the symbolic tracer's reason below
+                graph = None
+        if graph is None:
+            hint = ("remove data-dependent control flow from forward() or wrap that part in a module"
+                    if example is not None else "pass an example input so that the trace can follow it")
+            raise UnsupportedModelError(f"cannot trace {type(model).__name__} with torch.fx ({first_line}); {hint}") from exc
+    assert graph is not None
+    for node in graph.nodes:
+        node.meta.pop("concrete", None)  # the example's values are not kept (memory)
+    return fx.GraphModule(model, graph)
+
+
+def guards(graph_module: fx.GraphModule) -> dict[fx.Node, bool]:
+    """Nodes whose truth value chose a branch while tracing with an example (empty for a
+    symbolic trace), with the value they had."""
+    return {node: node.meta["guard"] for node in graph_module.graph.nodes if "guard" in node.meta}
+
+
+@torch.no_grad()
+def _merge_batchnorm(layer: Any, bn: Any) -> None:
+    """Fold an eval-mode BatchNorm into the preceding conv/linear ``layer`` in place."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else (
+        1.0 / torch.sqrt(bn.running_var + bn.eps)
+    )
+    shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+    weight = layer.weight
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+    index = (slice(None),) + (None,) * (weight.ndim - 1)
+    layer.weight.data = weight * scale[index]
+    layer.bias.data = layer.bias * scale + shift
+
+
+ZennitCompat = Literal["zennit", "zennit-0.4"]
+
+
+class ZennitMergedBatchNorm(nn.Module):
+    """What zennit leaves of a merged BatchNorm: ``x / sqrt(1 + eps)``.
+
+    zennit's ``MergeBatchNorm`` sets the statistics to identity but keeps ``eps``, so its
+    canonized model scales activations by ``1/sqrt(1 + eps)`` after every merged BatchNorm.
+    zennit >= 0.5 passes relevance through it unchanged (``Pass`` rule, ``scales_relevance``
+    False); zennit 0.4 left it unhooked, so relevance was multiplied by the same factor.
+    Used only with ``zennit_compat`` to reproduce zennit/zennit-crp outputs bit for bit.
+    """
+
+    def __init__(self, eps: float, scales_relevance: bool) -> None:
+        super().__init__()
+        self.scale = float((1.0 + eps) ** -0.5)
+        self.scales_relevance = scales_relevance
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def _bn_replacement(bn: Any, zennit_compat: ZennitCompat | None) -> nn.Module:
+    """What remains of a BatchNorm after merging: identity, or timm's fused activation."""
+    parts: list[nn.Module] = []
+    if zennit_compat is not None:
+        if zennit_compat not in ("zennit", "zennit-0.4"):
+            raise InputError(f"zennit_compat must be None, 'zennit' or 'zennit-0.4', got {zennit_compat!r}")
+        parts.append(ZennitMergedBatchNorm(bn.eps, scales_relevance=zennit_compat == "zennit-0.4"))
+    if type(bn).__name__ == "BatchNormAct2d":
+        parts += [bn.drop, bn.act]
+    if not parts:
+        return nn.Identity()
+    return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
+
+
+def _standardized_weight(module: Any) -> Tensor:
+    """The weight a weight-standardised convolution applies (timm's ``StdConv2d``: per output
+    channel zero mean and unit variance over its fan-in, ``eps`` inside the root; ``Scaled``
+    variants times ``gain * scale``), computed with the same ``F.batch_norm`` call as timm."""
+    gain = getattr(module, "gain", None)
+    scale = getattr(module, "scale", None)
+    affine = (gain * scale).view(-1) if gain is not None and scale is not None else None
+    return F.batch_norm(module.weight.reshape(1, module.out_channels, -1), None, None, weight=affine,
+                        training=True, momentum=0.0, eps=module.eps).reshape_as(module.weight)
+
+
+#: weight-standardised convolutions (by class name) that canonize to a plain convolution
+STANDARDIZED_CONVS = {"StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"}
+
+
+@torch.no_grad()
+def _plain_conv(module: Any, name: str) -> nn.Conv2d:
+    """``module`` (a weight-standardised conv) as ``nn.Conv2d`` — or timm's ``Conv2dSame`` for
+    dynamic 'same' padding — with the standardised weight, checked on a random input."""
+    same = bool(getattr(module, "same_pad", False))
+    if same:
+        from timm.layers.conv2d_same import Conv2dSame
+
+        conv: nn.Conv2d = Conv2dSame(module.in_channels, module.out_channels, module.kernel_size, module.stride, 0,
+                                     module.dilation, module.groups, module.bias is not None)
+    else:
+        conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                         module.dilation, module.groups, module.bias is not None)
+    conv = conv.to(module.weight)
+    conv.weight.copy_(_standardized_weight(module))
+    if module.bias is not None:
+        cast(Tensor, conv.bias).copy_(module.bias)
+    side = [k * d + s for k, d, s in zip(module.kernel_size, module.dilation, module.stride)]
+    probe = torch.randn(1, module.in_channels, *side, generator=torch.Generator().manual_seed(0)).to(module.weight)
+    want, got = module(probe), conv(probe)
+    if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-6):
+        raise UnsupportedModelError(
+            f"conv '{name}' ({type(module).__name__}) is not the weight-standardised convolution conceptree "
+            "canonizes; register a rule for it or replace it with nn.Conv2d"
+        )
+    return conv
+
+
+def _canonize_standardized_convs(model: nn.Module) -> None:
+    """Replace every weight-standardised convolution by the plain one it computes (exact: the
+    standardised weight depends on parameters only, so in eval mode it is a constant)."""
+    targets = [(name, m) for name, m in model.named_modules() if type(m).__name__ in STANDARDIZED_CONVS]
+    for name, module in targets:
+        _set_submodule(model, name, _plain_conv(module, name))
+
+
+_REPARAMETERIZE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
+
+
+@torch.no_grad()
+def _reparameterize(model: nn.Module, example: Tensor | None) -> nn.Module:
+    """Fuse re-parameterisable blocks into the single convolutions they are at inference (timm's
+    ``reparameterize_model``: RepVGG, MobileOne, FastViT, RepViT, RepGhost), checked to compute
+    the same logits on a random input of the example's shape."""
+    if not any(hasattr(m, name) for m in model.modules() for name in _REPARAMETERIZE_METHODS):
+        return model
+    from timm.models._manipulate import reparameterize_model
+
+    probe = None if example is None else torch.randn(tuple(example.shape), generator=torch.Generator().manual_seed(0)).to(example)
+    want = None if probe is None else model(probe)
+    fused = reparameterize_model(model, inplace=True).eval()  # ``model`` is canonize's own copy
+    if probe is not None:
+        got = fused(probe)
+        if not (isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape == got.shape
+                and torch.allclose(want, got, rtol=1e-3, atol=1e-4 * float(want.abs().max()) + 1e-6)):
+            raise UnsupportedModelError(
+                f"fusing the re-parameterisable blocks of {type(model).__name__} changed its output; "
+                "explain it unfused with reparameterize=False"
+            )
+    return fused
+
+
+def canonize(model: nn.Module, zennit_compat: ZennitCompat | None = None, example: Tensor | None = None,
+             reparameterize: bool = True) -> fx.GraphModule:
+    """Copy, trace and canonize ``model`` (BatchNorm merged into the preceding layer).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier; it is not modified.
+    zennit_compat : {None, "zennit", "zennit-0.4"}
+        Keep zennit's residual ``1/sqrt(1+eps)`` scaling of merged BatchNorms (see
+        :class:`ZennitMergedBatchNorm`); default None merges exactly.
+    example : Tensor, optional
+        An input ``(1, C, H, W)`` for models whose ``forward`` branches on the input size:
+        the trace follows it when symbolic tracing fails (module docstring), and checks the
+        fused blocks of ``reparameterize``.
+    reparameterize : bool
+        Fuse re-parameterisable multi-branch blocks (RepVGG, MobileOne, FastViT, RepViT,
+        RepGhost: ``fuse``/``reparameterize`` methods, through timm's ``reparameterize_model``)
+        into the single convolutions the model is at inference, as BatchNorm is merged
+        (default). Their training-time branches are near-cancelling sums where the ``Norm``
+        rule of a residual addition is unstable: RepViT-M1's heatmap missed its logit by 130x
+        unfused and by 1e-4 fused (``benchmarks/results/architectures.json``).
+
+    Returns
+    -------
+    torch.fx.GraphModule
+        Eval-mode traced copy in which every BatchNorm that directly follows a conv/dense
+        layer (its only consumer) is merged into it and every weight-standardised
+        convolution (timm's ``StdConv2d``, ``ScaledStdConv2d`` and their ``Same`` variants,
+        as in NFNets and BiT) is a plain convolution with its standardised weight. Other BatchNorms (pre-activation, as in
+        DenseNet) stay: an elementwise affine map, explained by the pass rule
+        (:mod:`conceptree.attribution.rule_table`).
+
+    Raises
+    ------
+    UnsupportedModelError
+        If the model cannot be traced.
+    """
+    model = copy.deepcopy(model).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if reparameterize:
+        model = _reparameterize(model, example)
+    _canonize_standardized_convs(model)
+    traced = _trace(model, example)
+    merged = False
+    for node in traced.graph.nodes:
+        if node.op != "call_module":
+            continue
+        bn: Any = traced.get_submodule(str(node.target))
+        if not _is_batchnorm(bn):
+            continue
+        parent = node.args[0] if node.args else None
+        layer = (
+            traced.get_submodule(str(parent.target))
+            if isinstance(parent, fx.Node) and parent.op == "call_module"
+            else None
+        )
+        if (
+            layer is None
+            or not isinstance(parent, fx.Node)
+            or not isinstance(layer, (nn.Conv2d, nn.Linear))
+            or len(parent.users) != 1
+            or not bn.track_running_stats
+        ):
+            continue  # pre-activation BatchNorm (e.g. DenseNet): kept, explained by the pass rule
+        _merge_batchnorm(layer, bn)
+        _set_submodule(model, node.target, _bn_replacement(bn, zennit_compat))
+        merged = True
+    if merged:
+        traced = _trace(model, example)
+    return traced
+
+
+def _set_submodule(root: nn.Module, qualname: str, module: nn.Module) -> None:
+    parent_name, _, attr = qualname.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A conv/linear layer of the traced model.
+
+    Attributes
+    ----------
+    name : str
+        Qualified module name in the original model (e.g. ``"layer1.0.conv1"``).
+    kind : str
+        ``"conv"``, ``"pointwise"`` (an ``nn.Linear`` on channels-last maps, i.e. a 1x1
+        convolution, as in ConvNeXt) or ``"linear"``.
+    channels : int
+        Number of output channels (features).
+    """
+
+    name: str
+    kind: str
+    channels: int
+
+
+_PERMUTES = {"permute", "transpose", torch.permute, torch.transpose}
+
+
+def _reads_channels_last(graph_module: fx.GraphModule, node: fx.Node, pointwise: set[fx.Node]) -> bool:
+    """Whether the ``nn.Linear`` at ``node`` reads a channels-last map (ConvNeXt's pointwise layers).
+
+    Walks back from its input through single-input elementwise nodes (norms, activations,
+    dropout, scaling by constants) to the op that made the layout: a permute/transpose or
+    another pointwise layer means channels-last; a flatten, reshape, pooling, convolution or
+    a merge of several inputs means an ordinary dense layer. The engine checks the answer
+    against the actual input rank on every forward pass.
+    """
+    current = node.args[0] if node.args else None
+    while isinstance(current, fx.Node):
+        if current in pointwise or current.target in _PERMUTES:
+            return True
+        if current.op == "call_module":
+            module = graph_module.get_submodule(str(current.target))
+            if type(module).__name__ == "Permute":
+                return True
+            if isinstance(module, (nn.Conv2d, nn.Linear, nn.Flatten)) or "Pool" in type(module).__name__:
+                return False
+        elif current.op != "call_function" and current.op != "call_method":
+            return False
+        elif current.target in ("view", "reshape", "flatten", "mean", "sum", torch.flatten, torch.mean, torch.sum):
+            return False
+        inputs = [n for n in current.all_input_nodes if n.op != "get_attr"]
+        if len(inputs) != 1:
+            return False
+        current = inputs[0]
+    return False
+
+
+def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)) -> list[LayerInfo]:
+    """Conv (and optionally linear) layers in execution order.
+
+    ``"conv"`` includes the pointwise ``nn.Linear`` layers on channels-last maps (kind
+    ``"pointwise"``): they are 1x1 convolutions, and their outputs are channels like any
+    convolution's.
+    """
+    layers: list[LayerInfo] = []
+    seen: set[str] = set()
+    pointwise: set[fx.Node] = set()
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module: Any = graph_module.get_submodule(str(node.target))
+        if isinstance(module, nn.Linear) and _reads_channels_last(graph_module, node, pointwise):
+            pointwise.add(node)
+        if isinstance(module, nn.Conv2d) and "conv" in kinds:
+            kind, channels = "conv", module.out_channels
+        elif node in pointwise and "conv" in kinds:
+            kind, channels = "pointwise", module.out_features
+        elif isinstance(module, nn.Linear) and node not in pointwise and "linear" in kinds:
+            kind, channels = "linear", module.out_features
+        else:
+            continue
+        if node.target in seen:
+            raise UnsupportedModelError(
+                f"module '{node.target}' is called more than once in forward(); "
+                "give each call its own module so that its neurons are well defined"
+            )
+        seen.add(node.target)
+        layers.append(LayerInfo(node.target, kind, channels))
+    return layers
+
+
+def select_layers(layers: list[LayerInfo], patterns: list[str] | None, exclude: list[str] | None = None) -> list[LayerInfo]:
+    """Layers whose names match any of ``patterns`` (fnmatch globs) and none of ``exclude``.
+
+    Raises
+    ------
+    InputError
+        If a pattern matches no layer (the message lists close matches).
+    """
+    names = [layer.name for layer in layers]
+    chosen = set(names) if not patterns else set()
+    for pattern in patterns or []:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else f"; layers are e.g. {', '.join(names[:3])}"
+            raise InputError(f"layer {pattern!r} does not exist in the model{hint}")
+        chosen.update(hits)
+    for pattern in exclude or []:
+        chosen.difference_update(fnmatch.filter(names, pattern))
+    result = [layer for layer in layers if layer.name in chosen]
+    if not result:
+        raise InputError("the layer selection is empty; relax --layers/--exclude-layers")
+    return result
