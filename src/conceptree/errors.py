@@ -20,3 +20,8 @@ class UnsupportedModelError(ConceptreeError):
 
 class CheckpointError(ConceptreeError):
     """A checkpoint cannot be loaded safely or does not match the architecture."""
+
+
+class ModelError(ConceptreeError):
+    """The model's own code failed on a well-formed input (its message and the failing node are kept;
+    the original exception is the ``__cause__``). Not the user's input: out of memory, a bug in the model."""
