@@ -21,7 +21,7 @@ from conceptree.datasets.cub_parts import load_cub_parts
 from conceptree.evaluation.runner import cache_model, input_neurons_path, load_input_neurons
 from conceptree.explainer import ConceptExplainer
 from conceptree.models.loading import load_image
-from conceptree.render.report import signed_overlay
+from conceptree.render.pictures import signed_overlay
 
 SHOWN = 8
 

@@ -48,7 +48,7 @@ nb.cells = [
        "gives one map for the whole decision; the concepts above split that decision into parts."),
     code("from conceptree.evaluation.baselines import cam_maps\n"
          "from conceptree.render.notebook import show_images\n"
-         "from conceptree.render.report import signed_overlay\n\n"
+         "from conceptree.render.pictures import signed_overlay\n\n"
          "x, shown, _ = explainer.prepare(cat)\n"
          "dtype = next(explainer.model.parameters()).dtype\n"
          "gradcam = cam_maps(\"gradcam\", explainer.model, x.to(dtype), explanation.target.index)[-1]  # deepest layer\n"

@@ -17,11 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
-from conceptree.concepts.options import PRESETS
-from conceptree.datasets.cub_parts import load_cub_parts
-from conceptree.evaluation.occlusion import (
+from occlusion_lib import (  # benchmarks/occlusion_lib.py: next to this script
     HEAD_KEYPOINTS,
     HEAD_RADIUS,
     OcclusionResult,
@@ -31,6 +27,10 @@ from conceptree.evaluation.occlusion import (
     occlude,
     summarise_occlusion,
 )
+from tqdm import tqdm
+
+from conceptree.concepts.options import PRESETS
+from conceptree.datasets.cub_parts import load_cub_parts
 from conceptree.evaluation.runner import cache_model, cache_path
 from conceptree.explainer import ConceptExplainer
 from conceptree.models.loading import load_image

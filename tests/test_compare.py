@@ -1,4 +1,4 @@
-"""conceptree.compare: a reference's neuron groups traced on other images."""
+"""conceptree.compare (conceptree.comparison): a reference's neuron groups traced on other images."""
 
 import json
 import subprocess
@@ -9,7 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from conceptree.compare import OUTPUT_FILES, compare
+from conceptree import compare
+from conceptree.comparison import OUTPUT_FILES
 from conceptree.concepts.options import ConceptOptions
 from conceptree.errors import InputError
 from conceptree.explain import Explanation, explain

@@ -23,7 +23,7 @@ from conceptree.dictionary import (
     concise_list,
     neuron_relevance,
 )
-from conceptree.dictionary.features import condensed_euclidean, neuron_features
+from conceptree.dictionary.features import condensed_euclidean, index_features
 from conceptree.index import build_index
 from conceptree.runs import ModelSource
 
@@ -133,7 +133,7 @@ def test_condensed_distances_equal_pdist_and_features_the_formula():
     relevance[:, 2] = 0.0  # an inactive neuron
     total = np.abs(relevance).sum(1)
     peaks = rng.integers(0, 56 * 56, size=(4, 6))
-    feats, active = neuron_features(relevance, total, peaks, (56, 56), location_weight=2.0)
+    feats, active = index_features(relevance, total, peaks, (56, 56), location_weight=2.0)
     assert active.tolist() == [True, True, False, True, True, True]
     p = 4  # slow formula for one neuron
     z = relevance[:, p] / total

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conceptree.compare import compare
+from conceptree import compare
 from conceptree.concepts.options import ConceptOptions
 from conceptree.errors import InputError
 from conceptree.explain import explain

@@ -25,28 +25,28 @@ from torch import nn
 from ._version import __version__
 from .attribution import Attribution, Composite, CRPEngine
 from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
-from .compare import MISSING_FRACTION, NEW_OVERLAP, trace_concepts
-from .concepts import find_concepts
-from .concepts.features import concept_maps, consensus_copies, features_for, member_maps
+from .comparison import MISSING_FRACTION, NEW_OVERLAP, trace_concepts
+from .concepts import ConceptSet
+from .concepts.features import concept_maps, member_maps
 from .concepts.flows import concept_flows
-from .concepts.hierarchy import hierarchical_concepts
 from .concepts.layer_maps import smooth_group_maps
 from .concepts.options import ConceptOptions, preset
-from .dictionary import ConceptDictionary, dictionary_concepts
-from .dictionary.hierarchy import TREE_ROUTES, ModelTree, tree_concepts, tree_own_concepts
+from .dictionary import ConceptDictionary
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
 from .index.references import DEFAULT_REFERENCES, ReferenceFinder
 from .index.store import ConceptIndex, composite_key
+from .models.config import load_model_config
 from .models.loading import (
     IMAGENET_PREPROCESSING,
-    ModelSpec,
+    LoadedModel,
     Preprocessing,
     load_image,
     model_hash,
     preprocess,
     resolve_target,
 )
+from .sources import concept_source
 
 #: thumbnails of the most relevant members kept per concept (the report shows them).
 MEMBER_THUMBNAILS = 4
@@ -172,14 +172,9 @@ class ConceptExplainer:
         # the dictionary's stored references are rows of this index when it was built from it
         self._stored_references = (self.dictionary is not None and self.index is not None
                                    and self.dictionary.params.get("index_fingerprint") == self.index.fingerprint)
-        self.hierarchy = self.options.resolved_hierarchy(self.dictionary is not None)
-        if self.hierarchy in TREE_ROUTES and self.dictionary is None:
-            raise InputError(f"hierarchy {self.hierarchy!r} is a model-level tree and needs a concept dictionary; "
-                             "pass dictionary=... (`conceptree dictionary INDEX --out DICT`) or use 'own' or 'consensus'")
-        if self.hierarchy == "consensus" and self.options.features != "layer":
-            raise InputError("the consensus hierarchy compares own-layer maps of jittered copies; use features='layer' "
-                             "or another hierarchy")
-        self.model_tree = ModelTree(self.dictionary) if self.hierarchy in TREE_ROUTES else None
+        self.source = concept_source(self.options, dictionary=self.dictionary, preprocessing=self.preprocessing,
+                                     batch_size=batch_size, progress=progress)
+        self.hierarchy = self.source.route
 
     def _open_checked(self, value, kind: type, name: str):
         """``value`` (None, a ``kind`` or a folder) opened and checked against this explainer's
@@ -196,8 +191,8 @@ class ConceptExplainer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_spec(cls, spec: ModelSpec, **params) -> ConceptExplainer:
-        """From a loaded :class:`~conceptree.models.loading.ModelSpec` (its preprocessing and names)."""
+    def from_spec(cls, spec: LoadedModel, **params) -> ConceptExplainer:
+        """From a loaded :class:`~conceptree.models.loading.LoadedModel` (its preprocessing and names)."""
         params.setdefault("preprocessing", spec.preprocessing)
         params.setdefault("class_names", spec.class_names or None)
         params.setdefault("model_spec", spec.spec)
@@ -207,8 +202,6 @@ class ConceptExplainer:
     def from_config(cls, config: str | Path, **params) -> ConceptExplainer:
         """From a model configuration file (:mod:`conceptree.models.config`): spec, weights,
         architecture arguments, preprocessing and labels in one JSON or TOML file."""
-        from .models.config import load_model_config
-
         return cls.from_spec(load_model_config(config).load(), **params)
 
     @classmethod
@@ -288,84 +281,31 @@ class ConceptExplainer:
         Explanation
         """
         x, shown, file_name = self.prepare(image)
-        options = self.options
         t0 = time.perf_counter()
         if attribution is None:
             attribution = self.engine.attribute(x, self.resolve_target(target))
         t1 = time.perf_counter()
-        layers = [layer.name for layer in self.engine.layers]
-        route = self.hierarchy
-        if route in TREE_ROUTES:
-            if neurons is not None and route == "tree":
-                raise InputError("the 'tree' route reads the model-level tree; it takes no precomputed neurons")
-            if route == "tree":
-                t2 = time.perf_counter()
-                assert self.model_tree is not None  # set with the tree routes in __init__
-                concepts, neurons = tree_concepts(self.model_tree, attribution, layers, k=k)
-            else:
-                neurons = neurons if neurons is not None else features_for(self.engine, attribution, options,
-                                                                           self.batch_size, self.progress)
-                t2 = time.perf_counter()
-                assert self.model_tree is not None
-                concepts = tree_own_concepts(self.model_tree, attribution, neurons, distance=options.distance,
-                                             k_range=options.k_range, k=k)
-        elif route == "none" and self.dictionary is not None:  # the dictionary's flat concise list
-            if neurons is not None:
-                raise InputError("precomputed neurons are clustered per image; an explainer with a dictionary takes none")
-            t2 = time.perf_counter()
-            concepts, neurons = dictionary_concepts(self.dictionary, attribution, [layer.name for layer in self.engine.layers],
-                                                    k=k, map_size=options.distance.map_size)
-        else:
-            if neurons is None:
-                neurons = features_for(self.engine, attribution, options, self.batch_size, self.progress)
-            elif not set(neurons.layers) <= {layer.name for layer in self.engine.layers}:
-                raise InputError("the precomputed neurons come from other layers than the engine's; recompute them")
-            t2 = time.perf_counter()
-            if route == "none":
-                concepts = find_concepts(neurons, options.distance, options.method, options.k_range, k,
-                                         stability=options.stability, k_rule=options.k_rule)
-            else:
-                copies = None
-                if route == "consensus":
-                    copies = consensus_copies(self.engine, x, attribution.target, neurons, self.preprocessing.mean,
-                                              self.preprocessing.std)
-                concepts = hierarchical_concepts(neurons, options.distance, options.k_range, k, route=route,
-                                                 copies=copies)
+        found = self.source.concepts(self.engine, attribution, x, k=k, neurons=neurons)
+        concepts, neurons = found.concepts, found.neurons
         t3 = time.perf_counter()
-        maps = concept_maps(self.engine, attribution, concepts.concepts, options.concept_map, self.batch_size)
-        top_level = concepts.top_level
-        top_maps = (concept_maps(self.engine, attribution, top_level, options.concept_map, self.batch_size)
-                    if top_level else None)
-        size = (int(attribution.forward.input.shape[-2]), int(attribution.forward.input.shape[-1]))
-        display = smooth_group_maps(attribution, [c.groups() for c in concepts.concepts], size)
-        top_display = smooth_group_maps(attribution, [c.groups() for c in top_level], size) if top_level else None
-        flows = top_flows = None
+        maps, top_maps, display, top_display = self._maps(attribution, concepts)
         t_graph = time.perf_counter()
-        if options.graph:
-            if top_level:
-                top_flows = concept_flows(self.engine, attribution, top_level)
+        flows = top_flows = None
+        if self.options.graph:
+            if concepts.top_level:
+                top_flows = concept_flows(self.engine, attribution, concepts.top_level)
             else:
                 flows = concept_flows(self.engine, attribution, concepts.concepts)
         t4 = time.perf_counter()
         image_hash = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
-        references = None
-        if self.index is not None:
-            finder = ReferenceFinder(self.engine, self.preprocessing, self.index, n=self.n_references,
-                                     exact=self.exact_references)
-            ranked = None
-            if self._stored_references and concepts.method == "dictionary":  # ids of the flat dictionary's concepts
-                stored = [self.dictionary.concepts[c.concept_id].references for c in concepts.concepts]
-                if all(len(top) > self.n_references for top in stored):  # enough to leave this photo out
-                    ranked = stored  # the dictionary's references: a lookup, ranked by the concept's share there
-            references = finder.find(concepts.concepts, exclude_row=self.index.row_of_pixels(image_hash), ranked=ranked)
-        timings = {"attribution_s": t1 - t0, "neuron_maps_s": t2 - t1, "clustering_s": t3 - t2,
+        references = self._references(concepts, image_hash)
+        timings = {"attribution_s": t1 - t0, "neuron_maps_s": found.neuron_maps_s, "clustering_s": found.clustering_s,
                    "concept_maps_s": t_graph - t3, "graph_s": t4 - t_graph, "references_s": time.perf_counter() - t4,
                    "total_s": time.perf_counter() - t0}
         probs = torch.softmax(attribution.logits.double(), 0)
         names = self.class_names or [str(i) for i in range(probs.numel())]
         top = torch.topk(probs, min(5, probs.numel()))
         predictions = [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
-        image_info = ImageInfo(image_hash, tuple(shown.shape[:2]), file_name)
         return Explanation(
             target=Prediction(attribution.target, names[attribution.target], float(probs[attribution.target])),
             top5=predictions,
@@ -374,9 +314,9 @@ class ConceptExplainer:
             heatmap=attribution.heatmap.float().cpu().numpy(),
             image=np.asarray(shown, dtype=np.uint8),
             model=self.model_info,
-            image_info=image_info,
+            image_info=ImageInfo(image_hash, tuple(shown.shape[:2]), file_name),
             preprocessing=None if isinstance(image, torch.Tensor) else self.preprocessing,
-            options=options.replace(hierarchy=route),
+            options=self.options.replace(hierarchy=self.source.route),
             composite=self.engine.composite,
             layers=[layer.name for layer in self.engine.layers],
             layer_sizes={name: (int(rel.shape[-2]), int(rel.shape[-1])) for name, rel in attribution.layer_relevance.items()},
@@ -394,6 +334,31 @@ class ConceptExplainer:
             top_display_maps=top_display,
             top_flows=top_flows,
         )
+
+    def _maps(self, attribution: Attribution, concepts: ConceptSet):
+        """The concept maps (scored and saved) and their smoothed display copies, for the listed
+        concepts and the top level: ``(maps (k, H, W), top_maps, display, top_display)``."""
+        kind = self.options.concept_map
+        maps = concept_maps(self.engine, attribution, concepts.concepts, kind, self.batch_size)
+        top_level = concepts.top_level
+        top_maps = concept_maps(self.engine, attribution, top_level, kind, self.batch_size) if top_level else None
+        size = tuple(attribution.heatmap.shape[-2:])
+        display = smooth_group_maps(attribution, [c.groups() for c in concepts.concepts], size)
+        top_display = smooth_group_maps(attribution, [c.groups() for c in top_level], size) if top_level else None
+        return maps, top_maps, display, top_display
+
+    def _references(self, concepts: ConceptSet, image_hash: str):
+        """Each concept's strongest reference images from the index (None without one), this photo left out."""
+        if self.index is None:
+            return None
+        finder = ReferenceFinder(self.engine, self.preprocessing, self.index, n=self.n_references,
+                                 exact=self.exact_references)
+        ranked = None
+        if self._stored_references and concepts.method == "dictionary":  # ids of the flat dictionary's concepts
+            stored = [self.dictionary.concepts[c.concept_id].references for c in concepts.concepts]
+            if all(len(top) > self.n_references for top in stored):  # enough to leave this photo out
+                ranked = stored  # the dictionary's references: a lookup, ranked by the concept's share there
+        return finder.find(concepts.concepts, exclude_row=self.index.row_of_pixels(image_hash), ranked=ranked)
 
     def trace(
         self,
@@ -419,7 +384,7 @@ class ConceptExplainer:
         names : sequence of str, optional
             Display names of the images (default: file names).
         missing_fraction, new_overlap : float
-            Thresholds of the ``missing`` and ``new`` flags (:mod:`conceptree.compare`).
+            Thresholds of the ``missing`` and ``new`` flags (:mod:`conceptree.comparison`).
         explain_new : bool
             Also explain each image with this explainer to flag its new concepts.
 

@@ -23,6 +23,9 @@ from .concepts.options import ConceptOptions
 from .errors import InputError
 from .index.references import ConceptReferences
 from .models.loading import Preprocessing
+from .render.notebook import HTMLView, concept_html, explanation_html
+from .render.pictures import concept_grid
+from .render.report import write_html
 
 #: files written by :meth:`Explanation.save`.
 OUTPUT_FILES = ("explanation.json", "maps.npz", "concepts.png", "report.html")
@@ -151,16 +154,12 @@ class Explanation:
 
     def _repr_html_(self) -> str:
         """The compact inline view a notebook shows (:mod:`conceptree.render.notebook`)."""
-        from .render.notebook import explanation_html
-
         return explanation_html(self)
 
     def show(self, concept: int | None = None):
         """An inline view: the whole explanation, or concept ``#concept`` in full (its map, region,
         members, what it is made of and feeds, its references). Returns an object notebooks
         display; ``str()`` of it is the HTML."""
-        from .render.notebook import HTMLView, concept_html, explanation_html
-
         return HTMLView(explanation_html(self) if concept is None else concept_html(self, concept))
 
     @property
@@ -261,8 +260,6 @@ class Explanation:
     def render(self, out: str | Path) -> Path:
         """Draw ``concepts.png`` and the self-contained ``report.html`` into ``out`` (from the data
         alone: a reloaded explanation renders the same)."""
-        from .render.report import concept_grid, write_html
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         concept_grid(self, out / "concepts.png")

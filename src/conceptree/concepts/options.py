@@ -18,7 +18,9 @@ The default (own-layer features, layer-group maps, the 4,000 neurons with the la
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from ..errors import InputError
 from .clustering import DEFAULT_K_RANGE, DEFAULT_K_RULE, K_RULES
@@ -36,7 +38,7 @@ HIERARCHIES: tuple[str, ...] = ("none", "own", "consensus", "tree", "tree+own")
 #: photos by the rule written before the run (docs/results/concise.md). No route met all four
 #: conditions; ``own`` meets three (all but the top level's stability under nuisance changes) in
 #: both situations: the model-level trees keep their top level but lose the part lift.
-DEFAULT_HIERARCHY: dict[str, str] = {"without_index": "own", "with_index": "own"}
+DEFAULT_HIERARCHY: Mapping[str, str] = MappingProxyType({"without_index": "own", "with_index": "own"})
 #: Compute type of the LRP pass whose relevances feed the clustering (rounded to float32 after).
 PRECISIONS: tuple[str, ...] = ("float64", "float32")
 CONCEPT_MAPS: tuple[str, ...] = ("layer-group", "group", "representative")
@@ -159,10 +161,10 @@ class ConceptOptions:
 #: every conv neuron, representative maps, the paper's distance). The paper's route with
 #: ``coverage`` and ``pool_below_map_size`` was measured as a third preset and removed by the
 #: rule written before its dev run (``docs/speed.md``); both stay options.
-PRESETS: dict[str, ConceptOptions] = {
+PRESETS: Mapping[str, ConceptOptions] = MappingProxyType({  # read-only: derive with ConceptOptions.replace
     "default": ConceptOptions(),
     "paper": ConceptOptions(features="input", concept_map="representative", max_neurons=None, hierarchy="none"),
-}
+})
 
 
 #: neurons of the paper's route in the evaluation (input-level maps cost one backward pass each).
@@ -174,3 +176,67 @@ def preset(name: str) -> ConceptOptions:
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def parse_k_range(text: str, flag: str = "--k-range") -> tuple[int, int]:
+    """``"MIN:MAX"`` -> ``(MIN, MAX)`` (one-line error naming ``flag`` otherwise)."""
+    low, _, high = text.partition(":")
+    try:
+        return int(low), int(high)
+    except ValueError:
+        raise InputError(f"{flag} {text!r} must be MIN:MAX, e.g. 15:30") from None
+
+
+#: keys of :func:`parse_variant` (a name used on the command line -> ConceptOptions field).
+VARIANT_KEYS: tuple[str, ...] = ("features", "concept_map", "max_neurons", "coverage", "pool_below_map_size", "lam",
+                                 "linkage", "k_range", "map_norm", "term_norm")
+
+
+def parse_variant(text: str, base: ConceptOptions) -> tuple[str, ConceptOptions]:
+    """A named variant of ``base`` from ``"NAME:key=value,..."`` (``conceptree evaluate --variant``).
+
+    Keys are :data:`VARIANT_KEYS`: ``max_neurons`` takes ``all``, ``coverage`` ``none`` or ``1``
+    for no cut, ``pool_below_map_size`` ``true`` / ``false``, ``linkage`` sets ``method``,
+    ``lam``, ``map_norm`` and ``term_norm`` set the distance. One-line :class:`InputError` on misuse.
+
+    Returns
+    -------
+    (name, ConceptOptions)
+    """
+    name, _, body = text.partition(":")
+    if not name or not body:
+        raise InputError(f"--variant {text!r}: expected NAME:key=value,... (e.g. 'ours-rep:concept_map=representative')")
+    options: dict = {}
+    distance: dict = {}
+    for item in body.split(","):
+        key, _, value = item.partition("=")
+        try:
+            if key in ("features", "concept_map"):
+                options[key] = value
+            elif key in ("map_norm", "term_norm"):
+                distance[key] = value
+            elif key == "max_neurons":
+                options[key] = None if value == "all" else int(value)
+            elif key == "coverage":
+                options[key] = None if value in ("none", "1") else float(value)
+            elif key == "pool_below_map_size":
+                if value not in ("true", "false"):
+                    raise ValueError(value)
+                options[key] = value == "true"
+            elif key == "lam":
+                distance[key] = float(value)
+            elif key == "linkage":
+                options["method"] = value
+            elif key == "k_range":
+                options[key] = parse_k_range(value)
+            else:
+                raise InputError(f"--variant {text!r}: unknown key {key!r}; use {', '.join(VARIANT_KEYS[:-1])} "
+                                 f"or {VARIANT_KEYS[-1]}")
+        except ValueError as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"--variant {text!r}: bad value {value!r} for {key}") from None
+    result = base.replace(**options)
+    if distance:
+        result = result.replace(distance=replace(result.distance, **distance))
+    return name, result

@@ -20,7 +20,7 @@ from ..concepts.clustering import cut_labels, linkage_matrix
 from ..concepts.distance import check_linkage
 from ..errors import InputError
 from ..index.store import ConceptIndex
-from .features import DEFAULT_LOCATION_WEIGHT, condensed_euclidean, neuron_features
+from .features import DEFAULT_LOCATION_WEIGHT, condensed_euclidean, index_features
 from .store import ConceptDictionary
 
 #: concepts of the default dictionary (chosen on the dev photos, docs/results/dictionary.md).
@@ -39,7 +39,7 @@ class DictionaryBuilder:
     k : int
         Number of concepts.
     location_weight : float
-        β of :func:`~conceptree.dictionary.features.neuron_features` (0: co-relevance only).
+        β of :func:`~conceptree.dictionary.features.index_features` (0: co-relevance only).
     method : str
         Linkage of the active neurons (``"ward"``, ``"average"``, ``"complete"``, ``"single"``).
     n_references : int
@@ -97,7 +97,7 @@ class DictionaryBuilder:
         relevance = np.asarray(index.relevance[rows], dtype=np.float32)
         peaks = np.asarray(index.peaks[rows]) if self.location_weight > 0 else None
         total = index.abs_total[rows]
-        features, active = neuron_features(relevance, total, peaks, index.peak_grid, self.location_weight)
+        features, active = index_features(relevance, total, peaks, index.peak_grid, self.location_weight)
         n_active = int(active.sum())
         if not 1 <= self.k <= n_active:
             raise InputError(f"cannot cut {n_active} active neurons into {self.k} concepts; use 1 <= k <= {n_active}")

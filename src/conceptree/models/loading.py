@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,100 +14,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
+from .base import IMAGENET_PREPROCESSING, LoadedModel, Preprocessing, resolve_target
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize the shorter side, centre-crop (0: squash to ``resize`` x ``resize``), normalise."""
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    interpolation: str = "bicubic"
-
-    def override(self, resize=None, crop=None, mean=None, std=None, interpolation=None) -> Preprocessing:
-        changes = {}
-        if interpolation is not None:
-            if interpolation not in ("bilinear", "bicubic"):
-                raise InputError(f"unknown interpolation {interpolation!r}; use bilinear or bicubic")
-            changes["interpolation"] = interpolation
-        if resize is not None:
-            changes["resize"] = resize
-        if crop is not None:
-            changes["crop"] = crop
-        if mean is not None:
-            changes["mean"] = (mean,) * 3
-        if std is not None:
-            changes["std"] = (std,) * 3
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Preprocessing:
-        """Inverse of :meth:`to_dict` (one-line error on unknown keys or bad values)."""
-        unknown = set(data) - {"resize", "crop", "mean", "std", "interpolation"}
-        if unknown:
-            raise InputError(f"unknown preprocessing keys {sorted(unknown)}; use resize, crop, mean, std, interpolation")
-        values = dict(data)
-        for key in ("mean", "std"):
-            if key in values:
-                v = values[key]
-                values[key] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),) * 3
-                if len(values[key]) != 3:
-                    raise InputError(f"preprocessing {key} must be one number or three, got {v!r}")
-        prep = cls(**values)
-        if prep.interpolation not in ("bilinear", "bicubic"):
-            raise InputError(f"unknown interpolation {prep.interpolation!r}; use bilinear or bicubic")
-        if prep.resize < 1 or prep.crop < 0 or prep.crop > prep.resize:
-            raise InputError(f"preprocessing needs resize >= 1 and 0 <= crop <= resize, got {prep.resize}/{prep.crop}")
-        return prep
-
-
-#: torchvision-style ImageNet preprocessing, used when a model brings no config of its own.
-IMAGENET_PREPROCESSING = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
-
-
-@dataclass
-class ModelSpec:
-    """A loaded classifier with what is needed to feed and read it."""
-
-    spec: str
-    model: nn.Module
-    preprocessing: Preprocessing
-    class_names: list[str]
-
-    def resolve_target(self, target: str | int | None) -> int | None:
-        """``auto`` -> None (predicted class); an index; or an exact/unique class name
-        (:func:`resolve_target`)."""
-        return resolve_target(target, self.class_names)
-
-
-def resolve_target(target: str | int | None, class_names: list[str]) -> int | None:
-    """``None``/``auto`` -> None (the predicted class); a class index (checked against the names
-    when there are any); or a class name, exact or a unique substring (case-insensitive).
-
-    The one place a user's target becomes a class index (the CLI, :class:`ModelSpec` and the
-    explainer use it); one-line errors for an index out of range or an ambiguous name.
-    """
-    if target is None or target == "auto":
-        return None
-    n = len(class_names)
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool) or str(target).lstrip("-").isdigit():
-        index = int(target)
-        if n and not 0 <= index < n:
-            raise InputError(f"target {index} is outside the model's {n} classes (0..{n - 1})")
-        return index
-    if not isinstance(target, str):
-        raise InputError(f"target must be a class index, a class name or None, got {target!r}")
-    lowered = target.lower()
-    exact = [i for i, name in enumerate(class_names) if name.lower() == lowered]
-    hits = exact or [i for i, name in enumerate(class_names) if lowered in name.lower()]
-    if len(hits) != 1:
-        raise InputError(f"target name {target!r} matches {len(hits)} classes; give a class index or a unique name")
-    return hits[0]
+__all__ = ["IMAGENET_PREPROCESSING", "LoadedModel", "Preprocessing", "load_image", "load_model", "model_hash",
+           "preprocess", "resolve_target"]
 
 
 def imagenet_names() -> list[str]:
@@ -177,10 +88,10 @@ class LoadRequest:
     trust_checkpoint: bool
 
 
-SpecLoader = Callable[[LoadRequest], "ModelSpec"]
+SpecLoader = Callable[[LoadRequest], "LoadedModel"]
 
 
-def _load_pickle(req: LoadRequest) -> ModelSpec:
+def _load_pickle(req: LoadRequest) -> LoadedModel:
     path = req.name
     if not req.trust_checkpoint:
         raise CheckpointError(
@@ -195,17 +106,17 @@ def _load_pickle(req: LoadRequest) -> ModelSpec:
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{path} does not contain a torch.nn.Module (got {type(model).__name__})")
     model.eval()
-    return ModelSpec(req.spec, model, IMAGENET_PREPROCESSING, _read_labels(req.labels, _out_features(model)))
+    return LoadedModel(req.spec, model, IMAGENET_PREPROCESSING, _read_labels(req.labels, _out_features(model)))
 
 
-def _load_dcne(req: LoadRequest) -> ModelSpec:
+def _load_dcne(req: LoadRequest) -> LoadedModel:
     from .dcne import CUB_PREPROCESSING, load_dcne_resnet34
 
     model = load_dcne_resnet34(req.name, req.kwargs.get("num_classes", 200))
-    return ModelSpec(req.spec, model, CUB_PREPROCESSING, _read_labels(req.labels, cast(nn.Linear, model.fc).out_features))
+    return LoadedModel(req.spec, model, CUB_PREPROCESSING, _read_labels(req.labels, cast(nn.Linear, model.fc).out_features))
 
 
-def _load_fer(req: LoadRequest) -> ModelSpec:
+def _load_fer(req: LoadRequest) -> LoadedModel:
     if req.name != "emotion":
         raise InputError(f"unknown fer model {req.name!r}; use fer:emotion")
     from .fer_emotion import load_fer_spec
@@ -213,7 +124,7 @@ def _load_fer(req: LoadRequest) -> ModelSpec:
     return load_fer_spec()
 
 
-def _load_dlib(req: LoadRequest) -> ModelSpec:
+def _load_dlib(req: LoadRequest) -> LoadedModel:
     if req.name != "face-resnet":
         raise InputError(f"unknown dlib model {req.name!r}; use dlib:face-resnet")
     from .dlib_face import load_dlib_face_spec
@@ -221,14 +132,14 @@ def _load_dlib(req: LoadRequest) -> ModelSpec:
     return load_dlib_face_spec(req.kwargs.get("gallery"))
 
 
-def _load_default(req: LoadRequest) -> ModelSpec:
+def _load_default(req: LoadRequest) -> LoadedModel:
     from .efficientnet_lite import load_default_model
 
     model = load_default_model()
-    return ModelSpec("default (timm:tf_efficientnet_lite0, ImageNet)", model, Preprocessing(), _read_labels(req.labels, 1000))
+    return LoadedModel("default (timm:tf_efficientnet_lite0, ImageNet)", model, Preprocessing(), _read_labels(req.labels, 1000))
 
 
-def _with_weights(req: LoadRequest, model: nn.Module, prep: Preprocessing) -> ModelSpec:
+def _with_weights(req: LoadRequest, model: nn.Module, prep: Preprocessing) -> LoadedModel:
     """An architecture built here: local weights (or a warning), eval mode, class names."""
     if req.weights is None:
         warnings.warn(f"no --weights given: {req.spec} has random weights", stacklevel=3)
@@ -236,10 +147,10 @@ def _with_weights(req: LoadRequest, model: nn.Module, prep: Preprocessing) -> Mo
         _load_into(model, req.weights)
     model.eval()
     n = getattr(model, "num_classes", None) or _out_features(model)
-    return ModelSpec(req.spec, model, prep, _read_labels(req.labels, n))
+    return LoadedModel(req.spec, model, prep, _read_labels(req.labels, n))
 
 
-def _load_timm(req: LoadRequest) -> ModelSpec:
+def _load_timm(req: LoadRequest) -> LoadedModel:
     import timm
 
     try:
@@ -256,7 +167,7 @@ def _load_timm(req: LoadRequest) -> ModelSpec:
     return _with_weights(req, model, prep)
 
 
-def _load_torchvision(req: LoadRequest) -> ModelSpec:
+def _load_torchvision(req: LoadRequest) -> LoadedModel:
     import torchvision
 
     try:
@@ -279,7 +190,7 @@ _SPEC_FORMS = {"default": "default", "timm": "timm:NAME", "torchvision": "torchv
 def register_spec_prefix(prefix: str, loader: SpecLoader) -> None:
     """Make ``load_model("PREFIX:NAME")`` call ``loader(LoadRequest)`` (a model family of your own).
 
-    The loader returns a :class:`ModelSpec`; it should build the architecture without
+    The loader returns a :class:`LoadedModel`; it should build the architecture without
     downloading and read weights with ``weights_only=True`` (see ``_load_timm``).
     """
     if not prefix or ":" in prefix:
@@ -293,7 +204,7 @@ def load_model(
     kwargs: dict | None = None,
     labels: str | None = None,
     trust_checkpoint: bool = False,
-) -> ModelSpec:
+) -> LoadedModel:
     """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``dcne:PATH``, ``fer:emotion``,
     ``dlib:face-resnet`` (with ``kwargs={"gallery": PATH}``), ``pickle:PATH``, or a prefix added with
     :func:`register_spec_prefix` (the table :data:`SPEC_LOADERS`).
@@ -376,8 +287,6 @@ def input_frame(prep: Preprocessing, width: int, height: int) -> tuple[float, fl
 
 def model_hash(model: nn.Module) -> str:
     """SHA-1 of the model's parameters and buffers (names, shapes, values)."""
-    import hashlib
-
     digest = hashlib.sha1()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -391,3 +300,11 @@ def normalise(shown: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     mean = torch.tensor(prep.mean)[:, None, None]
     std = torch.tensor(prep.std)[:, None, None]
     return ((x - mean) / std).unsqueeze(0)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ModelSpec":  # renamed: a loaded model, not a spec (ModelSource is the spec)
+        warnings.warn("conceptree.models.loading.ModelSpec is now LoadedModel; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return LoadedModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

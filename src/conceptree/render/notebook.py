@@ -18,8 +18,10 @@ import html
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from .colours import concept_colours, hex_colour, text_colour
-from .report import concept_overview, image_data_uri, masked_photo, signed_overlay, stage_counts
+from .pictures import concept_overview, image_data_uri, masked_photo, signed_overlay
+from .report import stage_counts
 
 WRAPPER = "conceptree-view"
 THUMB = 160
@@ -175,8 +177,6 @@ def concept_html(explanation, rank: int, *, size: int = 2 * THUMB) -> str:
     concepts = explanation.concepts.concepts
     by_rank = {c.rank: i for i, c in enumerate(concepts)}
     if rank not in by_rank:
-        from ..errors import InputError
-
         raise InputError(f"no concept #{rank}: this explanation has concepts #1..#{len(concepts)}")
     c = by_rank[rank]
     extra = []

@@ -1,9 +1,9 @@
-"""Occlusion check: grey out a part region and follow every concept's neuron group.
+"""Occlusion check (benchmark code: only benchmarks/occlusion.py uses it, so it is not in the wheel): grey out a part region and follow every concept's neuron group.
 
 A concept counts as *located* in the region when at least ``inside`` (default 0.5) of its
 representative map's positive relevance falls inside the region (on the model's input
 grid). After occlusion, a concept's drop is ``1 - ratio`` with ``ratio`` = the group's
-relevance on the occluded photo / on the original (:func:`conceptree.compare.compare`).
+relevance on the occluded photo / on the original (:func:`conceptree.compare`).
 If tracing means something, located concepts drop much more than the others.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..datasets.cub_parts import PartImage
-from .protocol import nearest_source
+from conceptree.datasets.cub_parts import PartImage
+from conceptree.evaluation.protocol import nearest_source
 
 #: Keypoints whose disks make up "the head" that is greyed out.
 HEAD_KEYPOINTS: tuple[str, ...] = ("beak", "left eye", "right eye", "crown", "forehead", "nape", "throat")
