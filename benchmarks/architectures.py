@@ -46,7 +46,7 @@ import timm
 import torch
 import torchvision
 
-from conceptree import CRPEngine
+from conceptree.attribution import CRPEngine
 from conceptree.errors import InputError
 
 TORCHVISION = [

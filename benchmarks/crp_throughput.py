@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torchvision
 
-from conceptree import Composite, CRPEngine
+from conceptree import Composite
+from conceptree.attribution import CRPEngine
 
 LAYERS = {"shallow": "layer1.0.conv1", "middle": "layer3.0.conv2", "deep": "layer4.1.conv2"}
 RESULTS = Path(__file__).parent / "results" / "crp_throughput.json"

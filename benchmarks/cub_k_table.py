@@ -21,7 +21,7 @@ import timm
 import torch
 from PIL import Image
 
-from conceptree import CRPEngine
+from conceptree.attribution import CRPEngine
 from conceptree.attribution.engine import NeuronMaps
 from conceptree.concepts import DistanceConfig, NeuronDistance
 from conceptree.concepts.clustering import cut_labels, nested_silhouettes

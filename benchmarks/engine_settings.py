@@ -35,7 +35,7 @@ allocator, precision, model_name, dump = sys.argv[1:5]
 if allocator == "tuned":
     from conceptree.runtime import tune_allocator
     assert tune_allocator()
-from conceptree import CRPEngine
+from conceptree.attribution import CRPEngine
 if model_name == "demo":
     from conceptree.models.loading import load_image, load_model, preprocess
     spec = load_model("default")

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from architectures import build
 
-from conceptree import Composite, CRPEngine
+from conceptree import Composite
+from conceptree.attribution import CRPEngine
 
 
 def worst_error(name: str, stabilizer: float, size: int = 96) -> float:

@@ -8,7 +8,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from conceptree import CRPEngine, InputError
+from conceptree import InputError
+from conceptree.attribution import CRPEngine
 from conceptree.concepts.features import strongest_neurons
 from conceptree.concepts.options import ConceptOptions
 
@@ -29,7 +30,7 @@ def test_pooling_at_the_input_resolution_only_is_the_exact_map_pooled(resnet):
     """Nothing but the input is finer than 32x32 (conv1 and the max-pool give 32x32 and 16x16):
     pooling there equals pooling the exact map."""
     engine, attribution, exact = resnet
-    assert {n.op for n in engine.fine_nodes(attribution.forward, (32, 32))} == {"placeholder"}
+    assert {n.op for n in engine._graph.fine_nodes(attribution.forward, (32, 32))} == {"placeholder"}
     pooled = engine.neuron_maps(attribution, 8, CHANNELS, map_size=(32, 32), pool_below_map_size=True)
     reference = F.adaptive_avg_pool2d(torch.from_numpy(exact.maps)[:, None], (32, 32))[:, 0].numpy()
     np.testing.assert_allclose(pooled.maps, reference, rtol=1e-5, atol=1e-6 * np.abs(reference).max())
@@ -40,7 +41,7 @@ def test_pooling_below_the_first_stride_4_stage_keeps_every_sum(resnet):
     """At 16x16 the 32x32 stem (conv1, its ReLU) stops the propagation: the shape is approximate
     (the maps still agree in the large), the sums are exact."""
     engine, attribution, exact = resnet
-    fine = engine.fine_nodes(attribution.forward, (16, 16))
+    fine = engine._graph.fine_nodes(attribution.forward, (16, 16))
     assert {n.name for n in fine} >= {"x", "conv1", "relu"} and "maxpool" not in {n.name for n in fine}
     pooled = engine.neuron_maps(attribution, 8, CHANNELS, map_size=(16, 16), pool_below_map_size=True)
     reference = F.adaptive_avg_pool2d(torch.from_numpy(exact.maps)[:, None], (16, 16))[:, 0].numpy()
@@ -61,7 +62,7 @@ def test_channels_last_activations_are_never_pooled():
     model = helpers.randomize_batchnorm(timm.create_model("convnext_atto", pretrained=False, num_classes=10))
     engine = CRPEngine(model.eval())
     attribution = engine.attribute(torch.randn(1, 3, 64, 64))
-    fine = engine.fine_nodes(attribution.forward, (8, 8))
+    fine = engine._graph.fine_nodes(attribution.forward, (8, 8))
     assert fine and all(attribution.forward.shapes[n][1] != attribution.forward.shapes[n][2]
                         for n in fine if n.op != "placeholder")
     channels = {"stages.0.blocks.0.mlp.fc1": range(6), "stages.1.blocks.0.conv_dw": range(6)}

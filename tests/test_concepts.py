@@ -9,7 +9,8 @@ from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
 from sklearn.metrics import silhouette_score
 
-from conceptree import CRPEngine, InputError
+from conceptree import InputError
+from conceptree.attribution import CRPEngine
 from conceptree.attribution.engine import NeuronMaps
 from conceptree.concepts import (
     DistanceConfig,

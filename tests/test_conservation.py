@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptree import CRPEngine
+from conceptree.attribution import CRPEngine
 
 from . import helpers
 

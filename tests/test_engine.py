@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptree import Composite, CRPEngine, InputError, UnsupportedModelError
+from conceptree import Composite, InputError, UnsupportedModelError
+from conceptree.attribution import CRPEngine
 
 from . import helpers
 
@@ -56,7 +59,7 @@ def test_start_step_equals_masked_full_backward(functional_model):
     attribution = engine.attribute(torch.randn(1, 3, 16, 16))
     forward = attribution.forward
     for layer in ("conv2", "conv3"):  # grouped and plain convolutions
-        node = engine.layer_node(layer)
+        node = engine._graph.node(layer)
         rule = forward.rules[node]
         rel = attribution.layer_relevance[layer].unsqueeze(0)
         channels = torch.tensor([0, 3, 7])
@@ -206,3 +209,74 @@ def test_a_registered_rule_explains_a_custom_module():
 def test_composite_name_is_checked():
     with pytest.raises(InputError, match="unknown composite"):
         Composite("alpha-beta")
+
+
+def test_one_layer_lookup_names_unknown_and_unselected_layers():
+    engine = CRPEngine(helpers.cifar_model(), layers=["layer1.*"])
+    attribution = engine.attribute(torch.randn(1, 3, 32, 32))
+    assert engine.names == [layer.name for layer in engine.layers] and all(n.startswith("layer1.") for n in engine.names)
+    for call in (lambda: engine.neuron_maps(attribution, channels={"layer1.0.conv9": [0]}),
+                 lambda: engine.group_maps(attribution, [{"layer1.0.conv9": [0]}]),
+                 lambda: engine.absorbing_flows(attribution, [{"layer1.0.conv9": [0]}]),
+                 lambda: engine.conditional_heatmaps(attribution.forward, [{"layer1.0.conv9": [0]}])):
+        with pytest.raises(InputError, match=r"unknown layer 'layer1.0.conv9'; known: .*layer1.0.conv1"):
+            call()
+    with pytest.raises(InputError, match="'layer2.0.conv1' is not among the engine's selected layers"):
+        engine.group_maps(attribution, [{"layer2.0.conv1": [0]}])  # exists in the model, not selected
+    with pytest.raises(InputError, match="out of range"):
+        engine.group_maps(attribution, [{"layer1.0.conv1": [999]}])
+
+
+def test_conditional_maps_leave_the_callers_attribution_unchanged():
+    """Batches of maps run on a channels-last copy of the pass, made once per attribution."""
+    engine = CRPEngine(helpers.cifar_model())
+    attribution = engine.attribute(torch.randn(1, 3, 32, 32))
+    forward = attribution.forward
+    before = {node: dict(vars(rule)) for node, rule in forward.rules.items()}
+    first = engine.neuron_maps(attribution, channels={"layer2.0.conv1": [1, 2]})
+    engine.group_maps(attribution, [{"layer2.0.conv1": [1]}, {"layer1.0.conv2": [0, 3]}])
+    engine.absorbing_flows(attribution, [{"layer2.0.conv1": [1]}], dtype=torch.float64)
+    assert not forward.channels_last_rules and attribution.forward is forward
+    for node, rule in forward.rules.items():  # the very same tensors, in their own layout
+        assert all(value is before[node][key] for key, value in vars(rule).items())
+    copy = engine._channels_last(forward)
+    assert copy is engine._channels_last(forward) and copy.channels_last_rules  # converted once per attribution
+    again = engine.neuron_maps(engine.attribute(attribution.forward.input), channels={"layer2.0.conv1": [1, 2]})
+    assert (first.maps == again.maps).all()
+    gc.collect()
+    assert engine._layout is None  # the copy of a pass that is gone is not held
+
+
+def test_absorbing_flows_of_one_group_in_one_layer_is_its_group_map():
+    """Nothing of a single one-layer group can be absorbed below it: everything reaches the input
+    (or leaks), and its input maps are the group's summed conditional map."""
+    engine = CRPEngine(helpers.cifar_model(), dtype=torch.float64)
+    attribution = engine.attribute(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    groups = [{"layer2.0.conv1": [1, 5, 9]}, {"layer1.1.conv2": [0, 2]}]
+    flows = engine.absorbing_flows(attribution, groups[:1])
+    torch.testing.assert_close(flows.input_maps, engine.group_maps(attribution, groups[:1]), rtol=1e-12, atol=1e-14)
+    assert flows.absorbed.shape == (1, 1) and float(flows.absorbed[0, 0]) == 0.0
+    expected = float(attribution.layer_relevance["layer2.0.conv1"][[1, 5, 9]].double().sum())
+    assert float(flows.start[0]) == pytest.approx(expected, rel=1e-12)
+    assert float(flows.to_input[0]) == pytest.approx(float(flows.input_maps[0].double().sum()), rel=1e-9)
+    both = engine.absorbing_flows(attribution, groups, batch_size=1)
+    assert float(both.absorbed[0, 1]) != 0.0 and float(both.absorbed[1, 0]) == 0.0  # relevance flows downwards only
+
+
+def test_node_level_methods_are_deprecated_aliases():
+    engine = CRPEngine(helpers.cifar_model())
+    attribution = engine.attribute(torch.randn(1, 3, 32, 32))
+    with pytest.warns(DeprecationWarning, match="node_of_layer"):
+        node = engine.node_of_layer("layer1.0.conv1")
+    with pytest.warns(DeprecationWarning, match="layer_node"):
+        assert engine.layer_node("layer1.0.conv1") is node is engine._graph.node("layer1.0.conv1")
+    rel = attribution.layer_relevance["layer1.0.conv1"][None]
+    with pytest.warns(DeprecationWarning, match="node_layout"):
+        start = {node: engine.node_layout(attribution.forward, node, rel)}
+    with pytest.warns(DeprecationWarning, match="propagate"):
+        input_rel, _ = engine.propagate(attribution.forward, start)
+    torch.testing.assert_close(input_rel.sum(1), engine.group_maps(attribution, [{"layer1.0.conv1": range(16)}]))
+    with pytest.warns(DeprecationWarning, match="propagate_absorbing"):
+        engine.propagate_absorbing(attribution.forward, start, {})
+    with pytest.warns(DeprecationWarning, match="fine_nodes"):
+        assert {n.op for n in engine.fine_nodes(attribution.forward, (8, 8))} >= {"placeholder"}

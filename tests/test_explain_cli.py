@@ -101,9 +101,9 @@ def test_grayscale_and_rgba_are_converted_with_a_note(tmp_path):
 
 
 def test_target_by_unique_name():
-    from conceptree.models.loading import ModelSpec, Preprocessing
+    from conceptree.models.loading import LoadedModel, Preprocessing
 
-    spec = ModelSpec("x", torch.nn.Identity(), Preprocessing(), ["Ara macao (Scarlet Macaw)", "Sula granti (Nazca Booby)"])
+    spec = LoadedModel("x", torch.nn.Identity(), Preprocessing(), ["Ara macao (Scarlet Macaw)", "Sula granti (Nazca Booby)"])
     assert spec.resolve_target("scarlet macaw") == 0
     assert spec.resolve_target("1") == 1
     assert spec.resolve_target("auto") is None

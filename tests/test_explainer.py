@@ -196,7 +196,7 @@ def test_cli_unexpected_error_says_where_to_report_and_debug_shows_the_traceback
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "_explain", broken)
+    monkeypatch.setattr(cli.explain, "_explain", broken)  # the command group module
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["explain", "x.jpg"])
     assert exit_info.value.code == 1

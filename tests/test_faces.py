@@ -52,7 +52,7 @@ def test_face_inputs_match_the_documented_boxes():
 
 
 def test_face_model_is_explained_and_conserves(model):
-    from conceptree import CRPEngine
+    from conceptree.attribution import CRPEngine
 
     x = torch.from_numpy(np.load(REFERENCE)["inputs"][0]).expand(1, 3, -1, -1).contiguous()
     engine = CRPEngine(model, exclude_layers=["to_gray"])

@@ -64,7 +64,8 @@ def test_feature_maps_follow_dlibs_unpadded_strides(embedding):
 
 
 def test_identity_head_is_explained_conservatively(embedding, reference):
-    from conceptree import Composite, CRPEngine
+    from conceptree import Composite
+    from conceptree.attribution import CRPEngine
     from conceptree.models.dlib_face import DlibFaceIdentity, IdentityHead, build_gallery
 
     chips, _, _ = reference

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conceptree import Composite, CRPEngine
+from conceptree import Composite
+from conceptree.attribution import CRPEngine
 
 from .conftest import shared_path
 from .fashion_model import FashionNet

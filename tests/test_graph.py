@@ -11,7 +11,8 @@ from PIL import Image
 from torch import nn
 
 from conceptree.attribution import CRPEngine
-from conceptree.compare import lost_parts
+from conceptree.attribution._propagate import propagate, propagate_absorbing
+from conceptree.comparison import lost_parts
 from conceptree.concepts import Concept, Neuron, find_concepts
 from conceptree.concepts.features import neuron_features
 from conceptree.concepts.flows import EDGE_SHARE, ConceptFlows, concept_flows
@@ -34,7 +35,7 @@ def explained(cifar_image):
 
 
 def slow_flows(engine, attribution, concepts) -> tuple[np.ndarray, np.ndarray]:
-    """``(absorbed (k, k), to_input (k,))`` from ``engine.propagate`` with per-row masks: each member
+    """``(absorbed (k, k), to_input (k,))`` from the private ``propagate`` with per-row masks: each member
     of a concept is a batch row; at each absorbing layer the arrivals are recorded with every
     *other* absorbing layer masked (so only first passages reach it)."""
     forward = attribution.forward
@@ -48,26 +49,26 @@ def slow_flows(engine, attribution, concepts) -> tuple[np.ndarray, np.ndarray]:
         members = [(n.layer, n.channel) for n in concept.neurons]
         start = {}
         for row, (layer, ch) in enumerate(members):
-            node = engine.node_of_layer(layer)
+            node = engine._graph.node(layer)
             rel = attribution.layer_relevance[layer]
             start.setdefault(node, rel.new_zeros((len(members), *rel.shape)))[row, ch] = rel[ch]
-        start = {node: engine.node_layout(forward, node, rel) for node, rel in start.items()}
+        start = {node: engine._graph.node_layout(forward, node, rel) for node, rel in start.items()}
 
         def masks(keep_layer, members=members):
             out = {}
             for layer, who in owner.items():
-                node = engine.node_of_layer(layer)
+                node = engine._graph.node(layer)
                 rel = attribution.layer_relevance[layer]
                 m = torch.ones((len(members), rel.shape[0], 1, 1), dtype=rel.dtype)
                 for row, (mlayer, _) in enumerate(members):
                     if layer not in (keep_layer, mlayer):  # a member's own start is never masked
                         m[row, torch.as_tensor(who >= 0)] = 0.0
-                out[node] = engine.node_layout(forward, node, m)
+                out[node] = engine._graph.node_layout(forward, node, m)
             return out
 
         for layer, who in owner.items():
-            node = engine.node_of_layer(layer)
-            _, recorded = engine.propagate(forward, start, masks=masks(layer), record=[node])
+            node = engine._graph.node(layer)
+            _, recorded = propagate(engine._graph, forward, start, masks=masks(layer), record=[node])
             if node not in recorded:
                 continue
             rel = recorded[node]  # a conv layer of the ResNet: channels-first
@@ -76,7 +77,7 @@ def slow_flows(engine, attribution, concepts) -> tuple[np.ndarray, np.ndarray]:
                 if mlayer == layer:  # this row's start sits here: nothing arrives at its own layer
                     continue
                 absorbed[c] += np.bincount(who[who >= 0], weights=per_channel[row, who >= 0], minlength=k)
-        input_rel, _ = engine.propagate(forward, start, masks=masks(None))
+        input_rel, _ = propagate(engine._graph, forward, start, masks=masks(None))
         to_input[c] = float(input_rel.double().sum())
     return absorbed, to_input
 
@@ -99,18 +100,18 @@ def test_flows_equal_a_slow_formula_and_rows_sum_to_one(explained):
     fast = concept_flows(engine, attribution, concepts)  # the default: float32 batches of the float64 pass
     np.testing.assert_allclose(fast.flows, flows.flows, atol=1e-5)
     np.testing.assert_allclose(fast.to_input, flows.to_input, atol=1e-5)
-    assert attribution.forward.rules[engine.node_of_layer(engine.layers[0].name)].inv_z.dtype == torch.float64
+    assert attribution.forward.rules[engine._graph.node(engine.layers[0].name)].inv_z.dtype == torch.float64
 
 
 def test_without_absorbers_it_is_the_plain_propagation(explained):
     engine, attribution, _ = explained
     forward = attribution.forward
     layer = engine.layers[-1].name
-    node = engine.node_of_layer(layer)
+    node = engine._graph.node(layer)
     rel = attribution.layer_relevance[layer][None]
-    start = {node: engine.node_layout(forward, node, rel)}
-    plain, _ = engine.propagate(forward, start)
-    absorbing, taken = engine.propagate_absorbing(forward, start, {})
+    start = {node: engine._graph.node_layout(forward, node, rel)}
+    plain, _ = propagate(engine._graph, forward, start)
+    absorbing, taken = propagate_absorbing(engine._graph, forward, start, {})
     assert torch.equal(plain, absorbing) and taken == {}
 
 
@@ -143,10 +144,10 @@ def test_a_concept_of_every_neuron_reproduces_the_unconditioned_layer_relevance(
     assert flows.flows[0, 2] == 0.0 and np.all(np.triu(flows.flows.T) == 0.0)  # first passage; only downwards
     np.testing.assert_allclose(flows.to_input[:2], 0.0, atol=1e-12)
     forward = attribution.forward
-    top, middle = engine.node_of_layer(names[-1]), engine.node_of_layer(names[1])
-    start = {top: engine.node_layout(forward, top, attribution.layer_relevance[names[-1]][None])}
-    ones = engine.node_layout(forward, middle, torch.ones((1, 12, 1, 1), dtype=torch.float64))
-    _, taken = engine.propagate_absorbing(forward, start, {middle: ones})
+    top, middle = engine._graph.node(names[-1]), engine._graph.node(names[1])
+    start = {top: engine._graph.node_layout(forward, top, attribution.layer_relevance[names[-1]][None])}
+    ones = engine._graph.node_layout(forward, middle, torch.ones((1, 12, 1, 1), dtype=torch.float64))
+    _, taken = propagate_absorbing(engine._graph, forward, start, {middle: ones})
     expected = attribution.layer_relevance[names[1]].double().flatten(1).sum(1)
     torch.testing.assert_close(taken[middle][0], expected, atol=1e-12, rtol=1e-9)
 

@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {"models", "faces"},
     {"datasets", "tasks", "jobs"},
     {"attribution"},
+    {"compatibility"},
     {"concepts"},
     {"render"},
     {"index"},
@@ -63,12 +64,14 @@ def _imports(tree: ast.Module):
     yield from visit(tree, True)
 
 
-def _module_graph() -> dict[str, set[str]]:
+def _module_graph(module_level_only: bool = False) -> dict[str, set[str]]:
     modules = _modules()
     edges: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node, _ in _imports(ast.parse(path.read_text())):
+        for node, top in _imports(ast.parse(path.read_text())):
+            if module_level_only and not top:
+                continue
             if isinstance(node, ast.Import):
                 edges[name] |= {a.name for a in node.names if a.name in modules}
                 continue
@@ -148,6 +151,20 @@ def test_function_level_imports_are_only_optional_heavy_dependencies():
             modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             found += [f"{name}: {m}" for m in modules if m.split(".")[0] not in LAZY_THIRD_PARTY | {"conceptree"}]
     assert found == []
+
+
+def test_reading_a_saved_explanation_needs_no_engine():
+    """The result and its rendering import the engine's result types and the composite (plain data), not the
+    fx interpreter, the rule table or the engine (which a composite loads only when an engine asks for its rules).
+    ``import conceptree`` itself still loads the engine, for the top-level ``explain`` and ``ConceptExplainer``."""
+    edges = _module_graph(module_level_only=True)
+    seen, stack = set(), ["conceptree.explanation", "conceptree.comparison"]
+    while stack:
+        for target in edges[stack.pop()] - seen:
+            seen.add(target)
+            stack.append(target)
+    engine = {f"conceptree.attribution.{m}" for m in ("engine", "_forward", "_propagate", "rule_table", "rules", "tracing")}
+    assert "conceptree.attribution.results" in seen and seen & engine == set()
 
 
 def test_the_check_finds_a_circle():

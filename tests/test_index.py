@@ -4,6 +4,7 @@ ranking equals a slow formula, crops inside the image and on the concept's regio
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -18,8 +19,10 @@ from conceptree import ConceptExplainer, Explanation, InputError
 from conceptree.concepts.options import ConceptOptions
 from conceptree.errors import ConceptreeError
 from conceptree.index import ConceptIndex, IndexBuilder, build_index
+from conceptree.index import build as build_module
 from conceptree.index.build import peak_grid_cells
 from conceptree.index.references import ReferenceFinder, crop_box, group_weights, peak_map, region_grid
+from conceptree.jobs import fan_out
 from conceptree.models.loading import load_image, load_model, preprocess
 from conceptree.runs import ModelSource
 
@@ -114,19 +117,34 @@ def test_ray_equals_local(index, photos, tmp_path):
     assert [im.pixels_sha1 for im in remote.images] == [im.pixels_sha1 for im in index.images]
 
 
-def test_resume_after_an_interrupted_build(index, photos, tmp_path):
+def fail_first_attempt(log: Path):
+    """A task wrapper (``fan_out(task_wrapper=...)``): the first attempt at each shard, in any build, raises."""
+
+    def wrapper(task, attempt):
+        marker = log / f"{task.task_id}.attempted"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(attempt))
+            raise RuntimeError(f"injected failure of the first attempt at {task.task_id}")
+        return task()
+
+    return wrapper
+
+
+def test_resume_after_an_interrupted_build(index, photos, tmp_path, monkeypatch):
     out = tmp_path / "resume"
-    builder = IndexBuilder(executor="local", batch_size=2, shard_size=2, max_retries=0, progress=False,
-                           attempt_log=str(tmp_path / "log"))
-    with pytest.raises(ConceptreeError, match="rerun the same command to resume"):
-        builder.build(photos, ModelSource(), out)
-    assert not (out / "index.json").exists()
-    left = sorted(p.name for p in (out / "shards").glob("shard-*.npz"))
-    assert left == []  # the first shard failed before any other ran (sequential)
-    # a second start: shard 0 now succeeds; kill the build after it by failing shard 1 once
-    with pytest.raises(ConceptreeError):
-        builder.build(photos, ModelSource(), out)
-    assert sorted(p.name for p in (out / "shards").glob("shard-*.npz")) == ["shard-00000.npz"]
+    builder = IndexBuilder(executor="local", batch_size=2, shard_size=2, max_retries=0, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(build_module, "fan_out", functools.partial(fan_out, task_wrapper=fail_first_attempt(tmp_path / "log")))
+        with pytest.raises(ConceptreeError, match="rerun the same command to resume"):
+            builder.build(photos, ModelSource(), out)
+        assert not (out / "index.json").exists()
+        left = sorted(p.name for p in (out / "shards").glob("shard-*.npz"))
+        assert left == []  # the first shard failed before any other ran (sequential)
+        # a second start: shard 0 now succeeds; kill the build after it by failing shard 1 once
+        with pytest.raises(ConceptreeError):
+            builder.build(photos, ModelSource(), out)
+        assert sorted(p.name for p in (out / "shards").glob("shard-*.npz")) == ["shard-00000.npz"]
     clean = IndexBuilder(executor="local", batch_size=2, shard_size=2, progress=False)
     resumed = clean.build(photos, ModelSource(), out)
     assert resumed.meta["build"]["computed_now"] == 4  # shards 1 and 2; shard 0 was kept

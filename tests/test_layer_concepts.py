@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conceptree import CRPEngine, InputError
+from conceptree import InputError
+from conceptree.attribution import CRPEngine
 from conceptree.concepts import find_concepts
 from conceptree.concepts.concepts import cut_concepts
 from conceptree.concepts.layer_maps import layer_group_maps, layer_neuron_maps, to_grid

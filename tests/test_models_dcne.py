@@ -61,7 +61,7 @@ def test_a_model_family_is_one_registered_spec_prefix():
 
     def load_tiny(req):
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        return loading.ModelSpec(req.spec, model.eval(), loading.IMAGENET_PREPROCESSING, ["a", "b"])
+        return loading.LoadedModel(req.spec, model.eval(), loading.IMAGENET_PREPROCESSING, ["a", "b"])
 
     saved = dict(loading.SPEC_LOADERS)
     try:

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from conceptree import Composite, CRPEngine
-from conceptree.attribution import rule_table, rules
+from conceptree import Composite
+from conceptree.attribution import CRPEngine, rule_table, rules
 
 from . import helpers
 from .test_conservation import assert_conserved
@@ -273,3 +273,115 @@ def test_a_new_lrp_variant_is_one_subclass_and_one_table_row():
         share = (contrib * (rel[b].reshape(5, 1, 25) / z[:, None])).sum(0)  # (36, 25)
         want = F.fold(share[None], (7, 7), 3)[0]
         torch.testing.assert_close(got[b], want, rtol=1e-8, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- rules carry their parameters
+def _slow_conv(a: torch.Tensor, w_mod: torch.Tensor, rel: torch.Tensor, eps: float, size: int) -> torch.Tensor:
+    """R_i = sum_j a_i w'_ij R_j / stab(sum_k a_k w'_kj, eps) for a 3x3 valid conv, per batch row."""
+    w_mod = w_mod.reshape(w_mod.shape[0], -1)  # (C_out, C_in*9)
+    patches = F.unfold(a, 3)[0]  # (C_in*9, L)
+    contrib = w_mod[:, :, None] * patches[None]  # (C_out, C_in*9, L)
+    z = contrib.sum(1)
+    z = z + eps * torch.where(z >= 0, 1.0, -1.0)
+    out = []
+    for b in range(rel.shape[0]):
+        share = (contrib * (rel[b].reshape(w_mod.shape[0], 1, -1) / z[:, None])).sum(0)
+        out.append(F.fold(share[None], (size, size), 3)[0])
+    return torch.stack(out)
+
+
+def _small_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2)).eval().double()
+
+
+def _rule_and_input(composite: Composite, target: str):
+    model = _small_model()
+    x = torch.randn(1, 3, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    forward = CRPEngine(model, composite).forward(x)
+    (node,) = [n for n in forward.rules if n.target == target]
+    return model, x, forward.rules[node]
+
+
+@pytest.mark.parametrize("epsilon", [1e-2, 1e-6])
+def test_the_epsilon_rule_uses_its_own_epsilon(epsilon):
+    from conceptree.attribution.specs import Epsilon
+
+    composite = Composite(layer_map={"conv": Epsilon(epsilon=epsilon)})
+    model, x, rule = _rule_and_input(composite, "2")
+    assert type(rule) is rules.EpsilonConvRule and rule.epsilon == epsilon
+    rel = torch.randn(2, 5, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    (_, got), = rule.backward(rel)
+    a = torch.relu(model[0](x))
+    # rtol 1e-6: torch's ``tensor * 0.01`` in rules.stabilize rounds the scalar (2e-10 here)
+    torch.testing.assert_close(got, _slow_conv(a, model[2].weight, rel, epsilon, 7), rtol=1e-6, atol=1e-9)
+    other = 1e-6 if epsilon == 1e-2 else 1e-2  # the parameter matters: the other value gives other numbers
+    assert float(((got - _slow_conv(a, model[2].weight, rel, other, 7)).abs() / got.abs().max()).max()) > 1e-3
+
+
+def test_two_gamma_values_in_one_composite_each_reach_their_layer():
+    """``conv`` layers with gamma=0.1 (layer map), the dense layer with gamma=1.0 (added for nn.Linear)."""
+    from conceptree.attribution.specs import Gamma
+
+    composite = Composite(layer_map={"conv": Gamma(gamma=0.1)}).with_rule(nn.Linear, Gamma(gamma=1.0, stabilizer=1e-3))
+    model, x, conv = _rule_and_input(composite, "2")
+    _, _, dense = _rule_and_input(composite, "6")
+    _, _, first = _rule_and_input(composite, "0")
+    assert type(conv) is rules.GammaConvRule and conv.gamma == 0.1 and conv.stabilizer == 1e-6
+    assert type(dense) is rules.GammaLinearRule and dense.gamma == 1.0 and dense.stabilizer == 1e-3
+    assert type(first) is rules.FlatConvRule  # the first-layer map still wins
+    rel = torch.randn(2, 5, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    (_, got), = conv.backward(rel)
+    a = torch.relu(model[0](x))
+    w = model[2].weight
+    torch.testing.assert_close(got, _slow_conv(a, w + 0.1 * w.clamp(min=0), rel, 1e-6, 7), rtol=1e-8, atol=1e-10)
+    # the dense layer: R_i = sum_j h_i w'_ij R_j / stab(sum_k h_k w'_kj, 1e-3), w' = w + 1.0 w+
+    h = model[:6](x)  # (1, 5)
+    w_mod = model[6].weight + 1.0 * model[6].weight.clamp(min=0)  # (2, 5)
+    z = h @ w_mod.T
+    z = z + 1e-3 * torch.where(z >= 0, 1.0, -1.0)
+    r_out = torch.randn(3, 2, dtype=torch.float64)
+    (_, got_dense), = dense.backward(r_out)
+    # rtol 1e-6: rules.stabilize rounds the scalar 1e-3 (see test_the_epsilon_rule_uses_its_own_epsilon)
+    torch.testing.assert_close(got_dense, h * ((r_out / z) @ w_mod), rtol=1e-6, atol=1e-9)
+    assert composite != Composite(layer_map={"conv": Gamma(gamma=0.1)}).with_rule(nn.Linear, Gamma(gamma=0.5))
+
+
+def test_a_subclass_variant_takes_parameters_and_they_are_part_of_the_composite():
+    """The previous release's way (a class attribute) still works; ``conv_variant(cls, gamma=...)``
+    sets it per composite, and two values make two unequal composites."""
+    with_default = Composite().with_rule(nn.Conv2d, rule_table.conv_variant(GammaConvRule))
+    strong = Composite().with_rule(nn.Conv2d, rule_table.conv_variant(GammaConvRule, gamma=1.5))
+    assert with_default != strong and strong == Composite().with_rule(nn.Conv2d, rule_table.conv_variant(GammaConvRule,
+                                                                                                        gamma=1.5))
+    model, x, rule = _rule_and_input(strong, "2")
+    assert type(rule) is GammaConvRule and rule.gamma == 1.5 and GammaConvRule.gamma == 0.25
+    rel = torch.randn(1, 5, 5, 5, dtype=torch.float64)
+    (_, got), = rule.backward(rel)
+    w = model[2].weight
+    want = _slow_conv(torch.relu(model[0](x)), w + 1.5 * w.clamp(min=0), rel, 1e-6, 7)
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+    from conceptree import InputError
+
+    with pytest.raises(InputError, match="no parameter 'gama'"):
+        rule_table.conv_variant(GammaConvRule, gama=1.0)
+
+
+def test_an_added_specification_on_a_parameterless_rule_is_refused():
+    from conceptree import InputError
+    from conceptree.attribution.specs import Gamma
+
+    with pytest.raises(InputError, match="no parameters to set"):
+        CRPEngine(_small_model(), Composite().with_rule(nn.ReLU, Gamma())).attribute(torch.randn(1, 3, 7, 7).double())
+
+
+def test_the_first_layer_rule_is_the_composites_not_a_module_global():
+    from conceptree.attribution.specs import Epsilon
+
+    _, _, first = _rule_and_input(Composite(first_layer_map={"conv": Epsilon(epsilon=0.5)}), "0")
+    assert type(first) is rules.EpsilonConvRule and first.epsilon == 0.5
+    _, _, plain = _rule_and_input(Composite(first_layer_map={}), "0")
+    assert type(plain) is rules.ZPlusConvRule
+    with pytest.warns(DeprecationWarning, match="first_layer_map"):
+        assert rule_table.FIRST_CONV_RULE is rules.FlatConvRule

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
+import os
+import signal
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +15,14 @@ import pytest
 from PIL import Image
 
 from conceptree.concepts.options import ConceptOptions
+from conceptree.jobs import fan_out
 from conceptree.runs import ModelSource, explain_many
 
 ray = pytest.importorskip("ray")
 
 OPTIONS = ConceptOptions(max_neurons=600, k_range=(4, 8))
+#: the module (``conceptree.runs.explain_many`` as an attribute is the function)
+explain_many_module = importlib.import_module("conceptree.runs.explain_many")
 
 
 @pytest.fixture(scope="module")
@@ -62,30 +70,70 @@ def test_ray_equals_sequential_and_records_the_corrupt_image(photos, tmp_path):
         assert all(np.array_equal(arrays_a[k], arrays_b[k]) for k in arrays_a)
 
 
+def fail_first_attempt(log: Path, kill: bool = False):
+    """A task wrapper (``fan_out(task_wrapper=...)``): the first attempt at each task raises, or, with
+    ``kill``, dies mid-save as a SIGKILLed worker does (a partial temporary folder left behind). A
+    closure, so that Ray pickles it by value into its workers."""
+
+    def wrapper(task, attempt):
+        marker = log / f"{task.task_id}.attempted"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(attempt))
+            if kill:
+                partial = Path(task.out) / f".tmp-{task.name}-{uuid.uuid4().hex[:8]}"
+                partial.mkdir(parents=True)
+                (partial / "maps.npz").write_bytes(b"partial")
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected failure of the first attempt at {task.task_id}")
+        return task()
+
+    return wrapper
+
+
+def inject(monkeypatch, wrapper) -> None:
+    """Run explain-many's tasks through ``wrapper`` (the runner's documented seam)."""
+    monkeypatch.setattr(explain_many_module, "fan_out", functools.partial(fan_out, task_wrapper=wrapper))
+
+
 @pytest.mark.parametrize("executor", ["local", "ray"])
-def test_a_task_that_fails_once_is_retried(photos, tmp_path, executor):
+def test_a_task_that_fails_once_is_retried(photos, tmp_path, executor, monkeypatch):
     chelsea = [photos / "chelsea.png"]
     log = tmp_path / "attempts"
-    result = explain_many(chelsea, ModelSource(), tmp_path / "run", options=OPTIONS, executor=executor, progress=False,
-                          attempt_log=str(log))
+    inject(monkeypatch, fail_first_attempt(log))
+    result = explain_many(chelsea, ModelSource(), tmp_path / "run", options=OPTIONS, executor=executor, progress=False)
     (record,) = result.records
     assert (log / f"{record.folder}.attempted").exists()  # the first attempt raised
     assert record.status == "ok" and (result.out / record.folder / "report.html").is_file()
-    if executor == "local":
-        assert record.attempts == 2
+    assert record.attempts == 2  # counted by the runner, on Ray too
     assert not list(result.out.glob(".tmp-*"))  # nothing half-written left behind
 
 
-def test_a_killed_ray_worker_leaves_no_temporary_folder(photos, tmp_path):
-    """SIGKILL of the worker mid-save: Ray retries the task and no temporary folder is left."""
+def test_a_task_that_keeps_failing_is_recorded_and_the_run_goes_on(photos, tmp_path, monkeypatch):
+    def always_fails_on_chelsea(task, attempt):
+        if "chelsea" in task.name:
+            raise RuntimeError(f"attempt {attempt} crashed")
+        return task()
+
+    inject(monkeypatch, always_fails_on_chelsea)
+    result = explain_many([photos / "chelsea.png", photos / "coffee.png"], ModelSource(), tmp_path / "run",
+                          options=OPTIONS, executor="local", max_retries=1, progress=False)
+    assert [r.status for r in result.records] == ["failed", "ok"]
+    (bad,) = result.failed
+    assert bad.attempts == 2 and bad.error == "RuntimeError: attempt 2 crashed"
+    assert json.loads((result.out / "index.json").read_text())["summary"]["failed"] == 1
+
+
+def test_a_killed_ray_worker_leaves_no_temporary_folder(photos, tmp_path, monkeypatch):
+    """SIGKILL of the worker mid-save: the runner retries the task on Ray and no temporary folder is left."""
     log = tmp_path / "attempts"
-    log.mkdir()
-    (log / "KILL").write_text("1")
+    inject(monkeypatch, fail_first_attempt(log, kill=True))
     result = explain_many([photos / "chelsea.png"], ModelSource(), tmp_path / "run", options=OPTIONS, executor="ray",
-                          workers=1, progress=False, attempt_log=str(log))
+                          workers=1, progress=False)
     (record,) = result.records
     assert (log / f"{record.folder}.attempted").exists()  # the first attempt ran and was killed
     assert record.status == "ok" and (result.out / record.folder / "explanation.json").is_file()
+    assert record.attempts == 2
     assert not list(result.out.glob(".tmp-*"))
 
 

@@ -8,7 +8,8 @@ import torch
 from zennit.attribution import Gradient
 from zennit.composites import EpsilonPlus, EpsilonPlusFlat
 
-from conceptree import Composite, CRPEngine
+from conceptree import Composite
+from conceptree.attribution import CRPEngine
 
 from . import helpers
 

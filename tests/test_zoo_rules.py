@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptree import Composite, CRPEngine
-from conceptree.attribution import rule_table
+from conceptree import Composite
+from conceptree.attribution import CRPEngine, rule_table
 from conceptree.attribution import rules as R
 from conceptree.attribution.tracing import canonize, guards
 from conceptree.errors import InputError, UnsupportedModelError

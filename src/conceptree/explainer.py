@@ -1,9 +1,12 @@
 """``ConceptExplainer``: one object per model that explains images with concepts and traces them.
 
-Parameters go to the constructor (keyword-only, validated there), work happens in methods,
-results come back as dataclasses, in scikit-learn's manner. The model is copied, traced and
-canonized once, in the constructor; every :meth:`ConceptExplainer.explain` and
-:meth:`ConceptExplainer.trace` reuses that engine.
+Parameters go to the constructor (keyword-only, validated there), the work on images happens in
+methods, results come back as dataclasses. Unlike a scikit-learn estimator, the constructor also
+does the one step every call shares: it copies, traces and canonizes the model and opens and checks
+the index and dictionary, so that an unsupported model or a mismatched index fails at once, in
+one line, and every :meth:`ConceptExplainer.explain` and :meth:`ConceptExplainer.trace` reuses
+that engine. Where the concepts come from (the image's own clustering, a dictionary, a model-level
+tree) is the explainer's :class:`~conceptree.sources.ConceptSource`.
 
 >>> explainer = ConceptExplainer(model, preprocessing=Preprocessing(), class_names=names)
 >>> explanation = explainer.explain("parrot.jpg")          # -> Explanation
@@ -26,6 +29,7 @@ from ._version import __version__
 from .attribution import Attribution, Composite, CRPEngine
 from .attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
 from .comparison import MISSING_FRACTION, NEW_OVERLAP, trace_concepts
+from .compatibility import composite_key
 from .concepts import ConceptSet
 from .concepts.features import concept_maps, member_maps
 from .concepts.flows import concept_flows
@@ -35,7 +39,7 @@ from .dictionary import ConceptDictionary
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
 from .index.references import DEFAULT_REFERENCES, ReferenceFinder
-from .index.store import ConceptIndex, composite_key
+from .index.store import ConceptIndex
 from .models.config import load_model_config
 from .models.loading import (
     IMAGENET_PREPROCESSING,

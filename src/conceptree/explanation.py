@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .attribution import Composite
+from .attribution.composites import Composite
 from .concepts import ConceptSet
 from .concepts.flows import ConceptFlows
 from .concepts.options import ConceptOptions

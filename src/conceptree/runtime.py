@@ -43,3 +43,18 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(ok_mmap and ok_trim)
+
+
+def resolve_device(name: str):
+    """``torch.device(name)``, refused in one line when the name is unknown or CUDA is absent."""
+    import torch
+
+    from .errors import InputError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return device

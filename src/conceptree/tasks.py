@@ -1,6 +1,7 @@
 """Task machinery shared by every many-image job (explain-many, the reference index, the
 evaluation cache): how a worker builds the model, which images a source names, which executor
-runs the tasks, a Ray session, and atomic writes.
+runs the tasks, a Ray session, and atomic writes. The runner itself, with its retries and its
+failure policy, is :func:`conceptree.jobs.fan_out`.
 
 This module imports nothing of the explainer, so that the index builder (which the explainer
 reads) and ``explain_many`` (which runs the explainer) can both stand on it without a circle.
@@ -8,6 +9,7 @@ reads) and ``explain_many`` (which runs the explainer) can both stand on it with
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Sequence
@@ -47,7 +49,7 @@ class ModelSource:
     preprocessing: object | None = None  # models.loading.Preprocessing (not imported here: keeps this module light)
 
     def load(self):
-        """The :class:`~conceptree.models.loading.ModelSpec`."""
+        """The :class:`~conceptree.models.base.LoadedModel`."""
         if self.config is not None:
             from .models.config import load_model_config
 
@@ -74,8 +76,6 @@ def collect_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
         found = [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
     elif any(ch in text for ch in "*?["):
-        import glob
-
         found = sorted(Path(p) for p in glob.glob(text, recursive=True))
     elif path.is_file():
         found = [path]

@@ -3,12 +3,19 @@ rule factories, as zennit's composites map layer types to rules.
 
 A factory receives a :class:`RuleContext` (the node, its evaluated inputs and output, the
 module for ``call_module`` nodes, and whether the layer reads the model input) and returns a
-:class:`~conceptree.attribution.rules.Rule`. The table is data: :data:`DEFAULT_RULES` holds
+:class:`~conceptree.attribution.rules.Rule`. The table is data: :func:`default_rules` gives
 the built-in entries, and :meth:`Composite.with_rule` adds a user's own, which take
 precedence::
 
     from conceptree.attribution import Composite, rules
     composite = Composite().with_rule(MyActivation, lambda ctx: rules.PassRule(ctx.arg0))
+
+The parameterised rules (conv, dense and norm layers) come from the composite's layer map and
+first-layer map as specifications with their parameters (:mod:`conceptree.attribution.specs`):
+the built-in entries ask :meth:`RuleContext.rule` for the specification of their layer kind
+and build the rule class it names (:data:`CONV_VARIANTS`, :data:`LINEAR_VARIANTS`) with its
+parameters. A specification added for a key (``Composite().with_rule(nn.Conv2d, Gamma(gamma=0.5))``)
+replaces the layer map's for the nodes of that key.
 
 Module keys match by ``isinstance`` (the most specific class in the module's MRO wins), or
 by class name as ``"module:ClassName"`` (for third-party classes that need not be
@@ -69,17 +76,22 @@ Rules of the CNN families beyond ResNet/VGG (each with its reasoning and referen
 
 from __future__ import annotations
 
+import functools
 import operator
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 from . import rules as R
+from .specs import Custom, Norm, RuleSpec
 from .tracing import TIMM_RMS_NORMS
 
 RuleKey = type | Callable | str
@@ -116,6 +128,9 @@ class RuleContext:
     constants : dict
         The engine's store for values that depend only on a module and its input's shape
         (clamped weights, flat-rule denominators), reused across forward passes.
+    override : RuleSpec or None
+        A specification added with :meth:`Composite.with_rule` for this node's key: it replaces
+        the layer map's for the node (:meth:`rule`). Set by the table's entry, not the engine.
     """
 
     node: fx.Node
@@ -130,6 +145,36 @@ class RuleContext:
     owner: fx.GraphModule
     validate: bool = True
     constants: dict = field(default_factory=dict)
+    override: RuleSpec | None = None
+    override_used: bool = False
+
+    def first_rule(self, kind: str) -> RuleSpec | None:
+        """The first-layer map's rule of ``kind`` if this node reads the model input, else None."""
+        if not self.first:
+            return None
+        return dict(getattr(self.composite, "first_layer_map", ())).get(kind)
+
+    def rule(self, kind: str) -> RuleSpec:
+        """The specification of this node's rule for a layer ``kind`` (``conv``, ``linear``,
+        ``norm``): the first-layer map's where the node reads the input, else the override
+        added for the node's key, else the composite's layer map."""
+        first = self.first_rule(kind)
+        if first is not None:
+            return first
+        if self.override is not None:
+            if (self.override.rule == "norm") != (kind == "norm"):
+                raise InputError(f"the rule {self.override.label} added for node '{self.node.name}' does not apply to "
+                                 f"its {kind} layer; add a {'Norm' if kind == 'norm' else 'conv/dense'} rule for this key")
+            self.override_used = True
+            return self.override
+        return self.composite.layer_rule(kind)
+
+    def norm_stabilizer(self) -> float:
+        """``stabilizer`` of the node's norm rule (sums, average pooling, reductions, upsampling)."""
+        spec = self.rule("norm")
+        if not isinstance(spec, Norm):
+            raise InputError(f"the norm layers' rule must be Norm(stabilizer=...), got {spec.label}")
+        return spec.stabilizer
 
     @property
     def arg0(self) -> fx.Node | None:
@@ -149,47 +194,106 @@ class RuleContext:
 
 
 # --------------------------------------------------------------------------- factories
-#: the flat rule of the layers that read the input (``Composite.flat_first_layer``)
-FIRST_CONV_RULE: type[R.ConvRule] = R.FlatConvRule
-FIRST_LINEAR_RULE: type[R.LinearRule] = R.FlatLinearRule
+#: the rule class of each conv/dense specification (:mod:`conceptree.attribution.specs`), read-only
+CONV_VARIANTS: Mapping[str, type[R.ConvRule]] = MappingProxyType({
+    "zplus": R.ZPlusConvRule, "epsilon": R.EpsilonConvRule, "flat": R.FlatConvRule, "gamma": R.GammaConvRule})
+LINEAR_VARIANTS: Mapping[str, type[R.LinearRule]] = MappingProxyType({
+    "zplus": R.ZPlusLinearRule, "epsilon": R.EpsilonLinearRule, "flat": R.FlatLinearRule, "gamma": R.GammaLinearRule})
 
 
-def _named(factory: Callable, name: str, module: str) -> Callable:
-    factory.__qualname__ = factory.__name__ = name
-    factory.__module__ = module
-    return factory
+def _variant(spec: RuleSpec, variants: Mapping[str, type], ctx: RuleContext) -> tuple[type, dict[str, Any], Any]:
+    """``(rule class, parameters, legacy composite)`` of a conv/dense specification: a built-in
+    one by name; a :func:`conv_variant`/:func:`linear_variant` by its class, given the composite
+    too (subclasses written for the previous release read their parameters from it)."""
+    if isinstance(spec, Custom):
+        cls = getattr(spec.target, "variant", None)
+        base = R.ConvRule if variants is CONV_VARIANTS else R.LinearRule
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise InputError(f"the rule {spec.label} for node '{ctx.node.name}' is not a "
+                             f"{'conv_variant' if variants is CONV_VARIANTS else 'linear_variant'}; pass one "
+                             "(conceptree.attribution.rule_table) or a specification such as Gamma(gamma=0.25)")
+        return cls, spec.params(), ctx.composite
+    if spec.rule not in variants:
+        raise InputError(f"the rule {spec.label} does not apply to node '{ctx.node.name}'; use one of "
+                         f"{', '.join(variants)}")
+    return variants[spec.rule], spec.params(), None
 
 
-def conv_variant(variant: type[R.ConvRule]) -> RuleFactory:
-    """The table entry of a convolution explained with ``variant`` (flat where the layer reads
-    the input and the composite says so). A new LRP variant is one :class:`~.rules.ConvRule`
-    subclass and one row: ``Composite().with_rule(nn.Conv2d, conv_variant(GammaConvRule))``."""
+def build_conv(ctx: RuleContext, spec: RuleSpec, module: nn.Conv2d, name: str) -> R.Rule:
+    """The conv rule of ``spec`` with its parameters (and the composite's ``zero_bias``, ``dead_units``)."""
+    if isinstance(spec, Custom) and getattr(spec.target, "variant", None) is None:
+        return spec(ctx)  # a plain factory(ctx) in the layer map
+    cls, params, legacy = _variant(spec, CONV_VARIANTS, ctx)
+    return cls(ctx.arg0, module, ctx.x, ctx.out, legacy, name, ctx.validate, ctx.constants,
+               zero_bias=ctx.composite.zero_bias, dead_units=ctx.composite.dead_units, **params)
+
+
+def build_linear(ctx: RuleContext, spec: RuleSpec, pointwise: RuleSpec) -> R.Rule:
+    """The dense rule of ``spec``; on a channels-last map ``(1, H, W, C)`` the layer is a 1x1
+    convolution (ConvNeXt's pointwise layers) and gets the conv rule ``pointwise``."""
+    if isinstance(ctx.x, Tensor) and ctx.x.ndim == 4:
+        cls, params, legacy = _variant(pointwise, CONV_VARIANTS, ctx)
+        return R.PointwiseLinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, cls, legacy, ctx.node.target,
+                                     ctx.validate, ctx.constants, zero_bias=ctx.composite.zero_bias,
+                                     dead_units=ctx.composite.dead_units, **params)
+    if isinstance(spec, Custom) and getattr(spec.target, "variant", None) is None:
+        return spec(ctx)
+    cls, params, legacy = _variant(spec, LINEAR_VARIANTS, ctx)
+    return cls(ctx.arg0, ctx.module, ctx.x, ctx.out, legacy, zero_bias=ctx.composite.zero_bias, **params)
+
+
+def _check_parameters(variant: type, params: Mapping[str, Any]) -> None:
+    declared = getattr(variant, "parameters", ())
+    for key in params:
+        if key not in declared and (key.startswith("_") or type(getattr(variant, key, None)) not in (int, float)):
+            raise InputError(f"{variant.__qualname__} has no parameter {key!r}; its parameters are {', '.join(declared)}")
+
+
+def conv_variant(variant: type[R.ConvRule], **params: Any) -> Custom:
+    """The table entry of a convolution explained with the rule class ``variant`` and its
+    parameters (the first-layer map's rule where the layer reads the input). A new LRP variant
+    is one :class:`~.rules.ConvRule` subclass and one row:
+    ``Composite().with_rule(nn.Conv2d, conv_variant(MyGammaConvRule, gamma=0.5))``. The
+    parameters are part of the composite's equality and JSON form."""
+    _check_parameters(variant, params)
+    name = f"{variant.__module__}.conv_variant({variant.__qualname__})"
 
     def factory(ctx: RuleContext) -> R.Rule:
-        cls = FIRST_CONV_RULE if ctx.first else variant
-        return cls(ctx.arg0, ctx.module, ctx.x, ctx.out, ctx.composite, ctx.node.target, ctx.validate, ctx.constants)
+        return build_conv(ctx, ctx.first_rule("conv") or spec, ctx.module, ctx.node.target)
 
-    return _named(factory, f"conv_variant({variant.__qualname__})", variant.__module__)
+    factory.variant = variant  # type: ignore[attr-defined]
+    spec = Custom(name=name, parameters=tuple(sorted(params.items())), target=factory)
+    return spec
 
 
-def linear_variant(variant: type[R.LinearRule], pointwise: type[R.ConvRule] = R.ZPlusConvRule) -> RuleFactory:
-    """The table entry of a dense layer explained with ``variant``; on a channels-last map
-    ``(1, H, W, C)`` it is a 1x1 convolution (ConvNeXt's pointwise layers) and gets the conv
-    variant ``pointwise``."""
+def linear_variant(variant: type[R.LinearRule], pointwise: type[R.ConvRule] = R.ZPlusConvRule,
+                   **params: Any) -> Custom:
+    """The table entry of a dense layer explained with the rule class ``variant`` and its
+    parameters; on a channels-last map ``(1, H, W, C)`` it is a 1x1 convolution (ConvNeXt's
+    pointwise layers) and gets the conv variant ``pointwise`` (without the parameters)."""
+    _check_parameters(variant, params)
+    name = f"{variant.__module__}.linear_variant({variant.__qualname__}, {pointwise.__qualname__})"
+    point = conv_variant(pointwise)
 
     def factory(ctx: RuleContext) -> R.Rule:
-        if isinstance(ctx.x, Tensor) and ctx.x.ndim == 4:
-            conv = FIRST_CONV_RULE if ctx.first else pointwise
-            return R.PointwiseLinearRule(ctx.arg0, ctx.module, ctx.x, ctx.out, conv, ctx.composite, ctx.node.target,
-                                         ctx.validate, ctx.constants)
-        return (FIRST_LINEAR_RULE if ctx.first else variant)(ctx.arg0, ctx.module, ctx.x, ctx.out, ctx.composite)
+        return build_linear(ctx, ctx.first_rule("linear") or spec, ctx.first_rule("conv") or point)
 
-    return _named(factory, f"linear_variant({variant.__qualname__}, {pointwise.__qualname__})", variant.__module__)
+    factory.variant = variant  # type: ignore[attr-defined]
+    spec = Custom(name=name, parameters=tuple(sorted(params.items())), target=factory)
+    return spec
 
 
-#: z+ for convolutions, epsilon for dense layers (``epsilon-plus[-flat]``)
-conv_rule = conv_variant(R.ZPlusConvRule)
-linear_rule = linear_variant(R.EpsilonLinearRule)
+def conv_rule(ctx: RuleContext) -> R.Rule:
+    """A convolution: the composite's ``conv`` rule (z+ in the presets; flat on the first layer)."""
+    return build_conv(ctx, ctx.rule("conv"), ctx.module, ctx.node.target)
+
+
+def linear_rule(ctx: RuleContext) -> R.Rule:
+    """A dense layer: the composite's ``linear`` rule (epsilon in the presets), its ``conv`` rule
+    on channels-last maps."""
+    if isinstance(ctx.x, Tensor) and ctx.x.ndim == 4:  # a 1x1 convolution: an added rule replaces the conv rule
+        return build_linear(ctx, ctx.composite.layer_rule("linear"), ctx.rule("conv"))
+    return build_linear(ctx, ctx.rule("linear"), ctx.composite.layer_rule("conv"))
 
 
 def pass_rule(ctx: RuleContext) -> R.Rule:
@@ -220,13 +324,13 @@ def _adaptive_max_pool_module(ctx: RuleContext) -> R.Rule:
 
 def _avg_pool_module(ctx: RuleContext) -> R.Rule:
     global_mean = isinstance(ctx.module, nn.AdaptiveAvgPool2d) and tuple(ctx.out.shape[-2:]) == (1, 1)
-    return R.NormPoolRule(ctx.arg0, ctx.module, ctx.x, ctx.out, global_mean, ctx.composite.stabilizer)
+    return R.NormPoolRule(ctx.arg0, ctx.module, ctx.x, ctx.out, global_mean, ctx.norm_stabilizer())
 
 
 def _sum_module(ctx: RuleContext) -> R.Rule:
     if not hasattr(ctx.module, "dim"):
         raise ctx.unsupported(f"module {type(ctx.module).__name__} without a 'dim' attribute")
-    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, (ctx.module.dim % ctx.x.ndim,), False, False, ctx.composite.stabilizer)
+    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, (ctx.module.dim % ctx.x.ndim,), False, False, ctx.norm_stabilizer())
 
 
 def add_rule(ctx: RuleContext) -> R.Rule:
@@ -236,7 +340,7 @@ def add_rule(ctx: RuleContext) -> R.Rule:
     nodes = ctx.node.args[:2]
     variable = [isinstance(n, fx.Node) and n in ctx.depends and isinstance(v, Tensor) for n, v in zip(nodes, ctx.args)]
     if all(variable):
-        return R.SumRule(nodes, ctx.args, ctx.out, ctx.composite.stabilizer, ctx.composite.dead_units == "flat")
+        return R.SumRule(nodes, ctx.args, ctx.out, ctx.norm_stabilizer(), ctx.composite.dead_units == "flat")
     return _constant_operand(ctx, nodes, variable, "addition")
 
 
@@ -256,7 +360,7 @@ def sub_rule(ctx: RuleContext) -> R.Rule:
     nodes = ctx.node.args[:2]
     variable = [isinstance(n, fx.Node) and n in ctx.depends and isinstance(v, Tensor) for n, v in zip(nodes, ctx.args)]
     if all(variable):
-        return R.SumRule(nodes, [ctx.args[0], -ctx.args[1]], ctx.out, ctx.composite.stabilizer,
+        return R.SumRule(nodes, [ctx.args[0], -ctx.args[1]], ctx.out, ctx.norm_stabilizer(),
                          ctx.composite.dead_units == "flat")
     return _constant_operand(ctx, nodes, variable, "subtraction")
 
@@ -286,7 +390,7 @@ def interpolate_rule(ctx: RuleContext) -> R.Rule:
         fn = lambda t: F.interpolate(t, *rest, **kw)  # noqa: E731
     if mode in ("nearest", "nearest-exact"):
         return index_rule(ctx, ctx.arg0, ctx.x, fn)
-    return R.NormPoolRule(ctx.arg0, fn, ctx.x, ctx.out, False, ctx.composite.stabilizer)
+    return R.NormPoolRule(ctx.arg0, fn, ctx.x, ctx.out, False, ctx.norm_stabilizer())
 
 
 def functional_conv_rule(ctx: RuleContext) -> R.Rule:
@@ -307,8 +411,7 @@ def functional_conv_rule(ctx: RuleContext) -> R.Rule:
             if bias is not None:
                 conv.bias.copy_(bias)
         ctx.constants[key] = conv
-    return (FIRST_CONV_RULE if ctx.first else R.ZPlusConvRule)(ctx.arg0, ctx.constants[key], ctx.x, ctx.out,
-                                                                ctx.composite, ctx.node.name, ctx.validate, ctx.constants)
+    return build_conv(ctx, ctx.rule("conv"), ctx.constants[key], ctx.node.name)
 
 
 def softmax_rule(ctx: RuleContext) -> R.Rule:
@@ -416,14 +519,14 @@ def reduce_rule(ctx: RuleContext) -> R.Rule:
     if dim is None:
         raise ctx.unsupported("sum/mean over all dimensions (includes the batch)")
     dims = tuple(d % ctx.x.ndim for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
-    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, dims, keepdim, mean, ctx.composite.stabilizer)
+    return R.ReduceRule(ctx.arg0, ctx.x, ctx.out, dims, keepdim, mean, ctx.norm_stabilizer())
 
 
 def avg_pool_function_rule(ctx: RuleContext) -> R.Rule:
     target, rest, kw = ctx.node.target, ctx.args[1:], ctx.kwargs
     global_mean = target is F.adaptive_avg_pool2d and tuple(ctx.out.shape[-2:]) == (1, 1)
     return R.NormPoolRule(ctx.arg0, lambda t: target(t, *rest, **kw), ctx.x, ctx.out, global_mean,
-                          ctx.composite.stabilizer)
+                          ctx.norm_stabilizer())
 
 
 def max_pool_function_rule(ctx: RuleContext) -> R.Rule:
@@ -609,3 +712,52 @@ def lookup(table: Mapping[RuleKey, RuleFactory], node: fx.Node, module: nn.Modul
     if name.endswith("_") and not name.endswith("__"):
         name = name[:-1]
     return table.get(name)
+
+
+@functools.cache
+def _builtin_table() -> Mapping[RuleKey, RuleFactory]:
+    """The built-in table, read-only (what an added specification's entry falls back to)."""
+    return MappingProxyType(default_rules())
+
+
+def spec_factory(spec: RuleSpec) -> RuleFactory:
+    """The table entry of a specification added for a key (``with_rule(nn.Conv2d, Gamma(gamma=0.5))``):
+    the built-in entry of the node, with ``spec`` replacing the layer map's rule."""
+
+    def factory(ctx: RuleContext) -> R.Rule | None:
+        builtin = lookup(_builtin_table(), ctx.node, ctx.module)
+        if builtin is None:
+            raise ctx.unsupported(f"node for the added rule {spec.label}")
+        ctx.override, ctx.override_used = spec, False
+        try:
+            rule = builtin(ctx)
+        finally:
+            ctx.override = None
+        if not ctx.override_used and not ctx.first:
+            raise InputError(f"the rule {spec.label} was added for node '{ctx.node.name}', whose built-in rule has no "
+                             "parameters to set; add it for a convolution, dense, sum or pooling layer")
+        return rule
+
+    factory.__qualname__ = factory.__name__ = f"spec_factory({spec.label})"
+    return factory
+
+
+def composite_table(extra_rules: tuple[tuple[object, RuleSpec], ...]) -> dict[RuleKey, RuleFactory]:
+    """The built-in table with a composite's added rules on top (:meth:`Composite.rule_table`):
+    a custom rule's factory itself, a built-in specification through :func:`spec_factory`."""
+    table = default_rules()
+    for key, spec in extra_rules:
+        table[key] = spec.target if isinstance(spec, Custom) else spec_factory(spec)  # type: ignore[index,assignment]
+    return table
+
+
+_DEPRECATED = {"FIRST_CONV_RULE": R.FlatConvRule, "FIRST_LINEAR_RULE": R.FlatLinearRule}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        warnings.warn(f"conceptree.attribution.rule_table.{name} is no longer consulted: the first layer's rule is "
+                      "the composite's first_layer_map (Composite(first_layer_map={...})); the name goes in the next "
+                      "release", DeprecationWarning, stacklevel=2)
+        return _DEPRECATED[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.fx as fx
@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .composites import Composite
 
-#: stabiliser of the norm rules when no composite gives one (``Composite.stabilizer``'s default).
+#: stabiliser of the norm rules when none is given (``Norm().stabilizer``'s default).
 NORM_STABILIZER = 1e-6
 
 
@@ -63,6 +62,23 @@ class Rule:
         for key, value in vars(self).items():
             setattr(new, key, _cast(value, dtype))
         return new
+
+
+def _init_parameters(rule: Rule, composite: Any, params: dict[str, Any]) -> None:
+    """Store a conv/dense variant's parameters on ``rule``: those given, else (the previous
+    release's way, a rule built with a composite) the composite's attribute of that name, else
+    the class default. A parameter is one named in the class's ``parameters`` or a public
+    numeric class attribute (a subclass's ``gamma = 0.25``)."""
+    cls = type(rule)
+    declared: tuple[str, ...] = getattr(cls, "parameters", ())
+    for key, value in params.items():
+        if key not in declared and (key.startswith("_") or type(getattr(cls, key, None)) not in (int, float)):
+            raise TypeError(f"{cls.__name__} has no parameter {key!r}; its parameters are {', '.join(declared)}")
+        setattr(rule, key, value)
+    if composite is not None:
+        for key in declared:
+            if key not in params and hasattr(composite, key):
+                setattr(rule, key, getattr(composite, key))
 
 
 def _cast(value, dtype: torch.dtype):
@@ -362,8 +378,11 @@ class ConvRule(Rule):
     the module computes a plain convolution, the stabilised denominator and the batched
     backward pass. A variant (zennit's shape: one class per rule) only says how the
     contributions are formed, in :meth:`contributions`: :class:`ZPlusConvRule`,
-    :class:`EpsilonConvRule`, :class:`FlatConvRule`. A new variant (e.g. Gamma) is one subclass
-    registered with :func:`conceptree.attribution.rule_table.conv_variant`.
+    :class:`EpsilonConvRule`, :class:`FlatConvRule`, :class:`GammaConvRule`. A variant's
+    hyperparameters are constructor keywords stored on the rule (:attr:`parameters`, e.g.
+    ``GammaConvRule(..., gamma=0.5)``) and read from ``self`` in :meth:`contributions`. A new
+    variant is one subclass (its parameters as class defaults, named in ``parameters``)
+    registered with :func:`conceptree.attribution.rule_table.conv_variant`, which takes the values.
 
     ``terms`` holds ``(input_factor, weight)`` pairs; the input relevance is
     ``sum_t input_factor_t * convT(weight_t, R * inv_z)`` (``input_factor`` None = 1), with
@@ -373,9 +392,21 @@ class ConvRule(Rule):
     #: ``z`` is a sum of non-negative terms, so it may be divided exactly where ``z > 0`` and a
     #: dead unit (``z == 0``) spreads its relevance flat (``Composite(dead_units="flat")``)
     nonnegative: bool = False
+    #: the constructor's keyword parameters (a variant adds its own, e.g. ``epsilon``, ``gamma``)
+    parameters: ClassVar[tuple[str, ...]] = ("stabilizer", "zero_bias", "dead_units")
+    #: stabiliser of the denominator (zennit's ``stabilizer``)
+    stabilizer: float = 1e-6
+    #: biases left out of the denominator (``Composite.zero_bias``)
+    zero_bias: bool = True
+    #: ``"flat"``: a dead unit of a non-negative variant spreads its relevance (``Composite.dead_units``)
+    dead_units: str = "flat"
 
-    def __init__(self, inp: fx.Node, module: nn.Conv2d, x: Tensor, out: Tensor, composite: Composite, name: str,
-                 validate: bool = True, constants: dict | None = None) -> None:
+    def __init__(self, inp: fx.Node, module: nn.Conv2d, x: Tensor, out: Tensor, composite: Any = None,
+                 name: str = "conv", validate: bool = True, constants: dict | None = None, **params: Any) -> None:
+        """``params``: the variant's parameters (:attr:`parameters`), e.g. ``stabilizer=1e-6``.
+        ``composite`` (optional, the previous release's way) gives those not passed and is handed
+        to :meth:`contributions` for variants that read it."""
+        _init_parameters(self, composite, params)
         self.inputs = (inp,)
         self.name = name
         self.pads, self.padding = conv_geometry(module, x, name)
@@ -392,7 +423,7 @@ class ConvRule(Rule):
                 f"conv '{name}' ({type(module).__name__}) does not compute a plain convolution; "
                 "replace its custom forward with nn.Conv2d"
             )
-        use_bias = bias is not None and not composite.zero_bias
+        use_bias = bias is not None and not self.zero_bias
         # values that depend only on the module and the input's shape are kept per engine
         const = constants if constants is not None else {}
 
@@ -410,7 +441,7 @@ class ConvRule(Rule):
         # input to credit; its relevance is spread uniformly over its receptive field (the
         # flat rule) instead of being dropped. Layers without such units pay nothing.
         self.has_dead_units = False
-        if self.nonnegative and composite.dead_units == "flat":
+        if self.nonnegative and self.dead_units == "flat":
             dead = z <= 1e-30
             self.inv_z = (1.0 / z).masked_fill_(dead, 0.0)
             if bool(dead.any()):
@@ -518,13 +549,14 @@ class ConvRule(Rule):
         """The module's convolution (after the explicit padding) with another weight and bias."""
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def contributions(self, xp: Tensor, weight: Tensor, bias: Tensor | None, composite: Composite,
+    def contributions(self, xp: Tensor, weight: Tensor, bias: Tensor | None, composite: Any,
                       constant: Callable[[str, Callable[[], Tensor]], Tensor]
                       ) -> tuple[list[tuple[Tensor | None, Tensor]], Tensor, float]:
         """The variant: ``(terms, z, eps)`` for the padded input ``xp`` ``(1, C, H, W)``.
 
-        ``bias`` is None when the composite leaves biases out (``zero_bias``); ``constant(what,
-        make)`` caches a value that depends only on the weight and the input's shape.
+        ``bias`` is None when biases are left out (``zero_bias``); ``constant(what, make)``
+        caches a value that depends only on the weight and the input's shape. A variant reads
+        its parameters from ``self`` (``composite`` is the constructor's, usually None).
         """
         raise NotImplementedError
 
@@ -545,14 +577,31 @@ class ZPlusConvRule(ConvRule):
             w_neg = constant("w_neg", lambda: weight.clamp(max=0))
             z = z + self.conv(x_neg, w_neg)
             terms.append((x_neg, w_neg))
-        return terms, z, composite.stabilizer
+        return terms, z, self.stabilizer
 
 
 class EpsilonConvRule(ConvRule):
-    """epsilon: ``z = W x (+ b)``, stabilised by the composite's ``epsilon``."""
+    """epsilon: ``z = W x (+ b)``, stabilised by ``epsilon``."""
+
+    parameters: ClassVar[tuple[str, ...]] = (*ConvRule.parameters, "epsilon")
+    epsilon: float = 1e-6
 
     def contributions(self, xp, weight, bias, composite, constant):  # type: ignore[no-untyped-def]
-        return [(xp, weight)], self.conv(xp, weight, bias), composite.epsilon
+        return [(xp, weight)], self.conv(xp, weight, bias), self.epsilon
+
+
+class GammaConvRule(ConvRule):
+    """LRP-gamma (Montavon et al. 2019; zennit's ``Gamma``): ``z = (W + gamma W+) x (+ b + gamma b+)``,
+    stabilised by ``stabilizer``."""
+
+    parameters: ClassVar[tuple[str, ...]] = (*ConvRule.parameters, "gamma")
+    gamma: float = 0.25
+
+    def contributions(self, xp, weight, bias, composite, constant):  # type: ignore[no-untyped-def]
+        gamma = self.gamma
+        modified = constant(f"gamma_w:{gamma!r}", lambda: weight + gamma * weight.clamp(min=0))
+        bias = bias + gamma * bias.clamp(min=0) if bias is not None else None
+        return [(xp, modified)], self.conv(xp, modified, bias), self.stabilizer
 
 
 class FlatConvRule(ConvRule):
@@ -564,7 +613,8 @@ class FlatConvRule(ConvRule):
         # ones on the image, zeros on the explicit padding (as the padded input's zeros)
         ones_x = lambda: F.pad(torch.ones_like(self._crop(xp)), self.pads) if any(self.pads) else torch.ones_like(xp)  # noqa: E731
         z = constant("flat_z", lambda: self.conv(ones_x(), ones_w))
-        return [(None, ones_w)], z, composite.stabilizer
+        return [(None, ones_w)], z, self.stabilizer
+
 
 class PointwiseLinearRule(Rule):
     """A dense layer applied at every position of a channels-last map: a 1x1 convolution.
@@ -581,14 +631,16 @@ class PointwiseLinearRule(Rule):
     channels_last = True
 
     def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, variant: type[ConvRule],
-                 composite: Composite, name: str, validate: bool = True, constants: dict | None = None) -> None:
+                 composite: Any = None, name: str = "pointwise", validate: bool = True, constants: dict | None = None,
+                 **params: Any) -> None:
         self.inputs = (inp,)
         conv = nn.Conv2d(module.in_features, module.out_features, 1, bias=module.bias is not None).to(module.weight)
         with torch.no_grad():
             conv.weight.copy_(module.weight[:, :, None, None])
             if module.bias is not None:
                 cast(Tensor, conv.bias).copy_(module.bias)
-        self.conv = variant(inp, conv, x.permute(0, 3, 1, 2), out.permute(0, 3, 1, 2), composite, name, validate, constants)
+        self.conv = variant(inp, conv, x.permute(0, 3, 1, 2), out.permute(0, 3, 1, 2), composite, name, validate, constants,
+                            **params)
 
     def use_channels_last(self) -> None:
         self.conv.use_channels_last()
@@ -608,14 +660,22 @@ class LinearRule(Rule):
     :class:`ZPlusLinearRule`, :class:`FlatLinearRule`), which say how the contributions are
     formed (:meth:`contributions`), as for :class:`ConvRule`."""
 
-    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, composite: Composite) -> None:
+    #: the constructor's keyword parameters (a variant adds its own, e.g. ``epsilon``, ``gamma``)
+    parameters: ClassVar[tuple[str, ...]] = ("stabilizer", "zero_bias")
+    stabilizer: float = 1e-6
+    zero_bias: bool = True
+
+    def __init__(self, inp: fx.Node, module: nn.Linear, x: Tensor, out: Tensor, composite: Any = None,
+                 **params: Any) -> None:
+        """``params``: the variant's parameters (:attr:`parameters`); ``composite`` as for :class:`ConvRule`."""
+        _init_parameters(self, composite, params)
         self.inputs = (inp,)
-        bias = module.bias if module.bias is not None and not composite.zero_bias else None
+        bias = module.bias if module.bias is not None and not self.zero_bias else None
         self.terms: list[tuple[Tensor | None, Tensor]]
         self.terms, z, eps = self.contributions(x, module.weight, bias, composite)
         self.inv_z = 1.0 / stabilize(z, eps)
 
-    def contributions(self, x: Tensor, weight: Tensor, bias: Tensor | None, composite: Composite
+    def contributions(self, x: Tensor, weight: Tensor, bias: Tensor | None, composite: Any
                       ) -> tuple[list[tuple[Tensor | None, Tensor]], Tensor, float]:
         """The variant: ``(terms, z, eps)`` for the input ``x`` ``(1, F)``."""
         raise NotImplementedError
@@ -632,10 +692,25 @@ class LinearRule(Rule):
 
 
 class EpsilonLinearRule(LinearRule):
-    """epsilon: ``z = W x (+ b)``, stabilised by the composite's ``epsilon``."""
+    """epsilon: ``z = W x (+ b)``, stabilised by ``epsilon``."""
+
+    parameters: ClassVar[tuple[str, ...]] = (*LinearRule.parameters, "epsilon")
+    epsilon: float = 1e-6
 
     def contributions(self, x, weight, bias, composite):  # type: ignore[no-untyped-def]
-        return [(x, weight)], F.linear(x, weight, bias), composite.epsilon
+        return [(x, weight)], F.linear(x, weight, bias), self.epsilon
+
+
+class GammaLinearRule(LinearRule):
+    """LRP-gamma: ``z = (W + gamma W+) x (+ b + gamma b+)``, stabilised by ``stabilizer``."""
+
+    parameters: ClassVar[tuple[str, ...]] = (*LinearRule.parameters, "gamma")
+    gamma: float = 0.25
+
+    def contributions(self, x, weight, bias, composite):  # type: ignore[no-untyped-def]
+        modified = weight + self.gamma * weight.clamp(min=0)
+        bias = bias + self.gamma * bias.clamp(min=0) if bias is not None else None
+        return [(x, modified)], F.linear(x, modified, bias), self.stabilizer
 
 
 class ZPlusLinearRule(LinearRule):
@@ -645,7 +720,7 @@ class ZPlusLinearRule(LinearRule):
         w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
         x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
         z = F.linear(x_pos, w_pos, bias.clamp(min=0) if bias is not None else None) + F.linear(x_neg, w_neg)
-        return [(x_pos, w_pos), (x_neg, w_neg)], z, composite.stabilizer
+        return [(x_pos, w_pos), (x_neg, w_neg)], z, self.stabilizer
 
 
 class FlatLinearRule(LinearRule):
@@ -653,4 +728,4 @@ class FlatLinearRule(LinearRule):
 
     def contributions(self, x, weight, bias, composite):  # type: ignore[no-untyped-def]
         ones_w = torch.ones_like(weight)
-        return [(None, ones_w)], F.linear(torch.ones_like(x), ones_w), composite.stabilizer
+        return [(None, ones_w)], F.linear(torch.ones_like(x), ones_w), self.stabilizer

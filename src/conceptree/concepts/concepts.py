@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from ..attribution.engine import NeuronMaps
+from ..attribution.results import NeuronMaps
 from ..errors import InputError
 from .clustering import DEFAULT_K_RANGE, DEFAULT_K_RULE, KEEP_CONDENSED_MAX, cluster
 from .distance import DistanceConfig, NeuronDistance, check_linkage

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..attribution import CRPEngine
-from ..attribution.engine import DEFAULT_BATCH_SIZE, NeuronMaps
+from ..attribution.engine import DEFAULT_BATCH_SIZE
+from ..attribution.results import NeuronMaps
 from ..errors import InputError
 from .concepts import Concept, ConceptSet
 from .distance import DEFAULT_MAP_SIZE

@@ -22,7 +22,7 @@ Why first passage: a concept's members span layers, and with skip connections no
 cut, so "the relevance of C at layer L" is not defined; first passage assigns every unit of C's
 relevance to exactly one place (conserved), follows residual paths past layers, and credits the
 *nearest* concepts C is built from (the graph is read transitively: C ← D ← E). Cost: one
-batched propagation of k rows (:meth:`CRPEngine.propagate_absorbing`), no per-neuron pass.
+batched propagation of k rows (:meth:`CRPEngine.absorbing_flows`), no per-neuron pass.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from ..attribution import CRPEngine
-from ..errors import InputError
 from .concepts import Concept
 
 #: Edges drawn and listed ("made of", "feeds") carry at least this share of a concept's relevance.
@@ -133,7 +132,7 @@ def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch
     batch_size : int
         Concepts propagated together.
     dtype : torch.dtype or None
-        Compute type of the propagation (:meth:`ForwardPass.cast`); None: the attribution's.
+        Compute type of the propagation (a cast copy of the attribution's pass); None: the attribution's.
 
     Returns
     -------
@@ -143,54 +142,14 @@ def concept_flows(engine: CRPEngine, attribution, concepts: list[Concept], batch
     if k == 0:
         z = np.zeros(0)
         return ConceptFlows(np.zeros((0, 0)), z, z, z, z)
-    forward = attribution.forward if dtype is None else attribution.forward.cast(dtype)
-    forward.use_channels_last()  # as for the concept maps: the batched convolutions run faster
-    work = forward.input.dtype
-    owner: dict[str, np.ndarray] = {}  # layer -> concept of each channel (-1: none)
-    for c, concept in enumerate(concepts):
-        for layer, channels in concept.groups().items():
-            if layer not in attribution.layer_relevance:
-                raise InputError(f"layer {layer!r} is not among the engine's selected layers")
-            if layer not in owner:
-                owner[layer] = np.full(attribution.layer_relevance[layer].shape[0], -1, np.int64)
-            owner[layer][np.asarray(channels, np.int64)] = c
-    absorb = {}
-    for layer, who in owner.items():
-        rel = attribution.layer_relevance[layer]
-        mask = torch.as_tensor(who >= 0, dtype=work, device=rel.device).reshape(1, -1, *([1] * (rel.ndim - 1)))
-        absorb[engine.node_of_layer(layer)] = engine.node_layout(forward, engine.node_of_layer(layer), mask)
-    absorbed = np.zeros((k, k))
-    to_input = np.zeros(k)
-    starts_total = np.zeros(k)
-    for first in range(0, k, batch_size):
-        chunk = concepts[first : first + batch_size]
-        start: dict = {}
-        for row, concept in enumerate(chunk):
-            for layer, channels in concept.groups().items():
-                node = engine.node_of_layer(layer)
-                rel = attribution.layer_relevance[layer].to(work)
-                idx = torch.as_tensor(channels, dtype=torch.long, device=rel.device)
-                if node not in start:
-                    start[node] = rel.new_zeros((len(chunk), *rel.shape))
-                start[node][row, idx] = rel[idx]
-        for rel in start.values():
-            starts_total[first : first + len(chunk)] += rel.double().flatten(1).sum(1).cpu().numpy()
-        start = {node: engine.node_layout(forward, node, rel) for node, rel in start.items()}
-        input_rel, taken = engine.propagate_absorbing(forward, start, absorb)
-        to_input[first : first + len(chunk)] = input_rel.double().flatten(1).sum(1).cpu().numpy()
-        for layer, who in owner.items():
-            node = engine.node_of_layer(layer)
-            if node not in taken:
-                continue
-            per_channel = taken[node].double().cpu().numpy()  # (rows, channels)
-            member = who >= 0
-            for row in range(len(chunk)):
-                absorbed[first + row] += np.bincount(who[member], weights=per_channel[row, member], minlength=k)
+    result = engine.absorbing_flows(attribution, [concept.groups() for concept in concepts], batch_size=batch_size,
+                                    dtype=dtype)
+    absorbed, starts_total = result.absorbed.numpy(), result.start.numpy()
     relevance = starts_total.copy()  # R_C on this attribution (a traced concept's relevance on another image)
     scale = np.where(np.abs(starts_total) > 0, starts_total, 1.0)
     shares = absorbed / scale[:, None]
     self_share = np.diag(shares).copy()
     np.fill_diagonal(shares, 0.0)
-    to_input = to_input / scale
+    to_input = result.to_input.numpy() / scale
     leak = 1.0 - shares.sum(1) - self_share - to_input
     return ConceptFlows(shares, self_share, to_input, leak, relevance)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.spatial.distance import squareform
 
-from ..attribution.engine import NeuronMaps
+from ..attribution.results import NeuronMaps
 from ..errors import InputError
 from .clustering import DEFAULT_K_RANGE, nested_silhouettes
 from .concepts import ConceptSet, _build_concepts, _neuron, canonical_order

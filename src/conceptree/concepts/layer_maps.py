@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attribution.engine import Attribution, NeuronMaps
+from ..attribution.results import Attribution, NeuronMaps
 from ..errors import InputError
 from .distance import DEFAULT_MAP_SIZE
 

@@ -18,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..attribution.engine import Attribution, NeuronMaps
+from ..attribution.results import Attribution, NeuronMaps
 from ..concepts.concepts import Concept, ConceptSet, Neuron
 from ..concepts.distance import DEFAULT_MAP_SIZE, DistanceConfig
 from ..concepts.layer_maps import layer_neuron_maps

@@ -21,7 +21,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..attribution.engine import Attribution, NeuronMaps
+from ..attribution.results import Attribution, NeuronMaps
 from ..concepts.concepts import Concept, ConceptSet, Neuron
 from ..concepts.distance import DistanceConfig
 from ..concepts.hierarchy import Tree, grow_frontier, hierarchical_concepts, top_frontier

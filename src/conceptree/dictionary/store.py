@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compatibility import key_difference, key_mismatch
 from ..errors import InputError
-from ..index.store import key_difference, key_mismatch
 
 #: version of the folder layout (``dictionary.json["format"]``).
 DICTIONARY_FORMAT = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from ..attribution.engine import DEFAULT_BATCH_SIZE, CRPEngine
+from ..errors import InputError
 from .baselines import CAM_METHODS, cam_maps, dcne_maps, top_neurons
 
 CACHE_VERSION = 2
@@ -70,12 +72,19 @@ class ImageMaps:
 
     @classmethod
     def load(cls, path: str | Path) -> ImageMaps:
-        with np.load(path) as npz:
-            if int(npz["version"]) != CACHE_VERSION:
-                raise ValueError(f"{path} is from cache version {int(npz['version'])}; delete it to recompute")
-            kw = {f.name: npz[f.name] for f in fields(cls) if f.name not in ("cam", "layers")}
-            kw["cam"] = {k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith("cam/")}
-            kw["layers"] = [str(s) for s in npz["layers"]]
+        try:
+            with np.load(path) as npz:
+                version = int(npz["version"])
+                if version != CACHE_VERSION:
+                    raise InputError(f"{path} is from cache version {version}, this conceptree reads "
+                                     f"{CACHE_VERSION}; delete it (or the whole cache folder) to recompute")
+                kw = {f.name: npz[f.name] for f in fields(cls) if f.name not in ("cam", "layers")}
+                kw["cam"] = {k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith("cam/")}
+                kw["layers"] = [str(s) for s in npz["layers"]]
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise InputError(f"cannot read cached maps {path} ({type(exc).__name__}); delete it to recompute") from None
         for name in ("target", "predicted"):
             kw[name] = int(kw[name])
         kw["probability"] = float(kw["probability"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .protocol import THRESHOLDS
 from .runner import EvaluationRun, ImageScores
 
@@ -194,5 +195,8 @@ def load_results(path: str | Path) -> dict:
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run conceptree evaluate first")
-    return json.loads(path.read_text())
+        raise InputError(f"{path} not found; run conceptree evaluate first")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} ({exc}); run conceptree evaluate again") from None

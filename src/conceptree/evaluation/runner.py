@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,7 +20,8 @@ from ..concepts.options import PRESETS, ConceptOptions
 from ..datasets.cub_parts import REGION_RULES
 from ..datasets.images import AnnotatedImage
 from ..errors import InputError
-from ..models.loading import ModelSpec, Preprocessing, load_image, preprocess
+from ..jobs import Progress, TaskFailed, fan_out
+from ..models.loading import LoadedModel, Preprocessing, load_image, preprocess
 from ..tasks import ModelSource
 from .controls import randomise_model
 from .faithfulness import FaithfulnessResult, occlusion_drops, summarise_faithfulness
@@ -125,32 +126,65 @@ def cache_path(cache_dir: Path, image: AnnotatedImage) -> Path:
     return cache_dir / f"{image.image_id}.npz"
 
 
-def _input(image: AnnotatedImage, spec: ModelSpec) -> torch.Tensor:
+def _input(image: AnnotatedImage, spec: LoadedModel) -> torch.Tensor:
     picture, _ = load_image(str(image.path))
     x, _ = preprocess(picture, spec.preprocessing)
     return x
 
 
-def _cache_chunk(model_args: ModelSource, images: list[AnnotatedImage], cache_dir: Path, threads: int | None = None,
-                 on_done=None) -> dict[str, float]:
-    """Compute and store the maps of ``images``, loading and canonizing the model once.
+@dataclass(kw_only=True)
+class CacheWorker:
+    """Computes and stores photos' maps, loading and canonizing the model once per process
+    (picklable: a copy sent to another process loads the model there).
 
-    ``threads`` is set only in worker processes (the caller's process keeps its setting).
+    Parameters
+    ----------
+    source : ModelSource
+        The evaluated model.
+    cache_dir : str
+        Where the maps are stored (:func:`cache_path`).
     """
-    if threads is not None:
-        torch.set_num_threads(threads)
-    spec = model_args.load()
-    engine = CRPEngine(spec.model)
-    canonized = canonize(spec.model)
-    seconds = {}
-    for image in images:
-        t0 = time.perf_counter()
-        maps = compute_image_maps(engine, spec.model, canonized, _input(image, spec), image.target)
-        maps.save(cache_path(cache_dir, image))
-        seconds[image.image_id] = time.perf_counter() - t0
-        if on_done is not None:
-            on_done()
-    return seconds
+
+    source: ModelSource
+    cache_dir: str
+    _loaded: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_loaded": None}
+
+    def __call__(self, images: Sequence[AnnotatedImage]) -> dict[str, float]:
+        """Compute and store the maps of ``images``; seconds per image id."""
+        if self._loaded is None:
+            spec = self.source.load()
+            self._loaded = (spec, CRPEngine(spec.model), canonize(spec.model))
+        spec, engine, canonized = self._loaded
+        seconds = {}
+        for image in images:
+            t0 = time.perf_counter()
+            maps = compute_image_maps(engine, spec.model, canonized, _input(image, spec), image.target)
+            maps.save(cache_path(Path(self.cache_dir), image))
+            seconds[image.image_id] = time.perf_counter() - t0
+        return seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheChunk:
+    """A task of :func:`build_cache` (picklable): the maps of some photos."""
+
+    worker: CacheWorker
+    images: tuple[AnnotatedImage, ...]
+
+    @property
+    def task_id(self) -> str:
+        return f"photos {self.images[0].image_id}..{self.images[-1].image_id}" if len(self.images) > 1 else \
+            f"photo {self.images[0].image_id}"
+
+    @property
+    def size(self) -> int:
+        return len(self.images)
+
+    def __call__(self) -> dict[str, float]:
+        return self.worker(self.images)
 
 
 def check_manifest(cache_dir: Path, model_args: ModelSource) -> None:
@@ -185,13 +219,18 @@ def build_cache(
     progress: bool = True,
     executor: str = "process",
     ray_address: str | None = None,
+    *,
+    retries: int = 2,
 ) -> dict[str, float]:
     """Compute and store :class:`ImageMaps` for every image not cached yet (resumable).
 
-    ``executor``: ``"process"`` (a process pool of ``workers`` on this machine) or ``"ray"``
-    (one Ray task per chunk of photos, on a local Ray with ``workers`` tasks at a time or on
-    the cluster at ``ray_address``; the cache and its manifest are the same). Each task loads
-    the model once for its chunk. Returns seconds per newly computed image id.
+    ``executor``: ``"process"`` (a process pool of ``workers`` on this machine; in this process
+    when ``workers`` is 1) or ``"ray"`` (one Ray task per chunk of photos, on a local Ray with
+    ``workers`` tasks at a time or on the cluster at ``ray_address``; the cache and its manifest
+    are the same). Each task loads the model once for its chunk (~4 chunks per worker); in this
+    process the model is loaded once. Runs on :func:`~conceptree.jobs.fan_out`: a task that
+    fails is retried ``retries`` times, then the build stops (the photos done stay cached).
+    Returns seconds per newly computed image id.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -199,53 +238,25 @@ def build_cache(
     todo = [im for im in images if not cache_path(cache_dir, im).exists()]
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"CRP + baselines ({len(images) - len(todo)} cached)", unit="image")
-    seconds: dict[str, float] = {}
     if executor not in ("process", "ray"):
         raise InputError(f"unknown executor {executor!r}; use process or ray")
-    if executor == "ray" and todo:
-        seconds = _cache_on_ray(model_args, todo, cache_dir, workers, ray_address, bar)
-    elif workers == 1 or len(todo) <= 1:
-        seconds = _cache_chunk(model_args, todo, cache_dir, on_done=bar.update if bar else None) if todo else {}
+    worker = CacheWorker(source=model_args, cache_dir=str(cache_dir))
+    if executor == "process" and (workers == 1 or len(todo) <= 1):
+        kind, tasks = "local", [CacheChunk(worker=worker, images=(im,)) for im in todo]  # one model load in all
     else:
-        import multiprocessing
-
+        kind = executor
         size = max(1, -(-len(todo) // (4 * workers)))  # ~4 chunks per worker: one model load per chunk
-        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_cache_chunk, model_args, chunk, cache_dir, threads): chunk for chunk in chunks}
-            for future in as_completed(futures):
-                seconds.update(future.result())
-                if bar:
-                    bar.update(len(futures[future]))
-    if bar:
-        bar.close()
+        tasks = [CacheChunk(worker=worker, images=tuple(todo[i : i + size])) for i in range(0, len(todo), size)]
+    bar = Progress(description=f"CRP + baselines ({len(images) - len(todo)} cached)", unit="image") if progress else None
+    try:
+        ran = fan_out(tasks, executor=kind, retries=retries, on_failure="raise", workers=workers, ray_address=ray_address,
+                      progress=bar)
+    except TaskFailed as exc:
+        raise TaskFailed(exc.failure, hint="rerun the same command to resume (the photos done stay cached)") from None
+    seconds: dict[str, float] = {}
+    for part in ran.results:
+        seconds.update(part or {})
     return seconds
-
-
-def _cache_on_ray(model_args, todo, cache_dir, workers, ray_address, bar) -> dict[str, float]:
-    from ..tasks import ray_session
-
-    with ray_session(ray_address) as ray:
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        n = max(1, min(workers, int(cpus)))
-        task = ray.remote(num_cpus=cpus / n, max_retries=2)(_cache_chunk)
-        size = max(1, -(-len(todo) // (4 * n)))
-        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-        pending = {task.remote(model_args, chunk, cache_dir, max(1, int(cpus / n))): chunk for chunk in chunks}
-        seconds: dict[str, float] = {}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            chunk = pending.pop(done[0])
-            seconds.update(ray.get(done[0]))
-            if bar:
-                bar.update(len(chunk))
-        return seconds
 
 
 def input_neurons_path(cache_dir: Path, image_id: str, max_neurons: int | None, coverage: float | None = None,
@@ -356,7 +367,7 @@ class EvaluationRun:
     subsets: list[str]
 
 
-def _grey(spec: ModelSpec) -> torch.Tensor:
+def _grey(spec: LoadedModel) -> torch.Tensor:
     prep = spec.preprocessing
     mean = torch.as_tensor(prep.mean, dtype=torch.float32)
     std = torch.as_tensor(prep.std, dtype=torch.float32)
@@ -436,10 +447,10 @@ def evaluate_images(
     return run
 
 
-def _load_dictionaries(paths: dict[str, str], engine: CRPEngine, spec: ModelSpec) -> dict:
+def _load_dictionaries(paths: dict[str, str], engine: CRPEngine, spec: LoadedModel) -> dict:
     """The evaluated dictionaries, each checked against the evaluated model, rules, layers and preprocessing."""
+    from ..compatibility import composite_key
     from ..dictionary import ConceptDictionary
-    from ..index.store import composite_key
     from ..models.loading import model_hash
 
     out = {}

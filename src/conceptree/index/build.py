@@ -9,7 +9,8 @@ folder with ``index.json`` is complete) and the shards are removed.
 
 An unreadable image is recorded as ``failed`` with its one-line error and the build goes on;
 any other exception in a shard is retried (``max_retries``) and, if it persists, stops the
-build with a message to rerun (the finished shards stay).
+build with a message to rerun (the finished shards stay): :func:`~conceptree.jobs.fan_out` with
+``on_failure="raise"``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import numpy as np
 
 from ..attribution import Composite
 from ..errors import ConceptreeError, InputError
-from ..tasks import ModelSource, atomic_write_text, collect_images, executor_kind, ray_session
+from ..jobs import Progress, TaskFailed, fan_out
+from ..tasks import ModelSource, atomic_write_text, collect_images, executor_kind
 from .store import (
     FLOAT16_MAX,
     INDEX_FORMAT,
@@ -61,7 +63,7 @@ def reference_set(source: str | Path | Sequence[str | Path]) -> tuple[Path, list
 
     A ``cub_parts`` folder (``annotations.json``) gives every photo with its label (the bird
     model's class of its species, where the model knows it) and its visible part keypoints;
-    anything else is read by :func:`~conceptree.runs.tasks.collect_images` (no labels).
+    anything else is read by :func:`~conceptree.tasks.collect_images` (no labels).
     """
     if isinstance(source, (str, Path)) and (Path(source) / "annotations.json").is_file():
         from ..datasets.cub_parts import load_cub_parts
@@ -79,9 +81,111 @@ def reference_set(source: str | Path | Sequence[str | Path]) -> tuple[Path, list
     return root, [ReferenceItem(str(p.relative_to(root))) for p in paths]
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True)
+class ShardWorker:
+    """The model and its traced engine that compute shards (picklable).
+
+    Built on first use, once per process: the shards run in this process share one worker (the
+    builder passes the ``spec`` and ``engine`` it has already built); a Ray task gets a pickled
+    copy without them and loads the model itself, checking its parameter hash.
+
+    Parameters
+    ----------
+    source : ModelSource
+        How a worker builds the model.
+    composite : Composite
+        LRP rules.
+    layers, exclude_layers : tuple of str, optional
+        The engine's layers, as :class:`IndexBuilder` takes them.
+    model_hash : str
+        The hash of the model the index was started with.
+    spec, engine : optional
+        A loaded ``LoadedModel`` and its ``CRPEngine`` (not pickled).
+    """
+
+    source: ModelSource
+    composite: Composite
+    layers: tuple[str, ...] | None
+    exclude_layers: tuple[str, ...] | None
+    model_hash: str
+    spec: object | None = field(default=None, repr=False, compare=False)
+    engine: object | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "spec": None, "engine": None}  # each process loads its own model
+
+    def load(self) -> None:
+        """Load the model and build the engine (nothing when they are there)."""
+        if self.engine is not None:
+            return
+        from ..attribution import CRPEngine
+        from ..models.loading import model_hash
+
+        spec = self.source.load()
+        if model_hash(spec.model) != self.model_hash:
+            raise InputError("the model a worker loaded differs from the one the index was started with "
+                             "(parameter hash); use the same model files everywhere")
+        self.spec, self.engine = spec, CRPEngine(spec.model, self.composite, self.layers, self.exclude_layers)
+
+    def run(self, job: ShardJob) -> None:
+        """Compute one shard and write ``shards/shard-NNNNN.npz`` atomically."""
+        import torch
+
+        from ..models.loading import load_image, preprocess
+
+        self.load()
+        engine, spec = self.engine, self.spec
+        n_neurons = sum(layer.channels for layer in engine.layers)
+        relevance = np.zeros((len(job.rows), n_neurons), dtype=np.float16)
+        peaks = np.zeros((len(job.rows), n_neurons), dtype=np.uint16)
+        records: list[dict] = []
+        layer_sizes: dict[str, list[int]] = {}
+        inputs: list[tuple[int, torch.Tensor]] = []
+        for i, item in enumerate(job.items):
+            path = Path(job.root) / item.path
+            record = {"row": job.rows[i], "path": item.path, "status": "ok", "label": item.label,
+                      "annotation": item.annotation}
+            try:
+                data = path.read_bytes()
+                record["file_sha1"] = hashlib.sha1(data).hexdigest()
+                picture, _ = load_image(str(path))
+                x, shown = preprocess(picture.convert("RGB"), spec.preprocessing)
+                record["pixels_sha1"] = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
+                if inputs and x.shape != inputs[0][1].shape:
+                    raise InputError(f"{item.path} preprocesses to {tuple(x.shape)}, the others to "
+                                     f"{tuple(inputs[0][1].shape)}; use a preprocessing with a fixed size")
+                inputs.append((i, x))
+            except (OSError, ConceptreeError) as exc:
+                record.update(status="failed", error=str(exc).splitlines()[0])
+            records.append(record)
+        for first in range(0, len(inputs), job.batch_size):
+            chunk = inputs[first : first + job.batch_size]
+            x = torch.cat([t for _, t in chunk])
+            targets = [job.items[i].label if job.target == "label" else None for i, _ in chunk]
+            result = engine.attribute_batch(x, targets, keep_maps=True)
+            peak_cells = peak_grid_cells(result.layer_relevance)
+            layer_sizes = {name: list(rel.shape[-2:]) for name, rel in result.layer_relevance.items()}
+            probs = torch.softmax(result.logits.double(), 1)
+            values = result.channel_relevance.cpu().numpy()
+            if np.abs(values).max(initial=0.0) > FLOAT16_MAX:
+                raise InputError(f"a relevance exceeds float16's range ({FLOAT16_MAX:g}): this model's logits are too "
+                                 "large for a float16 index")
+            for j, (i, _) in enumerate(chunk):
+                relevance[i] = values[j].astype(np.float16)
+                peaks[i] = peak_cells[j]
+                records[i].update(target=int(result.targets[j]), abs_total=float(np.abs(values[j]).sum()),
+                                  predicted=int(probs[j].argmax()), probability=float(probs[j].max()))
+        final = shard_path(Path(job.out), job.shard)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.stem}-{os.getpid()}.tmp.npz")
+        np.savez(tmp, relevance=relevance, peaks=peaks, meta=np.array(json.dumps({"key": job.key, "records": records, "layer_sizes": layer_sizes})))
+        os.replace(tmp, final)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ShardJob:
-    """What one task needs (picklable for Ray)."""
+    """One shard's task for :func:`~conceptree.jobs.fan_out` (picklable): its images, where it
+    is written, and the worker that computes it."""
 
     shard: int
     rows: tuple[int, ...]
@@ -89,13 +193,22 @@ class ShardJob:
     root: str
     out: str
     key: dict
-    source: ModelSource
-    composite: Composite
-    layers: tuple[str, ...] | None
-    exclude_layers: tuple[str, ...] | None
     batch_size: int
     target: str
-    attempt_log: str | None = None
+    worker: ShardWorker
+
+    @property
+    def task_id(self) -> str:
+        return f"shard {self.shard}"
+
+    @property
+    def size(self) -> int:
+        """Images in the shard (its weight on the progress bar)."""
+        return len(self.rows)
+
+    def __call__(self) -> int:
+        self.worker.run(self)
+        return self.shard
 
 
 def peak_grid_cells(layer_relevance: dict) -> np.ndarray:
@@ -129,89 +242,6 @@ def shard_path(out: Path, shard: int) -> Path:
     return out / "shards" / f"shard-{shard:05d}.npz"
 
 
-class _Worker:
-    """A model and its traced engine, built once per process and reused for every shard."""
-
-    def __init__(self, job: ShardJob) -> None:
-        from ..attribution import CRPEngine
-        from ..models.loading import model_hash
-
-        self.spec = job.source.load()
-        self.engine = CRPEngine(self.spec.model, job.composite, job.layers, job.exclude_layers)
-        found = model_hash(self.spec.model)
-        if found != job.key["model_hash"]:
-            raise InputError("the model a worker loaded differs from the one the index was started with "
-                             "(parameter hash); use the same model files everywhere")
-
-    def run(self, job: ShardJob) -> None:
-        import torch
-
-        from ..models.loading import load_image, preprocess
-
-        if job.attempt_log is not None:  # test hook: fail the first attempt of a shard
-            marker = Path(job.attempt_log) / f"shard-{job.shard}.attempted"
-            if not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text("1")
-                raise RuntimeError(f"injected failure of the first attempt at shard {job.shard}")
-        n_neurons = sum(layer.channels for layer in self.engine.layers)
-        relevance = np.zeros((len(job.rows), n_neurons), dtype=np.float16)
-        peaks = np.zeros((len(job.rows), n_neurons), dtype=np.uint16)
-        records: list[dict] = []
-        layer_sizes: dict[str, list[int]] = {}
-        inputs: list[tuple[int, torch.Tensor]] = []
-        for i, item in enumerate(job.items):
-            path = Path(job.root) / item.path
-            record = {"row": job.rows[i], "path": item.path, "status": "ok", "label": item.label,
-                      "annotation": item.annotation}
-            try:
-                data = path.read_bytes()
-                record["file_sha1"] = hashlib.sha1(data).hexdigest()
-                picture, _ = load_image(str(path))
-                x, shown = preprocess(picture.convert("RGB"), self.spec.preprocessing)
-                record["pixels_sha1"] = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
-                if inputs and x.shape != inputs[0][1].shape:
-                    raise InputError(f"{item.path} preprocesses to {tuple(x.shape)}, the others to "
-                                     f"{tuple(inputs[0][1].shape)}; use a preprocessing with a fixed size")
-                inputs.append((i, x))
-            except (OSError, ConceptreeError) as exc:
-                record.update(status="failed", error=str(exc).splitlines()[0])
-            records.append(record)
-        for first in range(0, len(inputs), job.batch_size):
-            chunk = inputs[first : first + job.batch_size]
-            x = torch.cat([t for _, t in chunk])
-            targets = [job.items[i].label if job.target == "label" else None for i, _ in chunk]
-            result = self.engine.attribute_batch(x, targets, keep_maps=True)
-            peak_cells = peak_grid_cells(result.layer_relevance)
-            layer_sizes = {name: list(rel.shape[-2:]) for name, rel in result.layer_relevance.items()}
-            probs = torch.softmax(result.logits.double(), 1)
-            values = result.channel_relevance.cpu().numpy()
-            if np.abs(values).max(initial=0.0) > FLOAT16_MAX:
-                raise InputError(f"a relevance exceeds float16's range ({FLOAT16_MAX:g}): this model's logits are too "
-                                 "large for a float16 index")
-            for j, (i, _) in enumerate(chunk):
-                relevance[i] = values[j].astype(np.float16)
-                peaks[i] = peak_cells[j]
-                records[i].update(target=int(result.targets[j]), abs_total=float(np.abs(values[j]).sum()),
-                                  predicted=int(probs[j].argmax()), probability=float(probs[j].max()))
-        final = shard_path(Path(job.out), job.shard)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.stem}-{os.getpid()}.tmp.npz")
-        np.savez(tmp, relevance=relevance, peaks=peaks, meta=np.array(json.dumps({"key": job.key, "records": records, "layer_sizes": layer_sizes})))
-        os.replace(tmp, final)
-
-
-def _shard_task(job: ShardJob) -> int:
-    """A Ray task: torch uses the CPUs Ray assigned (set in the worker only)."""
-    import ray
-    import torch
-
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(round(cpus))))
-    _Worker(job).run(job)
-    return job.shard
-
-
 @dataclass
 class IndexBuilder:
     """Builds a reference index (scikit-learn style: parameters here, work in :meth:`build`).
@@ -236,7 +266,8 @@ class IndexBuilder:
     ray_address : str, optional
         An existing Ray cluster.
     max_retries : int
-        Retries of a shard that raised an unexpected exception.
+        Retries of a shard that raised an unexpected exception (or whose worker died); a shard
+        that still fails stops the build (rerun to resume).
     progress : bool
         A progress bar with the rate and ETA.
 
@@ -257,7 +288,6 @@ class IndexBuilder:
     ray_address: str | None = None
     max_retries: int = 2
     progress: bool = True
-    attempt_log: str | None = field(default=None, repr=False)  # test hook
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -294,11 +324,12 @@ class IndexBuilder:
         if (out / "index.json").is_file():
             return ConceptIndex(out)
         root, items = reference_set(images)
-        jobs = [ShardJob(s, tuple(range(first, min(first + self.shard_size, len(items)))),
-                         tuple(items[first : first + self.shard_size]), str(root), str(out), key, source, composite,
-                         tuple(self.layers) if self.layers else None,
-                         tuple(self.exclude_layers) if self.exclude_layers else None,
-                         self.batch_size, self.target, self.attempt_log)
+        worker = ShardWorker(source=source, composite=composite, layers=tuple(self.layers) if self.layers else None,
+                             exclude_layers=tuple(self.exclude_layers) if self.exclude_layers else None,
+                             model_hash=key["model_hash"], spec=spec, engine=engine)
+        jobs = [ShardJob(shard=s, rows=tuple(range(first, min(first + self.shard_size, len(items)))),
+                         items=tuple(items[first : first + self.shard_size]), root=str(root), out=str(out), key=key,
+                         batch_size=self.batch_size, target=self.target, worker=worker)
                 for s, first in enumerate(range(0, len(items), self.shard_size))]
         out.mkdir(parents=True, exist_ok=True)
         for stale in (out / "shards").glob(".*.tmp.npz"):
@@ -306,21 +337,14 @@ class IndexBuilder:
         todo = [job for job in jobs if not shard_path(out, job.shard).is_file()]
         kind = executor_kind(self.executor)
         t0 = time.perf_counter()
-        bar = None
-        if self.progress and todo:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=sum(len(j.rows) for j in todo), unit="image",
-                       desc=f"index ({len(items) - sum(len(j.rows) for j in todo)} done before)")
+        progress = Progress(description=f"index ({len(items) - sum(len(j.rows) for j in todo)} done before)",
+                            unit="image") if self.progress else None
         try:
-            if kind == "ray":
-                workers = self._run_ray(todo, bar)
-            else:
-                workers = 1
-                self._run_local(todo, bar, engine, spec)
-        finally:
-            if bar is not None:
-                bar.close()
+            ran = fan_out(todo, executor=kind, retries=self.max_retries, on_failure="raise", workers=self.workers,
+                          ray_address=self.ray_address, gpu_per_task=True, progress=progress)
+        except TaskFailed as exc:
+            raise TaskFailed(exc.failure, hint="rerun the same command to resume") from None
+        workers = ran.workers
         wall = time.perf_counter() - t0
         self.computed_ = sum(len(j.rows) for j in todo)
         index = self._assemble(out, jobs, key, root, spec, engine)
@@ -343,50 +367,9 @@ class IndexBuilder:
             for shard in sorted((out / "shards").glob("shard-*.npz")):
                 found = json.loads(str(np.load(shard)["meta"]))["key"]
                 break
-        if found is not None and found != key:
+        if found is not None and key_difference(key, found):
             raise InputError(f"{out} holds an index built with other {', '.join(key_difference(key, found))}; "
                              "pass another --out or --overwrite")
-
-    def _run_local(self, todo: list[ShardJob], bar, engine, spec) -> None:
-        worker = _Worker.__new__(_Worker)
-        worker.spec, worker.engine = spec, engine
-        for job in todo:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    worker.run(job)
-                    break
-                except ConceptreeError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - retried, then reported with the resume hint
-                    if attempt == self.max_retries:
-                        raise ConceptreeError(f"shard {job.shard} failed ({type(exc).__name__}: {exc}); "
-                                              "rerun the same command to resume") from None
-            if bar is not None:
-                bar.update(len(job.rows))
-
-    def _run_ray(self, todo: list[ShardJob], bar) -> int:
-        import torch
-
-        with ray_session(self.ray_address) as ray:
-            cpus = float(ray.cluster_resources().get("CPU", 1))
-            n = max(1, min(self.workers or int(cpus), int(cpus)))
-            task = ray.remote(num_cpus=cpus / n, num_gpus=1 if torch.cuda.is_available() else 0,
-                              max_retries=self.max_retries, retry_exceptions=[RuntimeError, OSError, MemoryError])(_shard_task)
-            pending = {task.remote(job): job for job in todo}
-            failed = None
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                job = pending.pop(done[0])
-                try:
-                    ray.get(done[0])
-                except Exception as exc:  # noqa: BLE001 - reported after the other shards finish
-                    cause = getattr(exc, "cause", None) or exc
-                    failed = failed or f"shard {job.shard} failed ({type(cause).__name__}: {cause})"
-                if bar is not None:
-                    bar.update(len(job.rows))
-            if failed:
-                raise ConceptreeError(f"{failed}; rerun the same command to resume")
-            return n
 
     @staticmethod
     def _assemble(out: Path, jobs: list[ShardJob], key: dict, root: Path, spec, engine) -> ConceptIndex:

@@ -32,43 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compatibility import INDEX_FORMAT, composite_key, index_key, key_difference, key_mismatch
 from ..errors import InputError
 
-#: version of the folder layout (``index.json["format"]``).
-INDEX_FORMAT = 1
+# the compatibility key moved to conceptree.compatibility; re-exported here for the callers of the previous release
+__all__ = ["INDEX_FORMAT", "ConceptIndex", "IndexImage", "composite_key", "index_key", "key_difference", "key_mismatch"]
+
 INDEX_FILES = ("index.json", "relevance.npy", "peaks.npy")
 #: grid over the model input on which each neuron's relevance peak is stored (4-pixel cells at 224).
 PEAK_GRID = (56, 56)
 #: float16 holds relevances up to this magnitude; larger ones are refused rather than clipped.
 FLOAT16_MAX = 65504.0
-
-
-def composite_key(composite) -> dict:
-    """A composite as the key records it (its parameters and added rules by name)."""
-    return composite.to_dict()
-
-
-def index_key(model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None, target: str) -> dict:
-    """What must match for two indexes to be mixed, or for an explainer to use an index
-    (``composite`` as :func:`composite_key` gives it)."""
-    key = {"model_hash": model_hash, "composite": composite, "layers": list(layers),
-           "preprocessing": preprocessing, "target": target, "format": INDEX_FORMAT}
-    return json.loads(json.dumps(key))  # the JSON form (lists, not tuples): equal after a reload
-
-
-def key_mismatch(key: dict, model_hash: str, composite: dict, layers: list[str], preprocessing: dict | None) -> list[str]:
-    """Names of the fields of a stored ``key`` that differ from an explainer's model hash,
-    composite (as :func:`composite_key` gives it), layers and preprocessing."""
-    expected = json.loads(json.dumps({**key, "model_hash": model_hash, "composite": composite,
-                                      "layers": list(layers), "preprocessing": preprocessing}))
-    return key_difference(expected, key)
-
-
-def key_difference(expected: dict, found: dict) -> list[str]:
-    """Names of the key fields that differ (``model hash``, ``composite``...)."""
-    names = {"model_hash": "model parameters (hash)", "composite": "LRP rules", "layers": "layers",
-             "preprocessing": "preprocessing", "target": "target rule", "format": "index format"}
-    return [names[k] for k in names if expected.get(k) != found.get(k)]
 
 
 @dataclass(frozen=True)

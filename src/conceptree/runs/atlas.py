@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..explainer import ConceptExplainer
 from ..explanation import Explanation
 
 DEFAULT_LINK = 0.25
@@ -342,3 +343,79 @@ def write_atlas(atlas: Atlas, explanations: list[Explanation], folders: list[str
     )
     (out / "atlas.html").write_text(page, encoding="utf-8")
     return out
+
+
+def run_explanations(run_folder: str | Path) -> tuple[list[Explanation], list[str]]:
+    """The explanations of an ``explain-many`` run (explained now or by an earlier run) and
+    their folder names, in the run's order.
+
+    Parameters
+    ----------
+    run_folder : path
+        The ``out`` folder of :func:`~conceptree.runs.explain_many` (holding ``index.json``).
+
+    Returns
+    -------
+    (explanations, folders)
+        Lists of the same length; ``folders`` relative to ``run_folder``.
+    """
+    run = Path(run_folder)
+    index_path = run / "index.json"
+    try:
+        records = json.loads(index_path.read_text())["images"]
+        done = [r for r in records if r["status"] in ("ok", "skipped")]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{index_path} not found or unreadable; pass the --out folder of explain-many") from None
+    if not done:
+        raise InputError(f"no explanations in {run}; every image of the run failed (see {index_path})")
+    return [Explanation.load(run / r["folder"]) for r in done], [r["folder"] for r in done]
+
+
+def atlas_from_run(
+    run_folder: str | Path,
+    model,
+    *,
+    target: str | int | None = None,
+    link: float = DEFAULT_LINK,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
+    out: str | Path | None = None,
+) -> Atlas:
+    """The atlas of one class of an ``explain-many`` run (what ``conceptree atlas`` computes).
+
+    Parameters
+    ----------
+    run_folder : path
+        The run's folder (``index.json`` and one explanation folder per image).
+    model : LoadedModel or ModelSource
+        The run's model (:func:`~conceptree.models.loading.load_model`): its network traces the
+        cores, its class names resolve ``target``. Anything with a ``load()`` that gives one
+        (a :class:`~conceptree.tasks.ModelSource`) is loaded once the run has been read.
+    target : str or int, optional
+        The class (index or name) whose explanations form the atlas; default: the class
+        explained most often in the run (on a tie, the one explained first).
+    link, min_fraction
+        As :func:`build_atlas`.
+    out : path, optional
+        Also write ``atlas.json`` and ``atlas.html`` there (:func:`write_atlas`).
+
+    Returns
+    -------
+    Atlas
+    """
+    explanations, folders = run_explanations(run_folder)
+    if not hasattr(model, "resolve_target"):
+        model = model.load()
+    if target is None:
+        wanted = Counter(e.target.index for e in explanations).most_common(1)[0][0]
+    else:
+        wanted = model.resolve_target(str(target))
+    chosen = [(e, f) for e, f in zip(explanations, folders) if e.target.index == wanted]
+    if not chosen:
+        raise InputError(f"no explanation of class {target!r} in {run_folder}; pick a class the run explained "
+                         "(its index.json) or leave the target out")
+    kept, names = [e for e, _ in chosen], [f for _, f in chosen]
+    explainer = ConceptExplainer.for_explanation(model.model, kept[0])
+    atlas, _ = build_atlas(kept, names, explainer, link=link, min_fraction=min_fraction)
+    if out is not None:
+        write_atlas(atlas, kept, names, out)
+    return atlas

@@ -5,10 +5,10 @@ name), written atomically: the explanation is saved into a hidden temporary fold
 renamed into place when complete, so a killed worker or an interrupted run leaves no
 half-written folder. A rerun skips the images whose folder exists (resumable). A user error on
 one image (unreadable file, wrong size: a :class:`ConceptreeError`) is recorded in the index
-and the run goes on; any other exception is retried (``max_retries`` times, by Ray or by the
-in-process loop) and recorded if it persists; a retried attempt first removes the temporary
-folder of the attempt it replaces (a worker killed mid-save leaves one). ``index.json`` and
-``index.html`` list every image with its status.
+and the run goes on; any other exception, or a killed worker, is retried (``max_retries`` times,
+by :func:`~conceptree.jobs.fan_out` with ``on_failure="record"``) and recorded if it persists;
+a retried attempt first removes the temporary folder of the attempt it replaces (a worker killed
+mid-save leaves one). ``index.json`` and ``index.html`` list every image with its status.
 
 Without Ray installed (or with ``executor="local"``) the same function runs sequentially in
 this process. The per-image work is deterministic (no random state but the stability draws'
@@ -26,7 +26,6 @@ import html
 import json
 import os
 import shutil
-import signal
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from ..concepts.options import ConceptOptions
 from ..errors import ConceptreeError
+from ..jobs import Progress, fan_out
 from ..tasks import IMAGE_SUFFIXES, ModelSource, collect_images, executor_kind, ray_session
 
 __all__ = ["IMAGE_SUFFIXES", "ImageRecord", "ModelSource", "RunResult", "collect_images", "explain_many",
@@ -65,8 +65,8 @@ def folder_name(index: int, image: Path) -> str:
     return f"{index:04d}-{image.stem}"
 
 
-def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, out: str, name: str,
-                      attempt_log: str | None = None, files: dict[str, str] | None = None) -> dict:
+def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, out: str, name: str, *,
+                      files: dict[str, str] | None = None) -> dict:
     """Explain one image and move the complete explanation to ``out/name`` atomically.
 
     ``files``: the explainer's ``index`` and ``dictionary`` folders, when given.
@@ -81,8 +81,6 @@ def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, 
     final = Path(out) / name
     for stale in Path(out).glob(f".tmp-{name}-*"):  # an earlier attempt at this image was killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
-    if attempt_log is not None:  # test hook: lets a test make the first attempt of a task fail
-        _fail_first_attempt(attempt_log, name, out)
     try:
         explainer = ConceptExplainer.from_spec(source.load(), options=options, **(files or {}))
         explanation = explainer.explain(image)
@@ -99,19 +97,29 @@ def explain_to_folder(source: ModelSource, options: ConceptOptions, image: str, 
             "seconds": time.perf_counter() - t0}
 
 
-def _fail_first_attempt(log: str, name: str, out: str) -> None:
-    """Test hook: the first attempt at ``name`` raises, or, with a ``KILL`` file in ``log``, dies
-    mid-save as a SIGKILLed worker does (a partial temporary folder left behind)."""
-    path = Path(log) / f"{name}.attempted"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("1")
-        if (Path(log) / "KILL").exists():
-            partial = Path(out) / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-            partial.mkdir(parents=True)
-            (partial / "maps.npz").write_bytes(b"partial")
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"injected failure of the first attempt at {name}")
+@dataclass(frozen=True, kw_only=True)
+class ExplainImage:
+    """One image's task for :func:`~conceptree.jobs.fan_out` (picklable): :func:`explain_to_folder`.
+
+    Parameters
+    ----------
+    source, options, image, out, name, files
+        As :func:`explain_to_folder` takes them; ``name`` (the image's folder) is the task's id.
+    """
+
+    source: ModelSource
+    options: ConceptOptions
+    image: str
+    out: str
+    name: str
+    files: dict[str, str] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.name
+
+    def __call__(self) -> dict:
+        return explain_to_folder(self.source, self.options, self.image, self.out, self.name, files=self.files)
 
 
 @dataclass
@@ -140,7 +148,6 @@ def explain_many(
     workers: int | None = None,
     max_retries: int = 2,
     progress: bool = True,
-    attempt_log: str | None = None,
     index: str | None = None,
     dictionary: str | None = None,
 ) -> RunResult:
@@ -164,7 +171,8 @@ def explain_many(
         Concurrent tasks on a local Ray (default: the machine's CPU count); each task gets
         ``CPUs / workers`` CPUs, and one GPU when torch sees one.
     max_retries : int
-        Retries of a task that raises an unexpected exception (a crash, a killed worker).
+        Retries of a task that raises an unexpected exception (a crash, a killed worker); an
+        image that still fails is recorded (``status="failed"``) and the run goes on.
     index : path, optional
         A reference index of the model: each explanation lists its concepts' references.
     dictionary : path, optional
@@ -193,17 +201,21 @@ def explain_many(
             todo.append(record)
         records.append(record)
     kind = executor_kind(executor)
-    t0 = time.perf_counter()
-    bar = _progress(len(todo), len(records) - len(todo), progress)
-    run = _run_ray if kind == "ray" else _run_local
-    used = run(todo, source, options, out, max_retries, bar, ray_address=ray_address, workers=workers,
-               attempt_log=attempt_log, files={k: str(v) for k, v in (("index", index), ("dictionary", dictionary))
-                                               if v is not None})
-    if bar is not None:
-        bar.close()
+    files = {k: str(v) for k, v in (("index", index), ("dictionary", dictionary)) if v is not None}
+    tasks = [ExplainImage(source=source, options=options, image=r.image, out=str(out), name=r.folder, files=files or None)
+             for r in todo]
+    ran = fan_out(tasks, executor=kind, retries=max_retries, on_failure="record", workers=workers,
+                  ray_address=ray_address, gpu_per_task=True,
+                  progress=Progress(description=f"explain-many ({len(records) - len(todo)} done before)", unit="image")
+                  if progress else None)
+    for record, outcome, attempts in zip(todo, ran.results, ran.attempts):
+        if outcome is not None:
+            _apply(record, outcome, attempts)
+    for failure in ran.failures:  # an unexpected error that persisted through the retries
+        _apply(todo[failure.index], {"status": "failed", "error": failure.message}, failure.attempts)
     for stale in out.glob(".tmp-*"):  # every task has ended: what is left was a killed attempt's
         shutil.rmtree(stale, ignore_errors=True)
-    result = RunResult(records, out, time.perf_counter() - t0, kind, used)
+    result = RunResult(records, out, ran.wall_s, kind, ran.workers)
     write_index(result)
     return result
 
@@ -220,73 +232,12 @@ def _fill_from_folder(record: ImageRecord, folder: Path) -> None:
         pass
 
 
-def _progress(total: int, done_before: int, show: bool):
-    if not show or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"explain-many ({done_before} done before)", unit="image")
-
-
-def _update(bar, records: list[ImageRecord]) -> None:
-    if bar is not None:
-        bar.update()
-        bar.set_postfix(ok=sum(r.status == "ok" for r in records), failed=sum(r.status == "failed" for r in records))
-
-
 def _apply(record: ImageRecord, outcome: dict, attempts: int) -> None:
     record.status = outcome["status"]
     record.attempts = attempts
     for key in ("error", "target", "probability", "k", "largest_share", "seconds"):
         if key in outcome:
             setattr(record, key, outcome[key])
-
-
-def _run_local(todo, source, options, out, max_retries, bar, *, attempt_log=None, files=None, **_) -> int:
-    for record in todo:
-        for attempt in range(1, max_retries + 2):
-            try:
-                outcome = explain_to_folder(source, options, record.image, str(out), record.folder, attempt_log, files)
-                _apply(record, outcome, attempt)
-                break
-            except Exception as exc:  # noqa: BLE001 - retried, then recorded: the run goes on
-                if attempt == max_retries + 1:
-                    _apply(record, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, attempt)
-        _update(bar, todo)
-    return 1
-
-
-def _run_ray(todo, source, options, out, max_retries, bar, *, ray_address=None, workers=None, attempt_log=None,
-             files=None) -> int:
-    import torch
-
-    with ray_session(ray_address) as ray:
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        n = max(1, min(workers or int(cpus), int(cpus)))
-        gpus = 1 if torch.cuda.is_available() else 0
-        task = ray.remote(num_cpus=cpus / n, num_gpus=gpus, max_retries=max_retries,
-                          retry_exceptions=[RuntimeError, OSError, MemoryError])(_ray_task)
-        pending = {task.remote(source, options, r.image, str(out), r.folder, attempt_log, files): r for r in todo}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            record = pending.pop(done[0])
-            try:
-                _apply(record, ray.get(done[0]), 1)
-            except Exception as exc:  # noqa: BLE001 - Ray gave up after max_retries: recorded
-                cause = getattr(exc, "cause", None) or exc
-                _apply(record, {"status": "failed", "error": f"{type(cause).__name__}: {cause}"}, max_retries + 1)
-            _update(bar, todo)
-        return n
-
-
-def _ray_task(source, options, image, out, name, attempt_log, files=None):
-    """A Ray task: the worker's torch uses the CPUs Ray gave it (set here, in the worker only)."""
-    import ray
-    import torch
-
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(round(cpus))))
-    return explain_to_folder(source, options, image, out, name, attempt_log, files)
 
 
 def write_index(result: RunResult) -> None:
