@@ -56,7 +56,10 @@ class SourcedConcepts:
 class ConceptSource(Protocol):
     """What the explainer asks for: the concepts of one LRP pass."""
 
-    route: str
+    @property
+    def route(self) -> str:
+        """The route's name (:data:`~conceptree.concepts.options.HIERARCHIES`), saved in each explanation."""
+        ...
 
     def concepts(self, engine: CRPEngine, attribution: Attribution, x: Tensor, *, k: int | None = None,
                  neurons: NeuronMaps | None = None) -> SourcedConcepts:
