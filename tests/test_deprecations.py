@@ -25,6 +25,10 @@ def test_old_top_level_names_warn_and_are_the_new_objects(name, module):
     ("conceptree.report", "conceptree.render.report"), ("conceptree.notebook", "conceptree.render.notebook"),
     ("conceptree.concepts.graph", "conceptree.concepts.flows"), ("conceptree.attribution.graph", "conceptree.attribution.tracing"),
     ("conceptree.evaluation.cub_parts", "conceptree.datasets.cub_parts"), ("conceptree.compare", "conceptree.comparison"),
+    ("conceptree.colours", "conceptree.render.colours"), ("conceptree.report_graph", "conceptree.render.flows_svg"),
+    ("conceptree.evaluation.images", "conceptree.datasets.images"),
+    ("conceptree.evaluation.cub_expert", "conceptree.datasets.cub_expert"),
+    ("conceptree.evaluation.faces_parts", "conceptree.datasets.faces_parts"),
 ])
 def test_moved_modules_warn_and_reexport(old, new, monkeypatch):
     monkeypatch.delitem(sys.modules, old, raising=False)
@@ -50,6 +54,16 @@ def test_renamed_functions_and_types_warn():
     with pytest.warns(DeprecationWarning, match="index_features"):
         with pytest.raises(TypeError):
             features.neuron_features()
+
+
+def test_replace_of_a_composite_parameter_changes_its_rules():
+    from dataclasses import replace
+
+    from conceptree import Composite
+
+    changed = replace(Composite(), epsilon=1e-3, stabilizer=1e-4)
+    assert changed == Composite(epsilon=1e-3, stabilizer=1e-4) != Composite()
+    assert (changed.epsilon, changed.stabilizer) == (1e-3, 1e-4)
 
 
 def test_presets_are_read_only():

@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"explain"},
     {"runs", "evaluation"},
     # the user-facing edge: the CLI, the package's own namespace and the deprecated aliases of moved modules
-    {"cli", "__main__", "", "compare", "report", "notebook"},
+    {"cli", "__main__", "", "compare", "report", "notebook", "colours", "report_graph"},
 ]
 
 #: third-party modules that may be imported inside a function: optional extras or heavy imports that only

@@ -103,10 +103,9 @@ def test_fan_out_retries_and_records_failures_in_task_order():
     assert result.executor == "local" and result.workers == 1
     result = fan_out(tasks, retries=1, task_wrapper=Faults((3, 1), until=5))
     assert result.results == [0, None, 4, None, 16] and result.attempts == [1, 2, 1, 2, 1] and not result.ok
-    assert result.failures == [TaskFailure(index=1, task_id="square 1", message="RuntimeError: injected failure 1",
-                                           attempts=2),
-                               TaskFailure(index=3, task_id="square 3", message="RuntimeError: injected failure 3",
-                                           attempts=2)]
+    assert result.failures == [  # the whole message: explain-many's index.json records it
+        TaskFailure(index=1, task_id="square 1", message="RuntimeError: injected failure 1\nsecond line", attempts=2),
+        TaskFailure(index=3, task_id="square 3", message="RuntimeError: injected failure 3\nsecond line", attempts=2)]
     user = fan_out(tasks, retries=3, task_wrapper=Faults((2,), until=5, how="user"))  # the user's problem: no retry
     assert user.failures == [TaskFailure(index=2, task_id="square 2", message="ConceptreeError: bad input 2", attempts=1)]
     empty = fan_out([], executor="ray")  # nothing to run: no Ray session is started

@@ -24,4 +24,5 @@ class CheckpointError(ConceptreeError):
 
 class ModelError(ConceptreeError):
     """The model's own code failed on a well-formed input (its message and the failing node are kept;
-    the original exception is the ``__cause__``). Not the user's input: out of memory, a bug in the model."""
+    the original exception is the ``__cause__``): not the user's input, e.g. a bug in the model.
+    Out-of-memory errors are not wrapped: they propagate as they are."""

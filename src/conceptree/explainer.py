@@ -180,6 +180,12 @@ class ConceptExplainer:
                                      batch_size=batch_size, progress=progress)
         self.hierarchy = self.source.route
 
+    @property
+    def model_tree(self):
+        """The dictionary's model-level tree on the ``"tree"`` routes, else None (the previous release's
+        attribute; the source holds it now)."""
+        return getattr(self.source, "model_tree", None)
+
     def _open_checked(self, value, kind: type, name: str):
         """``value`` (None, a ``kind`` or a folder) opened and checked against this explainer's
         model, rules, layers and preprocessing (an index or a dictionary; one-line errors)."""

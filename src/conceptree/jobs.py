@@ -64,7 +64,8 @@ class TaskFailure:
     task_id : str
         Its ``task_id`` attribute (or its position).
     message : str
-        ``"ExceptionType: message"`` of the last attempt's error (one line).
+        ``"ExceptionType: message"`` of the last attempt's error, whole (records keep it; one-line
+        displays take its first line).
     attempts : int
         Attempts made (1 + retries, or 1 for a :class:`ConceptreeError`, which is not retried).
     """
@@ -80,7 +81,8 @@ class TaskFailed(ConceptreeError):
 
     def __init__(self, failure: TaskFailure, *, hint: str | None = None) -> None:
         self.failure, self.hint = failure, hint
-        text = f"{failure.task_id} failed after {failure.attempts} attempt(s) ({failure.message})"
+        first = failure.message.splitlines()[0] if failure.message else ""
+        text = f"{failure.task_id} failed after {failure.attempts} attempt(s) ({first})"
         super().__init__(f"{text}; {hint}" if hint else text)
 
     def __reduce__(self):  # picklable across processes despite the keyword-only constructor
@@ -223,8 +225,8 @@ def _task_id(task: object, index: int) -> str:
 
 
 def _message(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _call(task: Callable[[], R], attempt: int, task_wrapper: TaskWrapper | None) -> R:

@@ -87,9 +87,11 @@ class Composite:
         (default): epsilon for dense layers, z+ for convolutions, flat for every conv/dense
         layer that reads the model input. ``epsilon-plus``: the same without the flat first layer.
     epsilon : float, optional
-        ``epsilon`` of the preset's epsilon rules (zennit's ``epsilon``), default 1e-6.
+        Sets ``epsilon`` of every rule of the layer and first-layer maps that has one (zennit's
+        ``epsilon``; the presets' default 1e-6), also of rules passed in ``layer_map``.
     stabilizer : float, optional
-        ``stabilizer`` of the preset's z+, flat and norm rules (zennit's ``stabilizer``), default 1e-6.
+        Sets ``stabilizer`` of every rule of the maps that has one (the z+, flat, norm and gamma
+        rules; zennit's ``stabilizer``; default 1e-6).
     zero_bias : bool
         If True (default), biases are left out of the z+ and epsilon denominators (zennit's
         ``zero_params=["bias"]``). Then every conditional map conserves its neuron's relevance
@@ -149,12 +151,14 @@ class Composite:
             raise InputError(f"dead_units must be 'flat' or 'drop', got {dead_units!r}")
         preset = PRESETS[name]
         seeds = {"epsilon": epsilon, "stabilizer": stabilizer}
-        layers = {kind: spec.with_defaults(**seeds) for kind, spec in preset.layer_map}
+        layers = dict(preset.layer_map)
         layers.update(_spec_map(layer_map, LAYER_KINDS, "layer_map"))
-        if first_layer_map is None:
-            first = {kind: spec.with_defaults(**seeds) for kind, spec in preset.first_layer_map}
-        else:
-            first = _spec_map(first_layer_map, FIRST_LAYER_KINDS, "first_layer_map")
+        first = dict(preset.first_layer_map) if first_layer_map is None else _spec_map(
+            first_layer_map, FIRST_LAYER_KINDS, "first_layer_map")
+        # epsilon / stabilizer, where given, set that parameter of every rule of both maps that has it (as the
+        # previous release's fields did; so dataclasses.replace(composite, epsilon=...) changes the rules)
+        layers = {kind: spec.with_defaults(**seeds) for kind, spec in layers.items()}
+        first = {kind: spec.with_defaults(**seeds) for kind, spec in first.items()}
         if rule_names:
             warnings.warn("Composite(rule_names=...) is deprecated: pass added_rules=[(key, rule)] (specifications "
                           "or names); the keyword goes in the next release", DeprecationWarning, stacklevel=2)
