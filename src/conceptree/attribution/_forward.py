@@ -297,12 +297,16 @@ class FxGraph:
                 )
             if any(inp in depends for inp in node.all_input_nodes):
                 depends.add(node)
-                if isinstance(out, Tensor):  # tuples (chunk/split) are read through their items' rules
+                # tuples (chunk/split) are read through their items' rules; an attention module's tuple
+                # (output, weights) has the output's relevance (rule_table.attention_rule)
+                attention = node.op == "call_module" and isinstance(
+                    self.module.get_submodule(str(node.target)), nn.MultiheadAttention)
+                if isinstance(out, Tensor) or attention:
                     rule = self._make_rule(node, args, kwargs, out, depends, env)
                     if rule is None:  # a tensor built from shapes only (torch.zeros(x.shape)): a constant
                         depends.discard(node)
                         continue
-                    shapes[node] = out.shape
+                    shapes[node] = out.shape if isinstance(out, Tensor) else cast(tuple, out)[0].shape
                     rules[node] = rule
         assert logits is not None
         self._ran.add(tuple(x.shape))

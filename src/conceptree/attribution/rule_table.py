@@ -91,7 +91,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, UnsupportedModelError
 from . import rules as R
-from .specs import Custom, Norm, RuleSpec
+from .specs import Custom, Epsilon, Norm, RuleSpec
 from .tracing import TIMM_RMS_NORMS
 
 RuleKey = type | Callable | str
@@ -432,6 +432,9 @@ _SPLITTERS = {torch.chunk, torch.split, torch.unbind, "chunk", "split", "unbind"
 
 def getitem_rule(ctx: RuleContext) -> R.Rule:
     index = ctx.args[1]
+    source_module = _called_module(ctx, ctx.arg0)
+    if isinstance(source_module, nn.MultiheadAttention) and index == 0:
+        return R.PassRule(ctx.arg0)  # the attention's output: its relevance is the module node's (AttentionRule)
     if isinstance(ctx.x, Tensor):
         return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t[index])
     source = ctx.arg0
@@ -444,6 +447,39 @@ def getitem_rule(ctx: RuleContext) -> R.Rule:
         x = ctx.values[inp]
         return index_rule(ctx, inp, x, lambda t: fn_split(t, *rest, **kw)[index])
     raise ctx.unsupported(f"indexing of a {type(ctx.x).__name__}")
+
+
+def _called_module(ctx: RuleContext, node) -> nn.Module | None:
+    if isinstance(node, fx.Node) and node.op == "call_module":
+        return ctx.owner.get_submodule(str(node.target))
+    return None
+
+
+def attention_rule(ctx: RuleContext) -> R.Rule:
+    """``nn.MultiheadAttention``: CP-LRP (:class:`~conceptree.attribution.rules.AttentionRule`), the
+    attention weights held constant, relevance through the values by the composite's ``linear`` rule's
+    ``epsilon``. Masks are refused (a masked attention is another function of the input)."""
+    names = ("query", "key", "value")
+    nodes = [ctx.node.args[i] if len(ctx.node.args) > i else ctx.node.kwargs.get(name) for i, name in enumerate(names)]
+    values = [ctx.args[i] if len(ctx.args) > i else ctx.kwargs.get(name) for i, name in enumerate(names)]
+    if any(ctx.kwargs.get(name) is not None for name in ("key_padding_mask", "attn_mask")) or len(ctx.args) > 4:
+        raise ctx.unsupported("masked attention")
+    spec = ctx.rule("linear")
+    if not isinstance(spec, Epsilon):
+        raise InputError(f"the attention's rule uses the dense layers' epsilon rule; got {spec.label} for node "
+                         f"'{ctx.node.name}'; use the epsilon rule for dense layers")
+    return R.AttentionRule(nodes[2], ctx.module, *values, epsilon=spec.epsilon, zero_bias=ctx.composite.zero_bias)
+
+
+def expand_rule(ctx: RuleContext) -> R.Rule | None:
+    """``expand``: relevance summed over the copies. A constant expanded to the batch (a class or
+    register token) stays a constant: where it joins the tokens, it absorbs its share of the relevance,
+    as a bias does."""
+    if ctx.arg0 not in ctx.depends:
+        return None
+    if not isinstance(ctx.x, Tensor) or ctx.x.ndim != ctx.out.ndim:
+        raise ctx.unsupported("expand that adds dimensions")
+    return R.ExpandRule(ctx.arg0, ctx.x.shape, ctx.out.shape)
 
 
 def pad_rule(ctx: RuleContext) -> R.Rule:
@@ -643,6 +679,8 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         "module:Sum": _sum_module,
         "module:StarReLU": pass_rule,  # MetaFormer's s * relu(x)**2 + b: an elementwise activation
         operator.getitem: getitem_rule,
+        nn.MultiheadAttention: attention_rule,
+        "expand": expand_rule,
         F.pad: pad_rule,
         torch.cat: cat_rule,
         torch.concat: cat_rule,

@@ -729,3 +729,72 @@ class FlatLinearRule(LinearRule):
     def contributions(self, x, weight, bias, composite):  # type: ignore[no-untyped-def]
         ones_w = torch.ones_like(weight)
         return [(None, ones_w)], F.linear(torch.ones_like(x), ones_w), self.stabilizer
+
+
+class AttentionRule(Rule):
+    """CP-LRP through ``nn.MultiheadAttention`` (Ali et al., ICML 2022; LXT's default for ViTs): the
+    attention weights ``A = softmax(Q K^T / sqrt(d))`` are held constant, so the attention output
+    ``out = W_o (A V) (+ b_o)`` is linear in the values ``V = W_v x_v (+ b_v)``. Relevance goes by the
+    epsilon rule through the output projection, the weighted sum over tokens and the value projection
+    to the value input, none to the queries and keys (their effect is the constant ``A``).
+
+    Shapes are the module's (``(1, N, E)`` with ``batch_first``, else ``(N, 1, E)``); relevance batches
+    ``(B, N, E)`` or ``(N, B, E)``. Biases are left out of the denominators when ``zero_bias`` (as the
+    dense rule), so relevance is conserved up to ``epsilon``.
+    """
+
+    parameters: ClassVar[tuple[str, ...]] = ("epsilon", "zero_bias")
+    epsilon: float = 1e-6
+    zero_bias: bool = True
+
+    def __init__(self, value_node: fx.Node, module: nn.MultiheadAttention, query: Tensor, key: Tensor,
+                 value: Tensor, **params: Any) -> None:
+        _init_parameters(self, None, params)
+        if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
+            raise UnsupportedModelError("nn.MultiheadAttention with separate key/value sizes, bias_k or add_zero_attn "
+                                        "has no attention rule; register one for it")
+        self.inputs = (value_node,)
+        self.batch_first = bool(module.batch_first)
+        q_in, k_in, v_in = (t if self.batch_first else t.transpose(0, 1) for t in (query, key, value))
+        heads, width = module.num_heads, module.embed_dim // module.num_heads
+        w_q, w_k, w_v = module.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
+
+        def split(t: Tensor) -> Tensor:  # (1, N, E) -> (1, heads, N, width)
+            return t.unflatten(-1, (heads, width)).transpose(1, 2)
+
+        q, k = split(F.linear(q_in, w_q, b_q)), split(F.linear(k_in, w_k, b_k))
+        v = split(F.linear(v_in, w_v, b_v))
+        self.attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width), dim=-1)  # (1, heads, N, N)
+        mixed = self.attention @ v  # (1, heads, N, width): A V, no bias
+        self.mixed = mixed.transpose(1, 2).flatten(-2)  # (1, N, E)
+        self.values = v
+        self.value_input = v_in
+        self.w_o, self.w_v = module.out_proj.weight, w_v
+        b_o = None if self.zero_bias else module.out_proj.bias
+        self.inv_out = 1.0 / stabilize(F.linear(self.mixed, self.w_o, b_o), self.epsilon)
+        self.inv_mixed = 1.0 / stabilize(mixed, self.epsilon)
+        self.inv_v = 1.0 / stabilize(split(F.linear(v_in, w_v, None if self.zero_bias else b_v)), self.epsilon)
+        self.heads, self.width = heads, width
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        rel = relevance if self.batch_first else relevance.transpose(0, 1)  # (B, N, E)
+        rel_mixed = self.mixed * ((rel * self.inv_out) @ self.w_o)  # output projection, epsilon
+        rel_mixed = rel_mixed.unflatten(-1, (self.heads, self.width)).transpose(1, 2)  # (B, heads, N, width)
+        rel_values = self.values * (self.attention.transpose(-1, -2) @ (rel_mixed * self.inv_mixed))  # A constant
+        scaled = (rel_values * self.inv_v).transpose(1, 2).flatten(-2)  # (B, N, E)
+        rel_in = self.value_input * (scaled @ self.w_v)  # value projection, epsilon
+        return [(self.inputs[0], rel_in if self.batch_first else rel_in.transpose(0, 1))]
+
+
+class ExpandRule(Rule):
+    """``expand`` (same number of dimensions): each output element copies one input element, so an
+    input element's relevance is the sum over its copies along the broadcast dimensions (the batch
+    dimension is the relevance batch's)."""
+
+    def __init__(self, inp: fx.Node, in_shape: torch.Size, out_shape: torch.Size) -> None:
+        self.inputs = (inp,)
+        self.summed = tuple(d for d in range(1, len(in_shape)) if in_shape[d] == 1 and out_shape[d] != 1)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return [(self.inputs[0], relevance.sum(dim=self.summed, keepdim=True) if self.summed else relevance)]

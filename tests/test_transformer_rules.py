@@ -1,0 +1,103 @@
+"""Transformer rows of the rule table (issue 37, first part): CP-LRP through ``nn.MultiheadAttention`` and
+``expand``, each against a slow formula; a torchvision ViT runs through the engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+from conceptree.attribution import CRPEngine
+from conceptree.attribution.rules import AttentionRule, ExpandRule
+
+
+def _slow_attention(module: nn.MultiheadAttention, x: np.ndarray, rel: np.ndarray, eps: float) -> np.ndarray:
+    """CP-LRP by loops over tokens and features: the epsilon rule (no bias in the denominators) through
+    the output projection, ``o_i = sum_j A_ij v_j`` with ``A`` constant, and the value projection.
+    ``x`` ``(N, E)`` (one image), ``rel`` ``(N, E)``; returns the input relevance ``(N, E)``."""
+    n, e = x.shape
+    heads, width = module.num_heads, e // module.num_heads
+    w = module.in_proj_weight.detach().double().numpy()
+    b = module.in_proj_bias.detach().double().numpy()
+    w_q, w_k, w_v = w[:e], w[e:2 * e], w[2 * e:]
+    q, k, v = x @ w_q.T + b[:e], x @ w_k.T + b[e:2 * e], x @ w_v.T + b[2 * e:]
+    w_o = module.out_proj.weight.detach().double().numpy()
+
+    def stab(z):
+        return z + eps * np.where(z >= 0, 1.0, -1.0)
+
+    o = np.zeros((n, e))
+    attention = np.zeros((heads, n, n))
+    for h in range(heads):
+        cols = slice(h * width, (h + 1) * width)
+        scores = q[:, cols] @ k[:, cols].T / np.sqrt(width)
+        attention[h] = np.exp(scores - scores.max(1, keepdims=True))
+        attention[h] /= attention[h].sum(1, keepdims=True)
+        o[:, cols] = attention[h] @ v[:, cols]
+    z_out = o @ w_o.T
+    rel_o = np.zeros((n, e))
+    for i in range(n):
+        for c in range(e):  # output feature c of token i spreads over the mixed features d
+            for d in range(e):
+                rel_o[i, d] += o[i, d] * w_o[c, d] * rel[i, c] / stab(z_out[i, c])
+    rel_v = np.zeros((n, e))
+    for h in range(heads):
+        for d in range(h * width, (h + 1) * width):
+            for i in range(n):  # mixed feature d of token i spreads over the tokens j it averaged
+                for j in range(n):
+                    rel_v[j, d] += attention[h, i, j] * v[j, d] * rel_o[i, d] / stab(o[i, d])
+    z_v = x @ w_v.T
+    rel_x = np.zeros((n, e))
+    for j in range(n):
+        for d in range(e):
+            rel_x[j] += x[j] * w_v[d] * rel_v[j, d] / stab(z_v[j, d])
+    return rel_x
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_rule_equals_the_slow_formula_and_conserves(batch_first):
+    torch.manual_seed(0)
+    module = nn.MultiheadAttention(8, 2, batch_first=batch_first).double().eval()
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    rel = torch.randn(3, 5, 8, dtype=torch.float64)
+    shaped = x if batch_first else x.transpose(0, 1)
+    with torch.no_grad():  # as the engine builds its rules
+        rule = AttentionRule(None, module, shaped, shaped, shaped, epsilon=1e-9)
+        ((_, got),) = rule.backward(rel if batch_first else rel.transpose(0, 1))
+    got = got if batch_first else got.transpose(0, 1)
+    for b in range(rel.shape[0]):
+        want = _slow_attention(module, x[0].numpy(), rel[b].numpy(), 1e-9)
+        np.testing.assert_allclose(got[b].numpy(), want, rtol=1e-7, atol=1e-9)
+    # no bias in the denominators: the relevance is passed on whole, up to epsilon over the few small
+    # denominators of random signed data (1e-5 relative here)
+    np.testing.assert_allclose(got.sum((1, 2)).numpy(), rel.sum((1, 2)).numpy(), rtol=1e-4)
+
+
+def test_attention_rule_refuses_what_it_does_not_model():
+    module = nn.MultiheadAttention(8, 2, kdim=4, vdim=4, batch_first=True)
+    x = torch.randn(1, 3, 8)
+    with pytest.raises(Exception, match="no attention rule"):
+        AttentionRule(None, module, x, torch.randn(1, 3, 4), torch.randn(1, 3, 4))
+
+
+def test_expand_rule_sums_over_the_copies():
+    rule = ExpandRule(None, torch.Size([1, 1, 4]), torch.Size([1, 6, 4]))
+    rel = torch.arange(2 * 6 * 4, dtype=torch.float64).reshape(2, 6, 4)
+    ((_, got),) = rule.backward(rel)
+    assert got.shape == (2, 1, 4) and torch.equal(got, rel.sum(1, keepdim=True))
+
+
+def test_a_torchvision_vit_runs_through_the_engine():
+    """The patch embedding conserves what reaches it (the heatmap's sum is its channels' relevance); the
+    class token and the position embedding are constants that absorb their share, as biases do."""
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=5).eval()
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero: all logits 0
+    engine = CRPEngine(model, dtype=torch.float64)
+    attribution = engine.attribute(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    assert [layer.name for layer in engine.layers] == ["conv_proj"]
+    patch = float(attribution.channel_relevance("conv_proj").sum())
+    assert float(attribution.heatmap.sum()) == pytest.approx(patch, rel=1e-6) and patch != 0.0
