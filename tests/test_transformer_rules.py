@@ -64,7 +64,7 @@ def test_attention_rule_equals_the_slow_formula_and_conserves(batch_first):
     rel = torch.randn(3, 5, 8, dtype=torch.float64)
     shaped = x if batch_first else x.transpose(0, 1)
     with torch.no_grad():  # as the engine builds its rules
-        rule = AttentionRule(None, module, shaped, shaped, shaped, epsilon=1e-9)
+        rule = AttentionRule.for_multihead(None, module, shaped, shaped, shaped, epsilon=1e-9)
         ((_, got),) = rule.backward(rel if batch_first else rel.transpose(0, 1))
     got = got if batch_first else got.transpose(0, 1)
     for b in range(rel.shape[0]):
@@ -79,7 +79,7 @@ def test_attention_rule_refuses_what_it_does_not_model():
     module = nn.MultiheadAttention(8, 2, kdim=4, vdim=4, batch_first=True)
     x = torch.randn(1, 3, 8)
     with pytest.raises(Exception, match="no attention rule"):
-        AttentionRule(None, module, x, torch.randn(1, 3, 4), torch.randn(1, 3, 4))
+        AttentionRule.for_multihead(None, module, x, torch.randn(1, 3, 4), torch.randn(1, 3, 4))
 
 
 def test_expand_rule_sums_over_the_copies():
@@ -101,3 +101,21 @@ def test_a_torchvision_vit_runs_through_the_engine():
     assert [layer.name for layer in engine.layers] == ["conv_proj"]
     patch = float(attribution.channel_relevance("conv_proj").sum())
     assert float(attribution.heatmap.sum()) == pytest.approx(patch, rel=1e-6) and patch != 0.0
+
+
+def test_a_timm_vit_with_an_optional_forward_argument_traces_and_its_only_first_layer_is_the_patch_embedding():
+    """timm's ``forward(x, attn_mask=None)``: the optional argument takes its default, and it does not make
+    the layers it reaches "first layers" (the flat rule stays on the patch embedding). timm's ``Attention``
+    is one CP-LRP node. Conservation on random timm ViTs is not claimed yet (issue 37)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2,
+                              num_classes=5).eval()
+    engine = CRPEngine(model, dtype=torch.float64)
+    assert {node.name for node in engine._graph.first_layers} == {"patch_embed_proj"}
+    forward = engine.forward(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    kinds = {node.name: type(rule).__name__ for node, rule in forward.rules.items()}
+    assert kinds["blocks_0_attn"] == "AttentionRule" and kinds["head"] == "EpsilonLinearRule"
+    attribution = engine.attribute(forward)
+    assert float(attribution.heatmap.sum()) == pytest.approx(
+        float(attribution.channel_relevance("patch_embed.proj").sum()), rel=1e-6)

@@ -228,7 +228,8 @@ class FxGraph:
         first: set[fx.Node] = set()
         for node in self.nodes:
             if node.op == "placeholder":
-                before.add(node)
+                if not before:  # the input; later placeholders are optional arguments (their defaults)
+                    before.add(node)
                 continue
             if not any(inp in before for inp in node.all_input_nodes):
                 continue
@@ -261,6 +262,9 @@ class FxGraph:
         load = lambda arg: fx.node.map_arg(arg, cast(Callable[[fx.Node], Any], env.__getitem__))  # noqa: E731
         for node in self.nodes:
             if node.op == "placeholder":
+                if env and node.args:  # an optional argument of forward() (timm's attn_mask=None): its default
+                    env[node] = node.args[0]
+                    continue
                 if env:
                     raise UnsupportedModelError("the model's forward() takes more than one input; wrap it")
                 env[node] = x

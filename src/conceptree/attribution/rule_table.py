@@ -468,7 +468,20 @@ def attention_rule(ctx: RuleContext) -> R.Rule:
     if not isinstance(spec, Epsilon):
         raise InputError(f"the attention's rule uses the dense layers' epsilon rule; got {spec.label} for node "
                          f"'{ctx.node.name}'; use the epsilon rule for dense layers")
-    return R.AttentionRule(nodes[2], ctx.module, *values, epsilon=spec.epsilon, zero_bias=ctx.composite.zero_bias)
+    return R.AttentionRule.for_multihead(nodes[2], ctx.module, *values, epsilon=spec.epsilon,
+                                         zero_bias=ctx.composite.zero_bias)
+
+
+def timm_attention_rule(ctx: RuleContext) -> R.Rule:
+    """timm's ``Attention`` (ViT, DeiT, ...): CP-LRP as :func:`attention_rule`; masks are refused."""
+    if len(ctx.args) > 1 and ctx.args[1] is not None or ctx.kwargs.get("attn_mask") is not None \
+            or ctx.kwargs.get("is_causal"):
+        raise ctx.unsupported("masked attention")
+    spec = ctx.rule("linear")
+    if not isinstance(spec, Epsilon):
+        raise InputError(f"the attention's rule uses the dense layers' epsilon rule; got {spec.label} for node "
+                         f"'{ctx.node.name}'; use the epsilon rule for dense layers")
+    return R.AttentionRule.for_timm(ctx.arg0, ctx.module, ctx.x, epsilon=spec.epsilon, zero_bias=ctx.composite.zero_bias)
 
 
 def expand_rule(ctx: RuleContext) -> R.Rule | None:
@@ -731,7 +744,18 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         table.setdefault(key, pass_rule)
     for key in (*RESHAPE_METHOD_KEYS, *RESHAPE_FUNCTION_KEYS):
         table[key] = reshape_rule
+    for key in _timm_attention_types():
+        table[key] = timm_attention_rule
     return table
+
+
+def _timm_attention_types() -> tuple[type, ...]:
+    """timm's self-attention module (ViT, DeiT and the families that reuse it), when timm is installed."""
+    try:
+        from timm.layers import Attention
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return ()
+    return (Attention,)
 
 
 def lookup(table: Mapping[RuleKey, RuleFactory], node: fx.Node, module: nn.Module | None) -> RuleFactory | None:

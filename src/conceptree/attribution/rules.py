@@ -732,50 +732,78 @@ class FlatLinearRule(LinearRule):
 
 
 class AttentionRule(Rule):
-    """CP-LRP through ``nn.MultiheadAttention`` (Ali et al., ICML 2022; LXT's default for ViTs): the
-    attention weights ``A = softmax(Q K^T / sqrt(d))`` are held constant, so the attention output
+    """CP-LRP through self-attention (Ali et al., ICML 2022; LXT's default for ViTs): the attention
+    weights ``A = softmax(Q K^T / sqrt(d))`` are held constant, so the attention output
     ``out = W_o (A V) (+ b_o)`` is linear in the values ``V = W_v x_v (+ b_v)``. Relevance goes by the
     epsilon rule through the output projection, the weighted sum over tokens and the value projection
     to the value input, none to the queries and keys (their effect is the constant ``A``).
 
-    Shapes are the module's (``(1, N, E)`` with ``batch_first``, else ``(N, 1, E)``); relevance batches
-    ``(B, N, E)`` or ``(N, B, E)``. Biases are left out of the denominators when ``zero_bias`` (as the
-    dense rule), so relevance is conserved up to ``epsilon``.
+    ``value_input`` ``(1, N, E_in)``, ``attention`` ``(1, heads, N, N)``; relevance batches ``(B, N, E)``
+    (``(N, B, E)`` when not ``batch_first``). Biases are left out of the denominators when ``zero_bias``
+    (as the dense rule), so relevance is conserved up to ``epsilon``. Build it from a module with
+    :meth:`for_multihead` (``nn.MultiheadAttention``) or :meth:`for_timm` (timm's ``Attention``).
     """
 
     parameters: ClassVar[tuple[str, ...]] = ("epsilon", "zero_bias")
     epsilon: float = 1e-6
     zero_bias: bool = True
 
-    def __init__(self, value_node: fx.Node, module: nn.MultiheadAttention, query: Tensor, key: Tensor,
-                 value: Tensor, **params: Any) -> None:
+    def __init__(self, value_node: fx.Node, value_input: Tensor, attention: Tensor, w_v: Tensor,
+                 b_v: Tensor | None, w_o: Tensor, b_o: Tensor | None, *, batch_first: bool = True,
+                 **params: Any) -> None:
         _init_parameters(self, None, params)
-        if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
-            raise UnsupportedModelError("nn.MultiheadAttention with separate key/value sizes, bias_k or add_zero_attn "
-                                        "has no attention rule; register one for it")
         self.inputs = (value_node,)
-        self.batch_first = bool(module.batch_first)
-        q_in, k_in, v_in = (t if self.batch_first else t.transpose(0, 1) for t in (query, key, value))
-        heads, width = module.num_heads, module.embed_dim // module.num_heads
-        w_q, w_k, w_v = module.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
+        self.batch_first = batch_first
+        heads = attention.shape[1]
+        width = w_v.shape[0] // heads
 
         def split(t: Tensor) -> Tensor:  # (1, N, E) -> (1, heads, N, width)
             return t.unflatten(-1, (heads, width)).transpose(1, 2)
 
-        q, k = split(F.linear(q_in, w_q, b_q)), split(F.linear(k_in, w_k, b_k))
-        v = split(F.linear(v_in, w_v, b_v))
-        self.attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width), dim=-1)  # (1, heads, N, N)
-        mixed = self.attention @ v  # (1, heads, N, width): A V, no bias
+        v = split(F.linear(value_input, w_v, b_v))
+        mixed = attention @ v  # (1, heads, N, width): A V, no bias
+        self.attention, self.values, self.value_input = attention, v, value_input
         self.mixed = mixed.transpose(1, 2).flatten(-2)  # (1, N, E)
-        self.values = v
-        self.value_input = v_in
-        self.w_o, self.w_v = module.out_proj.weight, w_v
-        b_o = None if self.zero_bias else module.out_proj.bias
-        self.inv_out = 1.0 / stabilize(F.linear(self.mixed, self.w_o, b_o), self.epsilon)
+        self.w_o, self.w_v = w_o, w_v
+        self.inv_out = 1.0 / stabilize(F.linear(self.mixed, w_o, None if self.zero_bias else b_o), self.epsilon)
         self.inv_mixed = 1.0 / stabilize(mixed, self.epsilon)
-        self.inv_v = 1.0 / stabilize(split(F.linear(v_in, w_v, None if self.zero_bias else b_v)), self.epsilon)
+        self.inv_v = 1.0 / stabilize(split(F.linear(value_input, w_v, None if self.zero_bias else b_v)), self.epsilon)
         self.heads, self.width = heads, width
+
+    @classmethod
+    def for_multihead(cls, value_node: fx.Node, module: nn.MultiheadAttention, query: Tensor, key: Tensor,
+                      value: Tensor, **params: Any) -> AttentionRule:
+        """The rule of an ``nn.MultiheadAttention`` call on ``query``, ``key``, ``value`` (its layout)."""
+        if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
+            raise UnsupportedModelError("nn.MultiheadAttention with separate key/value sizes, bias_k or add_zero_attn "
+                                        "has no attention rule; register one for it")
+        batch_first = bool(module.batch_first)
+        q_in, k_in, v_in = (t if batch_first else t.transpose(0, 1) for t in (query, key, value))
+        heads, width = module.num_heads, module.embed_dim // module.num_heads
+        w_q, w_k, w_v = module.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
+        q = F.linear(q_in, w_q, b_q).unflatten(-1, (heads, width)).transpose(1, 2)
+        k = F.linear(k_in, w_k, b_k).unflatten(-1, (heads, width)).transpose(1, 2)
+        attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width), dim=-1)
+        return cls(value_node, v_in, attention, w_v, b_v, module.out_proj.weight, module.out_proj.bias,
+                   batch_first=batch_first, **params)
+
+    @classmethod
+    def for_timm(cls, value_node: fx.Node, module: Any, x: Tensor, **params: Any) -> AttentionRule:
+        """The rule of timm's ``Attention`` (ViT, DeiT, ...) on ``x`` ``(1, N, E)``: ``qkv`` one dense
+        layer, ``q_norm``/``k_norm`` (part of the constant ``A``), ``proj``. Gated attention and a norm
+        between the attention and ``proj`` (``scale_norm``) are refused."""
+        if getattr(module, "gate", None) is not None or not isinstance(getattr(module, "norm", nn.Identity()),
+                                                                          nn.Identity):
+            raise UnsupportedModelError(f"timm {type(module).__name__} with a gate or scale_norm has no attention rule; "
+                                        "register one for it")
+        heads, width = module.num_heads, module.head_dim
+        qkv = module.qkv(x).reshape(1, x.shape[1], 3, heads, width).permute(2, 0, 3, 1, 4)
+        q, k = module.q_norm(qkv[0]), module.k_norm(qkv[1])
+        attention = torch.softmax((q * module.scale) @ k.transpose(-2, -1), dim=-1)
+        w_v = module.qkv.weight[2 * heads * width:]
+        b_v = module.qkv.bias[2 * heads * width:] if module.qkv.bias is not None else None
+        return cls(value_node, x, attention, w_v, b_v, module.proj.weight, module.proj.bias, **params)
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         rel = relevance if self.batch_first else relevance.transpose(0, 1)  # (B, N, E)

@@ -48,6 +48,8 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (nn.Conv2d, nn.Linear)) or type(m).__name__ in _LEAF_CLASS_NAMES:
             return True
+        if type(m).__name__ == "Attention" and type(m).__module__.startswith("timm."):  # one CP-LRP rule
+            return True
         return super().is_leaf_module(m, module_qualified_name)
 
 
