@@ -178,7 +178,11 @@ class ConceptExplainer:
                                    and self.dictionary.params.get("index_fingerprint") == self.index.fingerprint)
         self.source = concept_source(self.options, dictionary=self.dictionary, preprocessing=self.preprocessing,
                                      batch_size=batch_size, progress=progress)
-        self.hierarchy = self.source.route
+
+    @property
+    def hierarchy(self) -> str:
+        """The top-level route of this explainer's explanations (its concept source's)."""
+        return self.source.route
 
     @property
     def model_tree(self):

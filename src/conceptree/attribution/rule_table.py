@@ -455,6 +455,15 @@ def _called_module(ctx: RuleContext, node) -> nn.Module | None:
     return None
 
 
+def _attention_epsilon(ctx: RuleContext) -> Epsilon:
+    """The dense layers' epsilon rule, which CP-LRP uses through the value and output projections."""
+    spec = ctx.rule("linear")
+    if not isinstance(spec, Epsilon):
+        raise InputError(f"the attention's rule uses the dense layers' epsilon rule; got {spec.label} for node "
+                         f"'{ctx.node.name}'; use the epsilon rule for dense layers")
+    return spec
+
+
 def attention_rule(ctx: RuleContext) -> R.Rule:
     """``nn.MultiheadAttention``: CP-LRP (:class:`~conceptree.attribution.rules.AttentionRule`), the
     attention weights held constant, relevance through the values by the composite's ``linear`` rule's
@@ -464,10 +473,7 @@ def attention_rule(ctx: RuleContext) -> R.Rule:
     values = [ctx.args[i] if len(ctx.args) > i else ctx.kwargs.get(name) for i, name in enumerate(names)]
     if any(ctx.kwargs.get(name) is not None for name in ("key_padding_mask", "attn_mask")) or len(ctx.args) > 4:
         raise ctx.unsupported("masked attention")
-    spec = ctx.rule("linear")
-    if not isinstance(spec, Epsilon):
-        raise InputError(f"the attention's rule uses the dense layers' epsilon rule; got {spec.label} for node "
-                         f"'{ctx.node.name}'; use the epsilon rule for dense layers")
+    spec = _attention_epsilon(ctx)
     return R.AttentionRule.for_multihead(nodes[2], ctx.module, *values, epsilon=spec.epsilon,
                                          zero_bias=ctx.composite.zero_bias)
 
@@ -477,10 +483,7 @@ def timm_attention_rule(ctx: RuleContext) -> R.Rule:
     if len(ctx.args) > 1 and ctx.args[1] is not None or ctx.kwargs.get("attn_mask") is not None \
             or ctx.kwargs.get("is_causal"):
         raise ctx.unsupported("masked attention")
-    spec = ctx.rule("linear")
-    if not isinstance(spec, Epsilon):
-        raise InputError(f"the attention's rule uses the dense layers' epsilon rule; got {spec.label} for node "
-                         f"'{ctx.node.name}'; use the epsilon rule for dense layers")
+    spec = _attention_epsilon(ctx)
     return R.AttentionRule.for_timm(ctx.arg0, ctx.module, ctx.x, epsilon=spec.epsilon, zero_bias=ctx.composite.zero_bias)
 
 
