@@ -91,6 +91,35 @@ def is_channels_last(rule: R.Rule | None) -> bool:
     return rule is not None and rule.channels_last
 
 
+#: most class and register tokens a token sequence may carry before its patch tokens
+MAX_PREFIX_TOKENS = 16
+
+
+def token_grid(tokens: int, height: int, width: int) -> tuple[int, int, int]:
+    """``(prefix, h, w)`` of a sequence of ``tokens`` tokens from an ``height x width`` input.
+
+    The patch tokens are taken to be the last ``h * w`` of the sequence, row-major on an ``h x w``
+    grid with ``h = height / s`` and ``w = width / s`` for an integer patch stride ``s``; the
+    ``prefix`` tokens before them (class, distillation and register tokens) have no place on the
+    image. The smallest prefix (at most :data:`MAX_PREFIX_TOKENS`) that leaves such a grid wins;
+    the largest stride first (ViT-style models pool no tokens, so their grid is the patch grid).
+
+    Raises
+    ------
+    UnsupportedModelError
+        If no prefix leaves a patch grid (tokens pooled to another shape, or appended after the patches).
+    """
+    for prefix in range(min(MAX_PREFIX_TOKENS, tokens - 1) + 1):
+        patches = tokens - prefix
+        for stride in range(min(height, width), 0, -1):
+            if height % stride == 0 and width % stride == 0 and (height // stride) * (width // stride) == patches:
+                return prefix, height // stride, width // stride
+    raise UnsupportedModelError(
+        f"a token layer has {tokens} tokens, which are not a patch grid of the {height}x{width} input after at "
+        f"most {MAX_PREFIX_TOKENS} class/register tokens; select layers whose tokens are patches (layers=[...])"
+    )
+
+
 def default_example_input(model: nn.Module) -> Tensor:
     """Zeros of the model's declared input size (timm's ``pretrained_cfg``), else ``(1, C, 224, 224)``
     with ``C`` the first convolution's input channels (3 without one)."""
@@ -197,9 +226,12 @@ class FxGraph:
 
     @staticmethod
     def node_layout(forward: ForwardPass, node: fx.Node, rel: Tensor) -> Tensor:
-        """Relevance given channels-first ``(B, C, h, w)`` in the node's own layout."""
+        """Relevance given channels-first in the node's own layout: ``(B, C, h, w)`` maps, or
+        ``(B, C, N)`` for a token sequence (whose own layout is ``(B, N, C)``)."""
         if is_channels_last(forward.rules.get(node)):
             return rel.permute(0, 2, 3, 1)
+        if len(forward.shapes[node]) == 3:
+            return rel.transpose(1, 2)
         return rel
 
     def fine_nodes(self, forward: ForwardPass, size: tuple[int, int]) -> frozenset[fx.Node]:

@@ -99,7 +99,7 @@ def propagate_absorbing(
 
     At each node of ``absorb`` the relevance arriving from above is split: the part on the
     marked channels (``absorb[node]``, a 0/1 tensor with one value per channel, in the node's
-    layout: ``(1, C, 1, 1)``, ``(1, 1, 1, C)`` or ``(1, C)``) is summed per channel and not
+    layout: ``(1, C, 1, 1)``, ``(1, 1, 1, C)``, ``(1, 1, C)`` for tokens or ``(1, C)``) is summed per channel and not
     propagated further; the rest goes on, together with the node's own ``start`` (which is never
     absorbed at its own node). :meth:`CRPEngine.absorbing_flows` builds concept-to-concept flows on it.
 
@@ -126,6 +126,8 @@ def propagate_absorbing(
             if arrival.ndim == 4:
                 dims = (1, 2) if is_channels_last(forward.rules.get(node)) else (2, 3)
                 absorbed[node] = arrival.sum(dims) * mask.reshape(1, -1)
+            elif arrival.ndim == 3:  # a token sequence (B, N, C)
+                absorbed[node] = arrival.sum(1) * mask.reshape(1, -1)
             else:
                 absorbed[node] = (arrival * mask).reshape(batch, -1)
             arrival = arrival * (1 - mask)

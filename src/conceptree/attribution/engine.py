@@ -39,11 +39,12 @@ from ._forward import (
     init_relevance,
     is_channels_last,
     resolve_target,
+    token_grid,
 )
 from ._propagate import channel_indices, first_passage, pool_stopped, propagate
 from .composites import Composite
 from .results import AbsorbedFlows, Attribution, BatchAttribution, MapBatch, NeuronMaps
-from .tracing import LayerInfo, ZennitCompat, canonize, guards, list_layers, select_layers
+from .tracing import LayerInfo, ZennitCompat, canonize, guards, list_layers, select_layers, token_linears
 
 __all__ = ["DEFAULT_BATCH_SIZE", "AbsorbedFlows", "Attribution", "BatchAttribution", "CRPEngine", "ForwardPass",
            "InitRelevance", "MapBatch", "NeuronMaps"]
@@ -124,7 +125,7 @@ class CRPEngine(NodeLevelAPI):
         for module in graph_module.modules():
             if getattr(module, "inplace", False):
                 cast(Any, module).inplace = False
-        self.all_layers: list[LayerInfo] = list_layers(graph_module, ("conv",))
+        self.all_layers: list[LayerInfo] = list_layers(graph_module, ("conv",), token_linears(graph_module, example))
         self.layers: list[LayerInfo] = select_layers(
             self.all_layers, list(layers) if layers else None, list(exclude_layers or [])
         )
@@ -160,13 +161,17 @@ class CRPEngine(NodeLevelAPI):
         return self._graph.node(layer)
 
     def _selected(self, attribution: Attribution, layer: str) -> tuple[fx.Node, Tensor]:
-        """``(node, relevance (C, h, w))`` of a selected ``layer`` on ``attribution``."""
+        """``(node, relevance)`` of a selected ``layer`` on ``attribution``, channels-first: ``(C, h, w)``,
+        or ``(C, N)`` for a token layer (its class and register tokens first, then the patch grid row-major)."""
         node = self._node(layer)
         rel = attribution.layer_relevance.get(layer)
         if rel is None:
             raise InputError(f"layer {layer!r} is not among the engine's selected layers ({len(self.layers)}: "
                              f"{', '.join(self.names[:5])}{', ...' if len(self.layers) > 5 else ''}); "
                              f"create the engine with layers=[..., {layer!r}] to get its channels")
+        prefix = attribution.token_relevance.get(layer)
+        if prefix is not None:
+            rel = torch.cat([prefix.to(rel.dtype), rel.flatten(1)], 1)
         return node, rel
 
     def _channels_last(self, forward: ForwardPass) -> ForwardPass:
@@ -233,13 +238,17 @@ class CRPEngine(NodeLevelAPI):
         start = {self._graph.output_node(): init_relevance(forward.logits, [target], init)}
         record = [self._graph.by_layer[la.name] for la in self.layers]
         input_rel, recorded = propagate(self._graph, forward, start, record=record)
-        layer_rel = {name: rel[0] for name, rel in self._recorded_layers(forward, recorded, 1).items()}
-        return Attribution(target, forward.logits, input_rel[0], layer_rel, forward)
+        maps, tokens = self._recorded_layers(forward, recorded, 1)
+        return Attribution(target, forward.logits, input_rel[0], {name: rel[0] for name, rel in maps.items()}, forward,
+                           {name: rel[0] for name, rel in tokens.items()})
 
-    def _recorded_layers(self, forward: ForwardPass, recorded: Mapping[fx.Node, Tensor], n: int) -> dict[str, Tensor]:
+    def _recorded_layers(self, forward: ForwardPass, recorded: Mapping[fx.Node, Tensor], n: int
+                         ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Each selected layer's recorded relevance, channels-first ``(n, C, h, w)`` (zeros
-        ``(n, C, 1, 1)`` for a layer on no path to the logit)."""
-        out = {}
+        ``(n, C, 1, 1)`` for a layer on no path to the logit); and of each token layer the
+        relevance on its class and register tokens, ``(n, C, prefix)``, its patches being the maps."""
+        out, tokens = {}, {}
+        height, width = forward.input.shape[-2:]
         for layer in self.layers:
             node = self._graph.by_layer[layer.name]
             rel = recorded.get(node)
@@ -247,8 +256,13 @@ class CRPEngine(NodeLevelAPI):
                 rel = torch.zeros((n, layer.channels, 1, 1), dtype=self.dtype, device=self.device)
             elif is_channels_last(forward.rules.get(node)):
                 rel = rel.permute(0, 3, 1, 2)  # pointwise layer: stored channels-first like a conv
+            elif rel.ndim == 3:  # token layer (n, N, C): class/register tokens apart, patches on their grid
+                prefix, h, w = token_grid(rel.shape[1], height, width)
+                rel = rel.transpose(1, 2)
+                tokens[layer.name] = rel[:, :, :prefix]
+                rel = rel[:, :, prefix:].reshape(n, layer.channels, h, w)
             out[layer.name] = rel
-        return out
+        return out, tokens
 
     @torch.no_grad()
     def attribute_batch(
@@ -294,9 +308,10 @@ class CRPEngine(NodeLevelAPI):
         start = {self._graph.output_node(): init_relevance(logits, resolved, init)}
         record = [self._graph.by_layer[la.name] for la in self.layers]
         _, recorded = propagate(self._graph, forward, start, record=record)
-        maps = self._recorded_layers(forward, recorded, n)
-        columns = torch.cat([rel.double().flatten(2).sum(2) for rel in maps.values()], 1)
-        return BatchAttribution(resolved, logits, columns, maps if keep_maps else {})
+        maps, tokens = self._recorded_layers(forward, recorded, n)
+        columns = torch.cat([rel.double().flatten(2).sum(2) + (tokens[name].double().sum(2) if name in tokens else 0)
+                             for name, rel in maps.items()], 1)
+        return BatchAttribution(resolved, logits, columns, maps if keep_maps else {}, tokens if keep_maps else {})
 
     def neuron_columns(self) -> list[tuple[str, int, int]]:
         """``(layer, first column, channels)`` of each selected layer in the neuron axis of
@@ -364,8 +379,8 @@ class CRPEngine(NodeLevelAPI):
 
             iterator = tqdm(plan, desc="conditional maps", unit="batch")
         for layer, chunk in iterator:
-            node = self._graph.by_layer[layer]
-            rel = attribution.layer_relevance[layer].unsqueeze(0)
+            node, rel = self._selected(attribution, layer)
+            rel = rel.unsqueeze(0)
             chunk_dev = chunk.to(self.device)
             rule = forward.rules[node]
             if hasattr(rule, "backward_channels"):
@@ -568,10 +583,7 @@ class CRPEngine(NodeLevelAPI):
         shaped = {}
         for node, mask in masks.items():
             extra = len(forward.shapes[node]) - 2
-            if is_channels_last(forward.rules.get(node)):
-                shaped[node] = mask.reshape(mask.shape[0], *([1] * extra), mask.shape[1])
-            else:
-                shaped[node] = mask.reshape(*mask.shape, *([1] * extra))
+            shaped[node] = self._graph.node_layout(forward, node, mask.reshape(*mask.shape, *([1] * extra)))
         start = {self._graph.output_node(): init_relevance(forward.logits, [target] * n, init)}
         record_nodes = [self._node(name) for name in record_layers]
         input_rel, recorded = propagate(self._graph, forward, start, masks=shaped, record=record_nodes)

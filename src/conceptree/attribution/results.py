@@ -29,9 +29,14 @@ class Attribution:
     input_relevance : Tensor
         Relevance at the input, shape ``(C, H, W)``.
     layer_relevance : dict[str, Tensor]
-        Relevance at each selected layer's output, shape ``(channels, h, w)``.
+        Relevance at each selected layer's output, shape ``(channels, h, w)``; for a token layer
+        (a transformer's) the patch tokens on the patch grid.
     forward : ForwardPass
         The prepared forward pass (reused by the conditional maps).
+    token_relevance : dict[str, Tensor]
+        For each token layer, the relevance on its tokens that have no place on the image (class,
+        distillation and register tokens, which precede the patches), ``(channels, prefix)``.
+        Counted in ``r_p`` (:meth:`channel_relevance`), not drawn.
     """
 
     target: int
@@ -39,6 +44,7 @@ class Attribution:
     input_relevance: Tensor
     layer_relevance: dict[str, Tensor]
     forward: ForwardPass = field(repr=False)
+    token_relevance: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def heatmap(self) -> Tensor:
@@ -46,8 +52,11 @@ class Attribution:
         return self.input_relevance.sum(0)
 
     def channel_relevance(self, layer: str) -> Tensor:
-        """``r_p`` of every channel of ``layer``, shape ``(channels,)``."""
-        return self.layer_relevance[layer].float().flatten(1).sum(1)
+        """``r_p`` of every channel of ``layer``, shape ``(channels,)`` (a token layer's class and
+        register tokens included)."""
+        total = self.layer_relevance[layer].float().flatten(1).sum(1)
+        prefix = self.token_relevance.get(layer)
+        return total if prefix is None else total + prefix.float().sum(1)
 
 
 @dataclass
@@ -65,12 +74,16 @@ class BatchAttribution:
         :meth:`CRPEngine.neuron_columns`.
     layer_relevance : dict[str, Tensor]
         Relevance maps ``(N, channels, h, w)`` per layer (empty unless kept).
+    token_relevance : dict[str, Tensor]
+        Relevance on each token layer's class and register tokens, ``(N, channels, prefix)``
+        (empty unless kept; :attr:`Attribution.token_relevance`).
     """
 
     targets: list[int]
     logits: Tensor
     channel_relevance: Tensor
     layer_relevance: dict[str, Tensor] = field(default_factory=dict)
+    token_relevance: dict[str, Tensor] = field(default_factory=dict)
 
     def image(self, i: int) -> dict[str, Tensor]:
         """The layer relevance maps of image ``i``, ``layer -> (channels, h, w)``."""

@@ -798,7 +798,7 @@ class AttentionRule(Rule):
             raise UnsupportedModelError(f"timm {type(module).__name__} with a gate or scale_norm has no attention rule; "
                                         "register one for it")
         heads, width = module.num_heads, module.head_dim
-        qkv = module.qkv(x).reshape(1, x.shape[1], 3, heads, width).permute(2, 0, 3, 1, 4)
+        qkv = module.qkv(x).reshape(x.shape[0], x.shape[1], 3, heads, width).permute(2, 0, 3, 1, 4)
         q, k = module.q_norm(qkv[0]), module.k_norm(qkv[1])
         attention = torch.softmax((q * module.scale) @ k.transpose(-2, -1), dim=-1)
         w_v = module.qkv.weight[2 * heads * width:]

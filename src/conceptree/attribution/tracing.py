@@ -379,14 +379,20 @@ class LayerInfo:
         Qualified module name in the original model (e.g. ``"layer1.0.conv1"``).
     kind : str
         ``"conv"``, ``"pointwise"`` (an ``nn.Linear`` on channels-last maps, i.e. a 1x1
-        convolution, as in ConvNeXt) or ``"linear"``.
+        convolution, as in ConvNeXt), ``"token"`` (an ``nn.Linear`` on a token sequence
+        ``(B, N, C)``, as in a vision transformer) or ``"linear"``.
     channels : int
         Number of output channels (features).
+    default : bool
+        Selected when no layers are named: every conv and pointwise layer, and of the token
+        layers those that feed an activation (a transformer block's MLP hidden layer; not the
+        patch embedding, the qkv, the attention output or the MLP output projections).
     """
 
     name: str
     kind: str
     channels: int
+    default: bool = True
 
 
 _PERMUTES = {"permute", "transpose", torch.permute, torch.transpose}
@@ -422,12 +428,68 @@ def _reads_channels_last(graph_module: fx.GraphModule, node: fx.Node, pointwise:
     return False
 
 
-def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)) -> list[LayerInfo]:
+#: activations after which a token layer is a transformer MLP's hidden layer (module class or function names)
+_ACTIVATIONS = frozenset({"gelu", "relu", "silu", "quick_gelu", "hardswish", "GELU", "GELUTanh", "QuickGELU", "ReLU",
+                          "SiLU", "Hardswish", "Mish", "mish"})
+
+
+def _feeds_activation(graph_module: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether an activation reads ``node``'s output directly."""
+    for user in node.users:
+        if user.op == "call_module":
+            name = type(graph_module.get_submodule(str(user.target))).__name__
+        elif user.op in ("call_function", "call_method"):
+            name = getattr(user.target, "__name__", str(user.target))
+        else:
+            continue
+        if name in _ACTIVATIONS:
+            return True
+    return False
+
+
+def token_linears(graph_module: fx.GraphModule, example: Tensor | None) -> set[str]:
+    """Names of the ``nn.Linear`` modules that read a token sequence ``(B, N, C)`` on ``example``.
+
+    A transformer's linear layers act per token like a 1x1 convolution per position; only the
+    input's rank tells them from a classifier's dense layer, so this runs the model once on the
+    example, and only when the graph has more than one dense layer (a CNN's single head needs no run).
+    """
+    linears = [node for node in graph_module.graph.nodes
+               if node.op == "call_module" and isinstance(graph_module.get_submodule(str(node.target)), nn.Linear)]
+    if len(linears) < 2 or example is None:
+        return set()
+    found: set[str] = set()
+    handles = []
+    for node in linears:
+        name = str(node.target)
+
+        def hook(_module: nn.Module, args: tuple, _name: str = name) -> None:
+            if args and isinstance(args[0], Tensor) and args[0].ndim == 3:
+                found.add(_name)
+
+        handles.append(graph_module.get_submodule(name).register_forward_pre_hook(hook))
+    param = next(iter(graph_module.parameters()), None)
+    if param is not None:
+        example = example.to(device=param.device, dtype=param.dtype)
+    try:
+        with torch.no_grad():
+            graph_module(example)
+    except Exception:  # the engine's own first pass names the failure in its words
+        return set()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",),
+                tokens: set[str] | frozenset[str] = frozenset()) -> list[LayerInfo]:
     """Conv (and optionally linear) layers in execution order.
 
     ``"conv"`` includes the pointwise ``nn.Linear`` layers on channels-last maps (kind
     ``"pointwise"``): they are 1x1 convolutions, and their outputs are channels like any
-    convolution's.
+    convolution's; and the ``nn.Linear`` layers named in ``tokens`` (:func:`token_linears`, kind
+    ``"token"``): per-token dense layers, whose channels have a map on the patch grid.
     """
     layers: list[LayerInfo] = []
     seen: set[str] = set()
@@ -436,12 +498,16 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
         if node.op != "call_module":
             continue
         module: Any = graph_module.get_submodule(str(node.target))
-        if isinstance(module, nn.Linear) and _reads_channels_last(graph_module, node, pointwise):
+        default = True
+        if isinstance(module, nn.Linear) and node.target not in tokens and _reads_channels_last(graph_module, node, pointwise):
             pointwise.add(node)
         if isinstance(module, nn.Conv2d) and "conv" in kinds:
             kind, channels = "conv", module.out_channels
         elif node in pointwise and "conv" in kinds:
             kind, channels = "pointwise", module.out_features
+        elif node.target in tokens and "conv" in kinds:
+            kind, channels = "token", module.out_features
+            default = _feeds_activation(graph_module, node)
         elif isinstance(module, nn.Linear) and node not in pointwise and "linear" in kinds:
             kind, channels = "linear", module.out_features
         else:
@@ -452,7 +518,7 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
                 "give each call its own module so that its neurons are well defined"
             )
         seen.add(node.target)
-        layers.append(LayerInfo(node.target, kind, channels))
+        layers.append(LayerInfo(node.target, kind, channels, default))
     return layers
 
 
@@ -465,7 +531,7 @@ def select_layers(layers: list[LayerInfo], patterns: list[str] | None, exclude: 
         If a pattern matches no layer (the message lists close matches).
     """
     names = [layer.name for layer in layers]
-    chosen = set(names) if not patterns else set()
+    chosen = {layer.name for layer in layers if layer.default} if not patterns else set()
     for pattern in patterns or []:
         hits = fnmatch.filter(names, pattern)
         if not hits:

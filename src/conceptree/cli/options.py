@@ -15,7 +15,7 @@ import typer
 
 from ..errors import InputError
 
-MODEL_HELP = ("default | timm:NAME | torchvision:NAME | dcne:PATH | pickle:PATH (or --model-config). "
+MODEL_HELP = ("default | timm:NAME | torchvision:NAME | dcne:PATH | mnist-vit:PATH | pickle:PATH (or --model-config). "
               "Default: the built-in model (evaluate: none, name one).")
 CONFIG_HELP = "Model configuration file (.json/.toml): spec, weights, kwargs, preprocessing, labels."
 DICTIONARY_HELP = ("A concept dictionary of this model (`conceptree dictionary`): with --hierarchy tree or tree+own its "

@@ -132,6 +132,20 @@ def _load_dlib(req: LoadRequest) -> LoadedModel:
     return load_dlib_face_spec(req.kwargs.get("gallery"))
 
 
+def _load_mnist_vit(req: LoadRequest) -> LoadedModel:
+    from .vit_mnist import MNIST_CLASSES, MNIST_PREPROCESSING, MnistViT, checkpoint_state
+
+    model = MnistViT(**req.kwargs)
+    state = checkpoint_state(_load_state(req.name))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{req.name} is not the MNIST ViT checkpoint: {len(result.missing_keys)} missing keys "
+                              f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected keys")
+    model.eval()
+    names = _read_labels(req.labels, model.num_classes) if req.labels else list(MNIST_CLASSES)
+    return LoadedModel(req.spec, model, MNIST_PREPROCESSING, names)
+
+
 def _load_default(req: LoadRequest) -> LoadedModel:
     from .efficientnet_lite import load_default_model
 
@@ -181,10 +195,11 @@ def _load_torchvision(req: LoadRequest) -> LoadedModel:
 #: family's loading lives; :func:`register_spec_prefix` adds one.
 SPEC_LOADERS: dict[str, SpecLoader] = {
     "default": _load_default, "timm": _load_timm, "torchvision": _load_torchvision, "dcne": _load_dcne,
-    "fer": _load_fer, "dlib": _load_dlib, "pickle": _load_pickle,
+    "fer": _load_fer, "dlib": _load_dlib, "pickle": _load_pickle, "mnist-vit": _load_mnist_vit,
 }
 _SPEC_FORMS = {"default": "default", "timm": "timm:NAME", "torchvision": "torchvision:NAME", "dcne": "dcne:PATH",
-               "fer": "fer:emotion", "dlib": "dlib:face-resnet", "pickle": "pickle:PATH"}
+               "fer": "fer:emotion", "dlib": "dlib:face-resnet", "pickle": "pickle:PATH",
+               "mnist-vit": "mnist-vit:PATH"}
 
 
 def register_spec_prefix(prefix: str, loader: SpecLoader) -> None:
@@ -205,11 +220,13 @@ def load_model(
     labels: str | None = None,
     trust_checkpoint: bool = False,
 ) -> LoadedModel:
-    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``dcne:PATH``, ``fer:emotion``,
+    """Load a classifier from a spec: ``default``, ``timm:NAME``, ``torchvision:NAME``, ``dcne:PATH``,
+    ``mnist-vit:PATH``, ``fer:emotion``,
     ``dlib:face-resnet`` (with ``kwargs={"gallery": PATH}``), ``pickle:PATH``, or a prefix added with
     :func:`register_spec_prefix` (the table :data:`SPEC_LOADERS`).
 
-    ``dcne:PATH`` reads DCNE's ResNet-34 CUB checkpoint layout (see :mod:`conceptree.models.dcne`).
+    ``dcne:PATH`` reads DCNE's ResNet-34 CUB checkpoint layout (see :mod:`conceptree.models.dcne`);
+    ``mnist-vit:PATH`` the small MNIST Vision Transformer's (:mod:`conceptree.models.vit_mnist`).
 
     Architectures are built without downloading anything; weights come from a local state
     dict (``weights_only=True``). The default is EfficientNet-Lite0 with its ImageNet weights
