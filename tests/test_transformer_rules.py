@@ -98,7 +98,8 @@ def test_a_torchvision_vit_runs_through_the_engine():
     nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero: all logits 0
     engine = CRPEngine(model, dtype=torch.float64)
     attribution = engine.attribute(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
-    assert [layer.name for layer in engine.layers] == ["conv_proj"]
+    assert [layer.name for layer in engine.layers] == [
+        "conv_proj", "encoder.layers.encoder_layer_0.mlp.0", "encoder.layers.encoder_layer_1.mlp.0"]
     patch = float(attribution.channel_relevance("conv_proj").sum())
     assert float(attribution.heatmap.sum()) == pytest.approx(patch, rel=1e-6) and patch != 0.0
 

@@ -121,10 +121,18 @@ def token_grid(tokens: int, height: int, width: int) -> tuple[int, int, int]:
 
 
 def default_example_input(model: nn.Module) -> Tensor:
-    """Zeros of the model's declared input size (timm's ``pretrained_cfg``), else ``(1, C, 224, 224)``
-    with ``C`` the first convolution's input channels (3 without one)."""
+    """Zeros of the model's declared input size (timm's ``pretrained_cfg`` or patch embedding,
+    torchvision's ViT ``image_size``),
+    else ``(1, C, 224, 224)`` with ``C`` the first convolution's input channels (3 without one)."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    patch_size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # timm's, set by img_size=
+    if isinstance(patch_size, tuple) and len(patch_size) == 2 and all(isinstance(v, int) for v in patch_size):
+        size = (3, *patch_size) if size is None else (size[0], *patch_size)
+    side = getattr(model, "image_size", None)  # torchvision's VisionTransformer
+    if size is None and isinstance(side, int) and not isinstance(side, bool):
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        size = (first.in_channels if first is not None else 3, side, side)
     if not (isinstance(size, (tuple, list)) and len(size) == 3):
         first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         size = (first.in_channels if first is not None else 3, 224, 224)

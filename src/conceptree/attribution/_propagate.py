@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError, UnsupportedModelError
+from . import rules as R
 from ._forward import ForwardPass, FxGraph, is_channels_last
 
 
@@ -77,6 +78,24 @@ def propagate(
     if result is None:
         result = forward.input.new_zeros((batch, *forward.input.shape[1:]))
     return result, recorded
+
+
+def absorbing_nodes(forward: ForwardPass) -> list[fx.Node]:
+    """The nodes whose rule keeps a share of the relevance on a constant (a class token's ``cat``, a token
+    LayerNorm's bias): those with an ``absorbed`` method that answers."""
+    return [node for node, rule in forward.rules.items() if hasattr(rule, "absorbed")
+            and not (isinstance(rule, R.CatRule) and None not in rule.pieces)]
+
+
+def absorbed_relevance(forward: ForwardPass, recorded: Mapping[fx.Node, Tensor], batch: int) -> Tensor:
+    """``(batch,)`` float64: the relevance that the recorded :func:`absorbing_nodes` kept on constants."""
+    total = torch.zeros(batch, dtype=torch.float64, device=forward.input.device)
+    for node, rel in recorded.items():
+        share = getattr(forward.rules[node], "absorbed", None)
+        kept = share(rel) if share is not None else None
+        if kept is not None:
+            total += kept.to(total.device)
+    return total
 
 
 def _backward_into(forward: ForwardPass, node: fx.Node, rel: Tensor, pending: dict[fx.Node, Tensor]) -> None:

@@ -41,7 +41,14 @@ from ._forward import (
     resolve_target,
     token_grid,
 )
-from ._propagate import channel_indices, first_passage, pool_stopped, propagate
+from ._propagate import (
+    absorbed_relevance,
+    absorbing_nodes,
+    channel_indices,
+    first_passage,
+    pool_stopped,
+    propagate,
+)
 from .composites import Composite
 from .results import AbsorbedFlows, Attribution, BatchAttribution, MapBatch, NeuronMaps
 from .tracing import LayerInfo, ZennitCompat, canonize, guards, list_layers, select_layers, token_linears
@@ -540,6 +547,40 @@ class CRPEngine(NodeLevelAPI):
         chunks = ((first, self._group_starts(attribution, groups[first : first + batch_size], forward.input.dtype))
                   for first in range(0, k, batch_size))
         return AbsorbedFlows(*first_passage(self._graph, forward, chunks, owner, k))
+
+    @torch.no_grad()
+    def absorbed_by_constants(
+        self, attribution: Attribution, groups: Sequence[Mapping[str, Sequence[int]]] | None = None
+    ) -> Tensor:
+        """Relevance that ends on constants instead of the input: a transformer's class and register
+        tokens (the constant pieces of the ``torch.cat`` that adds them) and its token LayerNorms' biases.
+
+        With it the account closes: ``heatmap.sum() + absorbed = logit`` (and ``sum(y_g) + absorbed_g =
+        sum_{p in g} r_p`` for a group's map) up to the rules' stabilisers; a CNN has no such constants
+        under the default ``zero_bias=True`` (zeros).
+
+        Parameters
+        ----------
+        attribution : Attribution
+            From :meth:`attribute`.
+        groups : sequence of mappings layer -> channels, optional
+            Neuron groups (as :meth:`group_maps`); default: the target logit's relevance (``init="logit"``).
+
+        Returns
+        -------
+        Tensor
+            float64, ``(1,)`` for the logit or ``(len(groups),)``.
+        """
+        forward = attribution.forward
+        if groups is None:
+            starts = {self._graph.output_node(): init_relevance(forward.logits, [attribution.target], "logit")}
+        else:
+            if not groups:
+                raise InputError("groups is empty; pass at least one mapping layer -> channels")
+            starts = {node: self._graph.node_layout(forward, node, rel)
+                      for node, rel in self._group_starts(attribution, groups, forward.input.dtype).items()}
+        _, recorded = propagate(self._graph, forward, starts, record=absorbing_nodes(forward))
+        return absorbed_relevance(forward, recorded, 1 if groups is None else len(groups))
 
     @torch.no_grad()
     def conditional_heatmaps(

@@ -42,10 +42,16 @@ Rules of the CNN families beyond ResNet/VGG (each with its reasoning and referen
   rule of AttnLRP (Achtibat et al. 2024, "AttnLRP: attention-aware layer-wise relevance
   propagation for transformers", Prop. 3.3): ``R_a = R_b = R / 2``, summed over the dimensions
   an operand was broadcast along. Conserving.
-* **LayerNorm / LayerNorm2d / GroupNorm**: the statistics are held constant (AttnLRP's
-  identity rule for the normalisation, Ali et al. 2022): ``y = (x - mu) / sigma * gamma +
-  beta`` is then affine in ``x`` and, with biases kept out of the denominators as in every
-  other rule here (``zero_bias=True``), relevance passes unchanged. Conserving.
+* **LayerNorm / LayerNorm2d / GroupNorm** on feature maps: the statistics are held constant:
+  ``y = (x - mu) / sigma * gamma + beta`` is then affine in ``x`` and, with biases kept out of
+  the denominators as in every other rule here (``zero_bias=True``), relevance passes
+  unchanged. Conserving.
+* **LayerNorm on a token sequence** ``(B, N, C)`` (a transformer's): only ``sigma`` is held
+  constant and the centring is linear (Ali et al. 2022; AttnLRP's identity rule for the
+  normalisation, as LXT implements it), the epsilon rule through the affine map with the bias
+  ``beta`` in the denominator: it absorbs its share. Passing relevance unchanged there hands a
+  feature that is mostly ``beta`` its full relevance, and the residual sum below it, near
+  zero, splits that into cancelling shares in the 1e4s (measured on the MNIST ViT).
 * **BatchNorm that cannot be merged** (pre-activation, e.g. DenseNet's ``norm1`` after a
   concatenation) and timm's fused ``BatchNormAct2d``: an elementwise affine map (plus its
   activation), so the same *pass* rule; conserving.
@@ -345,10 +351,15 @@ def add_rule(ctx: RuleContext) -> R.Rule:
 
 
 def _constant_operand(ctx: RuleContext, nodes, variable: list[bool], what: str) -> R.Rule:
-    """``x + c`` / ``x - c`` / ``c - x`` with a constant ``c``: a bias, all relevance to ``x``."""
+    """``x + c`` / ``x - c`` / ``c - x`` with a constant ``c``: a bias, all relevance to ``x``; with
+    ``zero_bias=False`` the bias absorbs its share, ``R_x = x R / (x + c)`` (as a dense layer's bias
+    then does; a position embedding under LXT's gradient x input)."""
     feature = variable.index(True)
     if tuple(ctx.args[feature].shape) != tuple(ctx.out.shape):
         raise ctx.unsupported(f"{what} of a constant that broadcasts the activation")
+    if not ctx.composite.zero_bias:
+        sign = -1.0 if what == "subtraction" and feature == 1 else 1.0
+        return R.SumRule([nodes[feature]], [sign * ctx.args[feature]], ctx.out, ctx.norm_stabilizer())
     return R.PassRule(nodes[feature])
 
 
@@ -462,6 +473,29 @@ def _attention_epsilon(ctx: RuleContext) -> Epsilon:
         raise InputError(f"the attention's rule uses the dense layers' epsilon rule; got {spec.label} for node "
                          f"'{ctx.node.name}'; use the epsilon rule for dense layers")
     return spec
+
+
+def layer_norm_rule(ctx: RuleContext) -> R.Rule:
+    """LayerNorm: on a token sequence ``(B, N, C)`` (a transformer's) the standard deviation is held
+    constant and the centring is linear, the bias absorbing its share
+    (:class:`~conceptree.attribution.rules.TokenLayerNormRule`, with the dense layers' epsilon); on
+    feature maps (ConvNeXt's channels-last LayerNorm) the statistics are held constant and relevance
+    passes unchanged (module docstring)."""
+    x = ctx.x
+    if not (isinstance(x, Tensor) and x.ndim == 3):
+        return R.PassRule(ctx.arg0)
+    if ctx.module is not None:
+        weight, bias, eps, shape = ctx.module.weight, ctx.module.bias, ctx.module.eps, tuple(ctx.module.normalized_shape)
+    else:  # F.layer_norm(x, normalized_shape, weight, bias, eps)
+        args = list(ctx.args) + [None] * 5
+        shape = tuple(args[1] if args[1] is not None else ctx.kwargs.get("normalized_shape"))
+        weight = args[2] if args[2] is not None else ctx.kwargs.get("weight")
+        bias = args[3] if args[3] is not None else ctx.kwargs.get("bias")
+        eps = args[4] if args[4] is not None else ctx.kwargs.get("eps", 1e-5)
+    if shape != (x.shape[-1],):
+        raise ctx.unsupported(f"LayerNorm over {shape} of a token sequence {tuple(x.shape)}")
+    spec = ctx.rule("linear")
+    return R.TokenLayerNormRule(ctx.arg0, x, weight, bias, eps, epsilon=getattr(spec, "epsilon", 1e-6))
 
 
 def attention_rule(ctx: RuleContext) -> R.Rule:
@@ -749,7 +783,18 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         table[key] = reshape_rule
     for key in _timm_attention_types():
         table[key] = timm_attention_rule
+    for key in (nn.LayerNorm, F.layer_norm, *_timm_layer_norms()):
+        table[key] = layer_norm_rule
     return table
+
+
+def _timm_layer_norms() -> tuple[type, ...]:
+    """timm's LayerNorm over the last dimension (its token models'), when timm is installed."""
+    try:
+        from timm.layers import LayerNorm
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return ()
+    return (LayerNorm,)
 
 
 def _timm_attention_types() -> tuple[type, ...]:

@@ -23,6 +23,7 @@ import copy
 import difflib
 import fnmatch
 import operator
+import warnings
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -474,7 +475,10 @@ def token_linears(graph_module: fx.GraphModule, example: Tensor | None) -> set[s
     try:
         with torch.no_grad():
             graph_module(example)
-    except Exception:  # the engine's own first pass names the failure in its words
+    except Exception as exc:  # noqa: BLE001 - any failure of the model's own code on the example
+        warnings.warn(f"the model fails on the example input {tuple(example.shape)} ({str(exc).splitlines()[0][:120]}); "
+                      "its token layers (a transformer's) are not found: pass example_input of the model's input size",
+                      stacklevel=3)
         return set()
     finally:
         for handle in handles:

@@ -3,22 +3,23 @@
 The zoo is the complement of ``benchmarks/architectures.py``'s: every timm module that script skips
 as **attention-based** (its filter :func:`architectures.timm_family`, computed, not hand-made),
 one small variant each, plus torchvision's ``vit_b_16``, ``swin_t`` and ``maxvit_t``. Random
-weights with a fixed seed (BatchNorm statistics randomised as there), each at its own input size.
+weights with a fixed seed (BatchNorm statistics randomised as there; zero-initialised dense layers,
+such as torchvision's ViT head, drawn at random), each at its own input size.
 
 For each family:
 
 * status: ``ok`` or the engine's one-line refusal;
 * selected layers and neurons (conv channels and the MLP hidden channels of token layers);
 * conservation error. In a token model the class (and register) tokens enter as constants
-  (``torch.cat`` of a parameter with the patch tokens): the relevance that reaches their slots is
-  absorbed there, as a bias's, and is *reported*, not an error. So for the most relevant and one
-  random channel of every selected layer ``err = |sum(y_p) + c_p - r_p| / max|R_layer|``, with
-  ``c_p`` the relevance of ``p`` absorbed at the constant pieces of every ``cat`` (recorded in the
-  same propagation), and likewise ``|sum(heatmap) + c - logit| / |logit|`` for the heatmap;
-* ``absorbed``: ``c / logit``, the class token's (and other constants') share of the logit;
+  (``torch.cat`` of a parameter with the patch tokens) and the token LayerNorms' biases keep their
+  shares: that relevance is absorbed, as a bias's, and *reported*, not an error
+  (:meth:`CRPEngine.absorbed_by_constants`). So for the most relevant and one random channel of every
+  selected layer ``err = |sum(y_p) + c_p - r_p| / max|R_layer|``, with ``c_p`` what the constants
+  absorbed of ``p``'s relevance, and likewise ``|sum(heatmap) + c - logit| / |logit|`` for the heatmap;
+* ``absorbed``: ``c / logit``, the constants' share of the logit;
 * seconds for one LRP pass and for the conditional maps of 32 channels of the deepest selected layer.
 
-    python benchmarks/transformers.py --out benchmarks/results/transformers.json --table docs/transformers_table.md
+    python benchmarks/attention_zoo.py --out benchmarks/results/attention_zoo.json --table docs/transformers_table.md
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from architectures import randomise_batchnorm, timm_family  # noqa: E402
 
 from conceptree.attribution import CRPEngine  # noqa: E402
-from conceptree.attribution import rules as R  # noqa: E402
-from conceptree.attribution._forward import init_relevance  # noqa: E402
-from conceptree.attribution._propagate import propagate  # noqa: E402
 
 TORCHVISION = ["vit_b_16", "swin_t", "maxvit_t"]
 
@@ -53,32 +51,17 @@ def build(source: str, name: str) -> torch.nn.Module:
         warnings.simplefilter("ignore")
         model = (getattr(torchvision.models, name)() if source == "torchvision"
                  else timm.create_model(name, pretrained=False))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # zero-initialised heads (torchvision's ViT) would explain a logit of 0
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                module.weight.copy_(0.02 * torch.randn(module.weight.shape, generator=gen))
     return randomise_batchnorm(model)
 
 
 def _input_size(model: torch.nn.Module) -> tuple[int, int]:
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
     return int(size[-2]), int(size[-1])
-
-
-def _constant_cats(engine: CRPEngine, forward) -> list:
-    """The ``cat`` nodes with a constant piece (class/register tokens): where relevance is absorbed."""
-    return [node for node, rule in forward.rules.items() if isinstance(rule, R.CatRule) and None in rule.pieces]
-
-
-def _absorbed(forward, recorded: dict, cats: list, batch: int) -> torch.Tensor:
-    """``(batch,)`` float64: per row, the relevance that reached the constant pieces of the ``cat`` nodes."""
-    total = torch.zeros(batch, dtype=torch.float64)
-    for node in cats:
-        rel = recorded.get(node)
-        if rel is None:
-            continue
-        rule = forward.rules[node]
-        parts = torch.split(rel, rule.sizes, dim=rule.dim)
-        for part, inp in zip(parts, rule.pieces):
-            if inp is None:
-                total += part.double().flatten(1).sum(1)
-    return total
 
 
 def measure(source: str, name: str) -> dict:
@@ -94,30 +77,21 @@ def measure(source: str, name: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - the benchmark reports every failure as a row
         row.update(status=f"error: {str(exc).splitlines()[0][:220]}")
         return row
-    forward = attribution.forward
-    cats = _constant_cats(engine, forward)
-    graph = engine._graph
-    # the heatmap with what the constants absorbed, in one propagation from the logit
-    start = {graph.output_node(): init_relevance(forward.logits, [attribution.target], "logit")}
-    heat, recorded = propagate(graph, forward, start, record=cats)
-    absorbed = float(_absorbed(forward, recorded, cats, 1)[0])
+    absorbed = float(engine.absorbed_by_constants(attribution)[0])
     logit = float(attribution.logits[attribution.target])
-    heatmap_sum = float(heat.sum())
+    heatmap_sum = float(attribution.heatmap.sum())
     rng = np.random.default_rng(0)
     errors = []
     kinds = {layer.kind for layer in engine.layers}
     for layer in engine.layers:
-        node, rel = engine._selected(attribution, layer.name)
         r = attribution.channel_relevance(layer.name).double()
-        scale = float(rel.abs().max()) or 1.0
+        scale = float(attribution.layer_relevance[layer.name].abs().max()) or 1.0
+        if attribution.token_relevance.get(layer.name, torch.zeros(0)).numel():
+            scale = max(scale, float(attribution.token_relevance[layer.name].abs().max()))
         chans = sorted({int(r.abs().argmax()), int(rng.integers(layer.channels))})
-        masked = rel.new_zeros((len(chans), *rel.shape))
-        for i, c in enumerate(chans):
-            masked[i, c] = rel[c]
-        maps, rec = propagate(graph, forward, {node: graph.node_layout(forward, node, masked)}, record=cats)
-        c_p = _absorbed(forward, rec, cats, len(chans))
-        sums = maps.double().flatten(1).sum(1)
-        errors += [abs(float(sums[i] + c_p[i] - r[c])) / scale for i, c in enumerate(chans)]
+        maps = engine.neuron_maps(attribution, batch_size=8, channels={layer.name: chans})
+        kept = engine.absorbed_by_constants(attribution, [{layer.name: [c]} for c in chans])
+        errors += [abs(float(maps.map_sums[i] + kept[i] - r[c])) / scale for i, c in enumerate(chans)]
     deepest = engine.layers[-1]
     top = torch.topk(attribution.channel_relevance(deepest.name).abs(), min(32, deepest.channels)).indices.tolist()
     t0 = time.perf_counter()
@@ -143,7 +117,7 @@ def table(rows: list[dict]) -> str:
     lines = [
         "# Attention-based families",
         "",
-        "Generated by `python benchmarks/transformers.py` (random weights, fixed seed, each model at its own input size;",
+        "Generated by `python benchmarks/attention_zoo.py` (random weights, fixed seed, each model at its own input size;",
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, {platform.machine()} CPU,",
         "2 cores). The zoo: every timm module that `benchmarks/architectures.py` skips as attention-based, one small",
         "variant each, and torchvision's three transformers. Its docstring defines the columns.",
@@ -152,7 +126,7 @@ def table(rows: list[dict]) -> str:
         f"{sum(conserving(r) for r in ok)} of them conserving** (error ≤ 1e-3, heatmap error ≤ 1e-2, both counting the",
         "relevance the class/register tokens absorb). The rest are refused in one line, with the reason below.",
         "",
-        "*absorbed*: share of the logit's relevance that ends on the class and register tokens (constants, as biases).",
+        "*absorbed*: share of the logit's relevance that ends on constants (class/register tokens, token LayerNorm biases).",
         "*LRP s*: engine build and one LRP pass; *32 maps s*: conditional maps of the 32 most relevant channels of the",
         "deepest selected layer.",
         "",
@@ -175,7 +149,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/transformers.json")
+    parser.add_argument("--out", default="benchmarks/results/attention_zoo.json")
     parser.add_argument("--table", default="docs/transformers_table.md")
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--table-only", action="store_true", help="rewrite --table from --out")
