@@ -64,6 +64,8 @@ SPEED_CHECK = [("torchvision", "resnet34")]
 SPEED_FAMILIES = {f"torchvision:{n}" for n in TORCHVISION} | {f"timm:{n}" for n in TIMM} | {"torchvision:resnet34"}
 #: fewer convolutions with a spatial kernel than this: not a convolutional backbone
 MIN_SPATIAL_CONVS = 4
+#: the start of the attention families' section (benchmarks/attention_zoo.py writes it, this script keeps it)
+ATTENTION_MARKER = "<!-- attention families: benchmarks/attention_zoo.py -->"
 _MATRIX_PRODUCTS = {"matmul", "bmm", "einsum", "scaled_dot_product_attention", "baddbmm"}
 
 
@@ -405,7 +407,10 @@ def main() -> None:
               "timm": timm.__version__, "speed_date": speed_date, "summary": summary(rows, skipped),
               "rows": rows, "skipped": skipped}
     Path(args.out).write_text(json.dumps(result, indent=1))
-    Path(args.table).write_text(table(rows, skipped, args.size, args.conservation_size, speed_date))
+    kept = Path(args.table).read_text().split(ATTENTION_MARKER, 1) if Path(args.table).exists() else [""]
+    attention = ATTENTION_MARKER + kept[1] if len(kept) == 2 else ""  # benchmarks/attention_zoo.py's section
+    Path(args.table).write_text(table(rows, skipped, args.size, args.conservation_size, speed_date)
+                                + ("\n" + attention if attention else ""))
 
 
 if __name__ == "__main__":

@@ -120,3 +120,78 @@ def test_a_timm_vit_with_an_optional_forward_argument_traces_and_its_only_first_
     attribution = engine.attribute(forward)
     assert float(attribution.heatmap.sum()) == pytest.approx(
         float(attribution.channel_relevance("patch_embed.proj").sum()), rel=1e-6)
+
+
+def test_repeat_rule_sums_over_the_tiles():
+    from conceptree.attribution.rules import RepeatRule
+
+    x = torch.randn(1, 2, 3, dtype=torch.float64)
+    out = x.repeat(1, 4, 2)
+    rel = torch.randn(5, *out.shape[1:], dtype=torch.float64)
+    ((_, got),) = RepeatRule(None, x.shape, (1, 4, 2)).backward(rel)
+    xin = x.expand(5, -1, -1).clone().requires_grad_(True)
+    (slow,) = torch.autograd.grad(xin.repeat(1, 4, 2), xin, rel)  # the vector-Jacobian product of the tiling
+    torch.testing.assert_close(got, slow)
+
+
+def test_matmul_rule_gives_the_values_all_relevance_when_the_weights_are_a_softmax():
+    """``softmax(a) @ v``: CP-LRP through the product (the weights constant), against the slow formula
+    ``R_v[j, d] = sum_i A[i, j] v[j, d] R[i, d] / y[i, d]``; two activations split it half and half."""
+    from conceptree.attribution.rules import MatmulRule
+
+    gen = torch.Generator().manual_seed(0)
+    attention = torch.softmax(torch.randn(1, 2, 4, 4, generator=gen, dtype=torch.float64), -1)
+    v = torch.randn(1, 2, 4, 3, generator=gen, dtype=torch.float64)
+    y = attention @ v
+    rel = torch.randn(3, 2, 4, 3, generator=gen, dtype=torch.float64)
+    ((_, got),) = MatmulRule([None, "v"], attention, v, y, 0.0).backward(rel)
+    slow = torch.einsum("bhij,bhjd,rhid->rhjd", attention, v, rel / y)
+    torch.testing.assert_close(got, slow)
+    torch.testing.assert_close(got.sum((1, 2, 3)), rel.sum((1, 2, 3)))  # conserving
+    (_, half_a), (_, half_v) = MatmulRule(["a", "v"], attention, v, y, 0.0).backward(rel)
+    torch.testing.assert_close(half_v, slow / 2)
+    torch.testing.assert_close((half_a + 0).sum((1, 2, 3)) + half_v.sum((1, 2, 3)), rel.sum((1, 2, 3)))
+
+
+class _TokenMixer(nn.Module):
+    """A one-head attention block written with matrix products or with ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, fused: bool, indexed: bool = False) -> None:
+        super().__init__()
+        self.fused, self.indexed = fused, indexed
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.qkv = nn.Linear(8, 24)
+        self.proj = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        qkv = self.qkv(tokens).reshape(-1, tokens.shape[1], 3, 1, 8).permute(2, 0, 3, 1, 4)
+        q, k, v = (qkv[0], qkv[1], qkv[2]) if self.indexed else qkv.unbind(0)
+        if self.fused:
+            mixed = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            mixed = (q @ k.transpose(-2, -1) * 8**-0.5).softmax(-1) @ v
+        tokens = tokens + self.proj(mixed.transpose(1, 2).reshape(-1, tokens.shape[1], 8))
+        return self.head(tokens.mean(1))
+
+
+def test_attention_in_matrix_products_and_in_sdpa_get_the_same_cp_lrp_relevance():
+    """The two spellings of one attention (timm switches between them with ``fused_attn``) explain alike, the
+    batch-moving ``permute(2, 0, ...).unbind(0)`` of the packed qkv is rewritten batch-first, and the input
+    heatmap conserves the logit."""
+    torch.manual_seed(0)
+    explicit = _TokenMixer(fused=False).double().eval()
+    fused = _TokenMixer(fused=True).double().eval()
+    fused.load_state_dict(explicit.state_dict())
+    indexed = _TokenMixer(fused=False, indexed=True).double().eval()  # qkv[0], qkv[1], qkv[2] (CaiT)
+    indexed.load_state_dict(explicit.state_dict())
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    heatmaps = []
+    for model in (explicit, fused, indexed):
+        engine = CRPEngine(model, dtype=torch.float64, example_input=x)
+        attribution = engine.attribute(x, target=0)
+        heatmaps.append(attribution.heatmap)
+        assert float(attribution.heatmap.sum()) == pytest.approx(float(attribution.logits[0]), rel=1e-4)  # stabilisers
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(heatmaps[0], heatmaps[2], rtol=1e-9, atol=1e-12)

@@ -425,6 +425,67 @@ def functional_conv_rule(ctx: RuleContext) -> R.Rule:
     return build_conv(ctx, ctx.rule("conv"), ctx.constants[key], ctx.node.name)
 
 
+def _dense_epsilon(ctx: RuleContext) -> float:
+    """The dense layers' epsilon (the products of attention use it, as the attention rules do)."""
+    return float(getattr(ctx.rule("linear"), "epsilon", 1e-6))
+
+
+def select_rule(ctx: RuleContext) -> R.Rule:
+    """``x.select(dim, index)``: relevance follows the elements (the batch must stay first)."""
+    dim = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("dim")
+    index = ctx.args[2] if len(ctx.args) > 2 else ctx.kwargs.get("index")
+    return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t.select(dim, index))
+
+
+def functional_linear_rule(ctx: RuleContext) -> R.Rule:
+    """``F.linear(x, weight, bias)`` with a constant weight (BEiT's qkv with its assembled bias): the
+    dense rule, as for ``nn.Linear``. A weight that depends on the input is refused."""
+    nodes = list(ctx.node.args) + [None] * 3
+    weight = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("weight")
+    bias = ctx.args[2] if len(ctx.args) > 2 else ctx.kwargs.get("bias")
+    weight_node = nodes[1] if nodes[1] is not None else ctx.node.kwargs.get("weight")
+    if isinstance(weight_node, fx.Node) and weight_node in ctx.depends:
+        raise ctx.unsupported("F.linear with a weight computed from the input")
+    module = _FunctionalLinear(weight, bias)
+    spec = ctx.rule("linear")
+    cls, params, legacy = _variant(spec, LINEAR_VARIANTS, ctx)
+    return cls(ctx.arg0, module, ctx.x, ctx.out, legacy, zero_bias=ctx.composite.zero_bias, **params)
+
+
+@dataclass
+class _FunctionalLinear:
+    """The weight and bias of an ``F.linear`` call, where a dense rule reads a module's."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+
+def matmul_rule(ctx: RuleContext) -> R.Rule:
+    """``a @ b`` (``matmul``, ``bmm``): the epsilon rule through the product; a softmax gate (attention
+    weights) or a constant operand receives nothing, two activations share by AttnLRP's uniform rule
+    (:class:`~conceptree.attribution.rules.MatmulRule`)."""
+    nodes = list(ctx.node.args[:2])
+    a, b = ctx.args[:2]
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.ndim < 2 or b.ndim < 2 or len(ctx.kwargs) > 0:
+        raise ctx.unsupported("matrix product of vectors or with keyword arguments")
+    kept = [None if _is_gate(ctx, n) else n for n in nodes]
+    if all(k is None for k in kept):
+        return None  # type: ignore[return-value]  # a product of constants/gates: a constant
+    return R.MatmulRule(kept, a, b, ctx.out, _dense_epsilon(ctx))
+
+
+def sdpa_rule(ctx: RuleContext) -> R.Rule:
+    """``F.scaled_dot_product_attention``: CP-LRP, the attention weights held constant
+    (:class:`~conceptree.attribution.rules.ScaledDotProductAttentionRule`)."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+    args = {name: (ctx.args[i] if len(ctx.args) > i else ctx.kwargs.get(name)) for i, name in enumerate(names)}
+    if ctx.kwargs.get("enable_gqa"):
+        raise ctx.unsupported("grouped-query scaled_dot_product_attention")
+    value_node = ctx.node.args[2] if len(ctx.node.args) > 2 else ctx.node.kwargs.get("value")
+    return R.ScaledDotProductAttentionRule(value_node, args["query"], args["key"], args["value"], args["attn_mask"],
+                                           bool(args["is_causal"]), ctx.kwargs.get("scale"), _dense_epsilon(ctx))
+
+
 def softmax_rule(ctx: RuleContext) -> R.Rule:
     """A softmax is only explained as a gate: it must never receive relevance (module docstring)."""
     return R.GateRule(ctx.arg0, f"softmax '{ctx.node.name}'")
@@ -530,6 +591,18 @@ def expand_rule(ctx: RuleContext) -> R.Rule | None:
     if not isinstance(ctx.x, Tensor) or ctx.x.ndim != ctx.out.ndim:
         raise ctx.unsupported("expand that adds dimensions")
     return R.ExpandRule(ctx.arg0, ctx.x.shape, ctx.out.shape)
+
+
+def repeat_rule(ctx: RuleContext) -> R.Rule | None:
+    """``x.repeat(...)``: tiled copies, relevance summed over them (the batch must not be tiled). A
+    constant repeated to the batch (XCiT's class token) stays a constant, as for ``expand``."""
+    if ctx.arg0 not in ctx.depends:
+        return None
+    reps = ctx.args[1] if len(ctx.args) == 2 and isinstance(ctx.args[1], (tuple, list)) else ctx.args[1:]
+    reps = tuple(int(r) for r in reps)
+    if not isinstance(ctx.x, Tensor) or len(reps) != ctx.x.ndim or reps[0] != 1:
+        raise ctx.unsupported("repeat that adds dimensions or tiles the batch")
+    return R.RepeatRule(ctx.arg0, ctx.x.shape, reps)
 
 
 def pad_rule(ctx: RuleContext) -> R.Rule:
@@ -646,7 +719,12 @@ def _is_gate(ctx: RuleContext, node) -> bool:
         node = node.args[0]  # follow a reshape of the gate back to its producer
     if node.op == "call_module":
         module = ctx.owner.get_submodule(node.target)
-        return isinstance(module, _GATE_MODULES) or type(module).__name__ in ("HardSigmoid", "Sigmoid", "GateSigmoid")
+        if isinstance(module, (nn.Dropout, nn.Identity, nn.Linear)) and node.args and isinstance(node.args[0], fx.Node):
+            # attention dropout (the identity in eval mode); CaiT's talking heads mix the attention weights
+            # across heads with a dense layer: weights still, constant under CP-LRP
+            return _is_gate(ctx, node.args[0])
+        return isinstance(module, (*_GATE_MODULES, nn.Softmax)) or type(module).__name__ in (
+            "HardSigmoid", "Sigmoid", "GateSigmoid")
     return False
 
 
@@ -774,6 +852,18 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         F.softmax: softmax_rule,
         torch.softmax: softmax_rule,
         "softmax": softmax_rule,
+        nn.Softmax: softmax_rule,
+        operator.matmul: matmul_rule,
+        torch.matmul: matmul_rule,
+        torch.bmm: matmul_rule,
+        "matmul": matmul_rule,
+        "bmm": matmul_rule,
+        F.scaled_dot_product_attention: sdpa_rule,
+        F.linear: functional_linear_rule,
+        "select": select_rule,
+        "repeat": repeat_rule,
+        torch.select: select_rule,
+        F.normalize: pass_rule,  # x / |x| with the norm held constant, as a LayerNorm's deviation
     }
     for key in (*CONSTANT_FUNCTION_KEYS, *CONSTANT_METHOD_KEYS):
         table[key] = constant_rule

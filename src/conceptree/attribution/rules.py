@@ -822,6 +822,65 @@ class AttentionRule(Rule):
         return [(self.inputs[0], rel_in if self.batch_first else rel_in.transpose(0, 1))]
 
 
+class MatmulRule(Rule):
+    """``y = a @ b`` (attention written with matrix products): the epsilon rule through the product.
+
+    An operand that is a gate (a softmax: attention weights, held constant as in CP-LRP) or a constant
+    receives nothing and the other the whole z-rule, ``R_b = b * (a^T (R / y))``: ``attn @ v`` is linear
+    in the values. Two activations (``q @ k^T`` when relevance reaches it, XCA's products) share it by
+    AttnLRP's uniform rule, each half of its own z-rule. ``a`` ``(..., n, k)``, ``b`` ``(..., k, m)``;
+    relevance batches broadcast over the leading dimensions as the forward's did.
+    """
+
+    def __init__(self, nodes: Sequence[fx.Node | None], a: Tensor, b: Tensor, out: Tensor, epsilon: float) -> None:
+        self.pieces = tuple(nodes)
+        self.inputs = tuple(n for n in nodes if n is not None)
+        self.a, self.b = a, b
+        self.inv_y = 1.0 / stabilize(out, epsilon)
+        self.share = 0.5 if all(n is not None for n in nodes) else 1.0
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        scaled = relevance * self.inv_y * self.share
+        out = []
+        a_node, b_node = self.pieces
+        if a_node is not None:
+            out.append((a_node, _unbroadcast(self.a * (scaled @ self.b.transpose(-1, -2)), self.a.shape)))
+        if b_node is not None:
+            out.append((b_node, _unbroadcast(self.b * (self.a.transpose(-1, -2) @ scaled), self.b.shape)))
+        return out
+
+
+def _unbroadcast(rel: Tensor, shape: torch.Size) -> Tensor:
+    """Sum ``rel`` over the dimensions (after the batch) along which an operand of ``shape`` was broadcast."""
+    dims = [d for d in range(1, rel.ndim) if d < len(shape) and shape[d] == 1 and rel.shape[d] != 1]
+    return rel.sum(dims, keepdim=True) if dims else rel
+
+
+class ScaledDotProductAttentionRule(Rule):
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask, ..., scale)``: CP-LRP, the attention weights
+    ``A = softmax(q k^T * scale + mask)`` held constant, the epsilon rule through ``A v`` to the values;
+    the queries and keys (and a mask, such as a relative position bias) receive nothing."""
+
+    def __init__(self, value_node: fx.Node, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None,
+                 is_causal: bool, scale: float | None, epsilon: float) -> None:
+        self.inputs = (value_node,)
+        if k.shape[:-2] != q.shape[:-2] or v.shape[:-2] != q.shape[:-2]:
+            raise UnsupportedModelError(f"scaled_dot_product_attention with queries {tuple(q.shape)} and keys "
+                                        f"{tuple(k.shape)} (grouped or broadcast heads) has no rule; register one")
+        scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+        if is_causal:
+            n, m = scores.shape[-2:]
+            scores = scores.masked_fill(torch.ones(n, m, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+        self.attention = torch.softmax(scores, dim=-1)
+        self.v = v
+        self.inv_y = 1.0 / stabilize(self.attention @ v, epsilon)
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return [(self.inputs[0], self.v * (self.attention.transpose(-1, -2) @ (relevance * self.inv_y)))]
+
+
 class TokenLayerNormRule(Rule):
     """LayerNorm over a token's features with its standard deviation held constant (Ali et al. 2022;
     AttnLRP's identity rule for the normalisation, as LXT implements it): ``y = g (x - mean(x)) / s + b``
@@ -856,6 +915,23 @@ class TokenLayerNormRule(Rule):
         """``(B,)`` float64: the bias's share of ``relevance`` (what :meth:`backward` does not pass on)."""
         ((_, passed),) = self.backward(relevance)
         return relevance.double().flatten(1).sum(1) - passed.double().flatten(1).sum(1)
+
+
+class RepeatRule(Rule):
+    """``x.repeat(r_1, ..., r_n)``: each output element copies one input element, so an input element's
+    relevance is the sum over its ``r_1 ... r_n`` copies (``r_1 = 1``: the batch is the relevance batch's)."""
+
+    def __init__(self, inp: fx.Node, in_shape: torch.Size, reps: Sequence[int]) -> None:
+        self.inputs = (inp,)
+        self.in_shape = tuple(in_shape[1:])
+        self.reps = tuple(reps[1:])
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        split = [relevance.shape[0]]
+        for rep, size in zip(self.reps, self.in_shape):
+            split += [rep, size]
+        summed = relevance.reshape(split).sum(tuple(range(1, 2 * len(self.reps), 2)))
+        return [(self.inputs[0], summed)]
 
 
 class ExpandRule(Rule):

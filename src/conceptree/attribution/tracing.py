@@ -49,7 +49,7 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (nn.Conv2d, nn.Linear)) or type(m).__name__ in _LEAF_CLASS_NAMES:
             return True
-        if type(m).__name__ == "Attention" and type(m).__module__.startswith("timm."):  # one CP-LRP rule
+        if type(m).__name__ == "Attention" and type(m).__module__.startswith("timm.layers"):  # one CP-LRP rule
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -361,7 +361,61 @@ def canonize(model: nn.Module, zennit_compat: ZennitCompat | None = None, exampl
         merged = True
     if merged:
         traced = _trace(model, example)
+    _batch_first_permutes(traced)
     return traced
+
+
+def _permute_dims(node: fx.Node) -> tuple[int, ...] | None:
+    """The dims of a ``permute`` node (method or function), or None."""
+    if node.target not in ("permute", torch.permute) or len(node.args) < 2:
+        return None
+    dims = node.args[1:] if node.target == "permute" and len(node.args) > 2 else node.args[1]
+    if not (isinstance(dims, (tuple, list)) and all(isinstance(d, int) and d >= 0 for d in dims)):
+        return None
+    return tuple(dims)
+
+
+def _batch_first_permutes(graph_module: fx.GraphModule) -> None:
+    """Rewrite ``x.permute(2, 0, 3, 1, 4).unbind(0)`` (timm's split of a packed qkv) to keep the batch first.
+
+    The engine's relevance batches ride on the batch dimension, so a permutation that moves it is refused;
+    but where the permuted tensor is only unbound or indexed along its first dimension, the same values
+    come from ``x.permute(0, 2, 3, 1, 4).unbind(1)``: the batch stays first and the split moves one place.
+    Other uses of such a permutation are left for the engine to refuse.
+    """
+    graph = graph_module.graph
+    changed = False
+    for node in list(graph.nodes):
+        dims = _permute_dims(node) if node.op in ("call_method", "call_function") else None
+        if dims is None or dims[0] == 0 or 0 not in dims:
+            continue
+        users = list(node.users)
+
+        def splits_first(user: fx.Node) -> bool:
+            if user.target in ("unbind", torch.unbind):
+                dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
+                return dim == 0
+            return user.target is operator.getitem and isinstance(user.args[1], int)
+
+        if not users or not all(splits_first(user) for user in users):
+            continue
+        new_dims = (0, *(d for d in dims if d != 0))
+        with graph.inserting_after(node):
+            moved = graph.call_method("permute", (node.args[0], *new_dims))
+        for user in users:
+            if user.target is operator.getitem:
+                with graph.inserting_after(user):
+                    picked = graph.call_method("select", (moved, 1, user.args[1]))
+                user.replace_all_uses_with(picked)
+                graph.erase_node(user)
+            else:
+                user.args = (moved, 1)
+                user.kwargs = {}
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.lint()
+        graph_module.recompile()
 
 
 def _set_submodule(root: nn.Module, qualname: str, module: nn.Module) -> None:
@@ -498,9 +552,12 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
     layers: list[LayerInfo] = []
     seen: set[str] = set()
     pointwise: set[fx.Node] = set()
+    varying: set[fx.Node] = set()  # nodes whose value depends on the input
     for node in graph_module.graph.nodes:
-        if node.op != "call_module":
-            continue
+        if node.op == "placeholder" or any(arg in varying for arg in node.all_input_nodes):
+            varying.add(node)
+        if node.op != "call_module" or node not in varying:
+            continue  # a layer on constants only (a relative-position MLP on fixed coordinates) has no neurons
         module: Any = graph_module.get_submodule(str(node.target))
         default = True
         if isinstance(module, nn.Linear) and node.target not in tokens and _reads_channels_last(graph_module, node, pointwise):

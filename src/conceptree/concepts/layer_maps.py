@@ -132,7 +132,7 @@ def smooth_group_maps(
     groups: Sequence[Mapping[str, Sequence[int]]],
     size: tuple[int, int],
     sigma_cells: float = 1.0,
-    sigma_pixels: float = 6.0,
+    sigma_pixels: float | None = None,
 ) -> np.ndarray:
     """Each group's own-layer relevance drawn for the eye: every layer resolution smoothed before summing.
 
@@ -144,6 +144,8 @@ def smooth_group_maps(
     came down from a 14×14 layer carries its 16-pixel grid into the shallow layers, and 6 pixels
     leave 6 % of that pattern (detail finer than about 10 pixels is lost in the drawing). The blurs
     keep each total (edges reflected); the evaluated maps stay :func:`layer_group_maps`'.
+    ``sigma_pixels`` defaults to 6 pixels per 224 of the input's shorter side (6 at 224x224, 0.75 on a
+    28x28 digit, whose 4-pixel patches a 6-pixel blur would erase).
 
     Returns
     -------
@@ -153,6 +155,8 @@ def smooth_group_maps(
     from scipy.ndimage import gaussian_filter
 
     layer_relevance = attribution.layer_relevance if isinstance(attribution, Attribution) else attribution
+    if sigma_pixels is None:
+        sigma_pixels = 6.0 * min(size) / 224
     out = np.zeros((len(groups), *size), np.float32)
     for g, group in enumerate(groups):
         by_size: dict[tuple[int, int], Tensor] = {}

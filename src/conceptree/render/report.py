@@ -360,7 +360,7 @@ def write_html(explanation, path: str | Path) -> Path:
         page_head(f"conceptree: {explanation.target_name}", _STYLE),
         f"<h1>Why <em>{esc(explanation.target_name)}</em>? p = {explanation.probability:.3f}</h1>",
         f"<p class='meta'>{source} of "
-        f"{len(explanation.layers)} conv layers ({len(stages)} stages) · model {esc(explanation.model.spec)} · "
+        f"{len(explanation.layers)} layers ({len(stages)} stages) · model {esc(explanation.model.spec)} · "
         f"image {esc(explanation.image_info.file or '(in memory)')}</p>",
         "<div class='top'>",
         f"<figure class='panel'><img alt='input image' src='{image_data_uri(image)}'><figcaption>input as the model "
