@@ -394,7 +394,7 @@ def _batch_first_permutes(graph_module: fx.GraphModule) -> None:
         def splits_first(user: fx.Node) -> bool:
             if user.target in ("unbind", torch.unbind):
                 dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
-                return dim == 0
+                return isinstance(dim, int) and dim == 0
             return user.target is operator.getitem and isinstance(user.args[1], int)
 
         if not users or not all(splits_first(user) for user in users):
