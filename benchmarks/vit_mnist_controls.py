@@ -14,7 +14,9 @@ The rules, written before the run:
    (a) *moved*: ``K`` patches drawn at random among the digit's ink patches (a pixel > 0.2), the mean of
        10 draws: occluding ink anywhere;
    (b) *random group*: the region of a random neuron group with as many neurons per layer as the
-       concept, drawn from the same layers (the mean of 10 draws), mapped and thresholded alike;
+       concept, drawn from the same layers (the mean of 10 draws), mapped and thresholded alike (under
+       ``paper``, whose concept map is its representative's conditional map: a random neuron of the
+       representative's layer, its conditional map);
    (c) for scale, the ``K`` patches of the class heatmap's largest positive mass (all neurons at once).
    The concepts pass if the concept's drop exceeds both (a) and (b) on average with a paired
    bootstrap 95 % interval (2,000 resamples of digits) above zero.
@@ -25,6 +27,10 @@ The rules, written before the run:
    describes the input, not the model.
 
     python benchmarks/vit_mnist_controls.py --out docs/results/vit_mnist
+    python benchmarks/vit_mnist_controls.py --preset paper --out docs/results/vit_mnist
+
+``--preset`` picks the explainer's preset (``default``: own-layer maps; ``paper``: every neuron's
+input-level conditional map); the results go to ``controls.json`` / ``controls_paper.json``.
 """
 
 from __future__ import annotations
@@ -118,13 +124,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/results/vit_mnist")
     parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--preset", choices=("default", "paper"), default="default")
     args = parser.parse_args()
     loaded = load_model(f"mnist-vit:{WEIGHTS}")
     prep = loaded.preprocessing
     images, labels, rows = mnist_digits(args.per_class, 0)
-    explainer = ConceptExplainer.from_spec(loaded, progress=False)
+    from conceptree.concepts.options import preset
+
+    options = preset(args.preset)
+    explainer = ConceptExplainer.from_spec(loaded, options=options, progress=False)
     random_model = randomised(loaded.model, 1)
-    random_explainer = ConceptExplainer(random_model, preprocessing=prep, progress=False)
+    random_explainer = ConceptExplainer(random_model, preprocessing=prep, options=options, progress=False)
     rng = np.random.default_rng(0)
     records = []
     t0 = time.perf_counter()
@@ -148,7 +158,13 @@ def main() -> None:
                 n_channels = attribution.layer_relevance[layer].shape[0]
                 group[layer] = sorted(rng.choice(n_channels, len(chans), replace=False).tolist())
             random_groups.append(group)
-        random_maps = layer_group_maps(attribution, random_groups, image.shape)
+        if args.preset == "paper":  # the concept's map is its representative's conditional map: a random neuron's
+            layer = concept.representative.layer
+            n_channels = attribution.layer_relevance[layer].shape[0]
+            singles = [{layer: [int(rng.integers(n_channels))]} for _ in range(DRAWS)]
+            random_maps = explainer.engine.group_maps(attribution, singles).double().cpu().numpy()
+        else:
+            random_maps = layer_group_maps(attribution, random_groups, image.shape)
         random_regions = [np.argsort(-patch_mass(m))[:K] for m in random_maps]
         batch = np.stack([occlude(image, region), occlude(image, heat_region), *(occlude(image, m) for m in moved),
                           *(occlude(image, r) for r in random_regions)])
@@ -187,7 +203,9 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "controls.json").write_text(json.dumps({"summary": summary, "digits": records}, indent=1))
+    summary["preset"] = args.preset
+    name = "controls.json" if args.preset == "default" else f"controls_{args.preset}.json"
+    (out / name).write_text(json.dumps({"summary": summary, "digits": records}, indent=1))
     print(json.dumps(summary, indent=1))
 
 
