@@ -31,6 +31,8 @@ The rules, written before the run:
 
 ``--preset`` picks the explainer's preset (``default``: own-layer maps; ``paper``: every neuron's
 input-level conditional map); the results go to ``controls.json`` / ``controls_paper.json``.
+``--neurons stream`` explains with the residual stream after each block instead of the MLP hidden units
+(``controls_stream.json``): an exploratory run, chosen after the two pre-registered ones had failed.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/vit_mnist")
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--preset", choices=("default", "paper"), default="default")
+    parser.add_argument("--neurons", choices=("mlp", "stream"), default="mlp")
     args = parser.parse_args()
     loaded = load_model(f"mnist-vit:{WEIGHTS}")
     prep = loaded.preprocessing
@@ -132,9 +135,11 @@ def main() -> None:
     from conceptree.concepts.options import preset
 
     options = preset(args.preset)
-    explainer = ConceptExplainer.from_spec(loaded, options=options, progress=False)
+    layers = ["transformer.layers.?"] if args.neurons == "stream" else None  # the blocks' outputs
+    explainer = ConceptExplainer.from_spec(loaded, options=options, layers=layers, progress=False)
     random_model = randomised(loaded.model, 1)
-    random_explainer = ConceptExplainer(random_model, preprocessing=prep, options=options, progress=False)
+    random_explainer = ConceptExplainer(random_model, preprocessing=prep, options=options, layers=layers,
+                                        progress=False)
     rng = np.random.default_rng(0)
     records = []
     t0 = time.perf_counter()
@@ -203,8 +208,10 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary["preset"] = args.preset
+    summary["preset"], summary["neurons"] = args.preset, args.neurons
     name = "controls.json" if args.preset == "default" else f"controls_{args.preset}.json"
+    if args.neurons == "stream":
+        name = name.replace(".json", "_stream.json")
     (out / name).write_text(json.dumps({"summary": summary, "digits": records}, indent=1))
     print(json.dumps(summary, indent=1))
 

@@ -193,3 +193,30 @@ def test_the_trained_mnist_vit_reads_real_digits_and_its_relevance_is_accounted_
         assert attribution.target == label, path.name
         absorbed = engine.absorbed_by_constants(attribution)
         assert float(attribution.heatmap.sum() + absorbed[0]) == pytest.approx(float(attribution.logits[label]), rel=1e-3)
+
+
+def test_the_residual_stream_after_each_block_is_a_layer_that_carries_the_logit(tiny_vit):
+    """The option the MLP units lack: a block's output (the residual stream, named by the block) as neurons.
+    After the last block the stream holds the whole logit (a zero-bias final LayerNorm keeps none), on
+    the class token; each stream neuron's map and what the constants keep add up to its ``r_p``."""
+    engine, _ = tiny_vit  # default selection: the streams are listed, not selected
+    streams = [layer for layer in engine.all_layers if layer.kind == "stream"]
+    assert [layer.name for layer in streams] == ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    assert not any(layer.default for layer in streams) and streams[0].channels == 16
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=5).eval()
+    torch.manual_seed(0)
+    nn.init.normal_(model.heads.head.weight)
+    nn.init.normal_(model.class_token)
+    engine = CRPEngine(model, dtype=torch.float64, layers=["encoder.layers.encoder_layer_?"])
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    attribution = engine.attribute(x)
+    last = float(attribution.channel_relevance("encoder.layers.encoder_layer_1").double().sum())
+    assert last == pytest.approx(float(attribution.logits[attribution.target]), rel=1e-5)
+    name = "encoder.layers.encoder_layer_0"
+    r = attribution.channel_relevance(name).double()
+    channels = torch.topk(r.abs(), 3).indices.tolist()
+    maps = engine.neuron_maps(attribution, channels={name: channels})
+    absorbed = engine.absorbed_by_constants(attribution, [{name: [c]} for c in channels])
+    # rtol 1e-3: the stream's relevance passes the attention's and the residual sums' stabilisers (1e-6)
+    np.testing.assert_allclose(maps.map_sums + absorbed.numpy(), r[channels].numpy(), rtol=1e-3)

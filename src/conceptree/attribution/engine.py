@@ -51,7 +51,7 @@ from ._propagate import (
 )
 from .composites import Composite
 from .results import AbsorbedFlows, Attribution, BatchAttribution, MapBatch, NeuronMaps
-from .tracing import LayerInfo, ZennitCompat, canonize, guards, list_layers, select_layers, token_linears
+from .tracing import LayerInfo, ZennitCompat, canonize, guards, list_layers, select_layers, token_layers
 
 __all__ = ["DEFAULT_BATCH_SIZE", "AbsorbedFlows", "Attribution", "BatchAttribution", "CRPEngine", "ForwardPass",
            "InitRelevance", "MapBatch", "NeuronMaps"]
@@ -71,7 +71,10 @@ class CRPEngine(NodeLevelAPI):
     composite : Composite, optional
         LRP rules; default ``Composite()`` (epsilon-plus-flat, biases ignored).
     layers : list[str], optional
-        Names or fnmatch globs of the conv layers whose channels are neurons (default: all).
+        Names or fnmatch globs of the layers whose channels are neurons (default: every conv layer and, in
+        a transformer, each block's MLP hidden layer). A transformer's per-token dense layers and the
+        residual stream after each block (the block's name, e.g. ``"blocks.*"``) can be named too
+        (:attr:`all_layers` lists them with their kind).
     exclude_layers : list[str], optional
         Globs removed from the selection (e.g. ``["*downsample*"]``).
     zennit_compat : {None, "zennit", "zennit-0.4"}
@@ -132,13 +135,15 @@ class CRPEngine(NodeLevelAPI):
         for module in graph_module.modules():
             if getattr(module, "inplace", False):
                 cast(Any, module).inplace = False
-        self.all_layers: list[LayerInfo] = list_layers(graph_module, ("conv",), token_linears(graph_module, example))
+        tokens, streams = token_layers(graph_module, example)
+        self.all_layers: list[LayerInfo] = list_layers(graph_module, ("conv",), tokens, streams)
         self.layers: list[LayerInfo] = select_layers(
             self.all_layers, list(layers) if layers else None, list(exclude_layers or [])
         )
         pointwise = {layer.name for layer in self.all_layers if layer.kind == "pointwise"}
         self._graph = FxGraph(graph_module, composite=self.composite, pointwise=pointwise, guards=branch_guards,
                               example_shape=tuple(example.shape))
+        self._graph.by_layer.update({name: node for name, (node, _) in streams.items()})  # residual streams by name
         params = list(graph_module.parameters())
         self.device = params[0].device if params else torch.device("cpu")
         self.dtype = params[0].dtype if params else torch.float32
@@ -613,8 +618,10 @@ class CRPEngine(NodeLevelAPI):
         for row, condition in enumerate(conditions):
             for layer, chans in condition.items():
                 node = self._node(layer)
-                module = self.graph_module.get_submodule(str(node.target))
-                n_channels = getattr(module, "out_channels", getattr(module, "out_features", None))
+                info = next((la for la in self.all_layers if la.name == layer), None)
+                module = self.graph_module.get_submodule(str(node.target)) if node.op == "call_module" else None
+                n_channels = info.channels if info is not None else getattr(
+                    module, "out_channels", getattr(module, "out_features", None))
                 if n_channels is None:
                     raise InputError(f"layer {layer!r} has no channels to condition on; use a conv or linear layer")
                 if node not in masks:

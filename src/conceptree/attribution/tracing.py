@@ -24,7 +24,7 @@ import difflib
 import fnmatch
 import operator
 import warnings
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -502,53 +502,82 @@ def _feeds_activation(graph_module: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
-def token_linears(graph_module: fx.GraphModule, example: Tensor | None) -> set[str]:
-    """Names of the ``nn.Linear`` modules that read a token sequence ``(B, N, C)`` on ``example``.
+class _ShapeProbe(fx.Interpreter):
+    """Runs the traced model once and keeps every node's output shape."""
 
-    A transformer's linear layers act per token like a 1x1 convolution per position; only the
-    input's rank tells them from a classifier's dense layer, so this runs the model once on the
-    example, and only when the graph has more than one dense layer (a CNN's single head needs no run).
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.shapes: dict[fx.Node, torch.Size] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, Tensor):
+            self.shapes[n] = out.shape
+        return out
+
+
+_ADDS = {operator.add, torch.add, "add"}
+
+
+def token_layers(graph_module: fx.GraphModule, example: Tensor | None
+                 ) -> tuple[set[str], dict[str, tuple[fx.Node, int]]]:
+    """The token layers of a transformer, found by running the model once on ``example``.
+
+    Returns the names of the ``nn.Linear`` modules that read a token sequence ``(B, N, C)`` (a dense
+    layer acts per token like a 1x1 convolution per position; only the input's rank tells it from a
+    classifier's head), and the **residual stream** after each block: module name -> ``(node, channels)``
+    of the node that returns the module's output, for every module whose output is a token sequence made
+    by a residual addition (timm's ``blocks.3``). Only a graph with more than one dense layer is run (a
+    CNN's single head needs no run).
     """
     linears = [node for node in graph_module.graph.nodes
                if node.op == "call_module" and isinstance(graph_module.get_submodule(str(node.target)), nn.Linear)]
     if len(linears) < 2 or example is None:
-        return set()
-    found: set[str] = set()
-    handles = []
-    for node in linears:
-        name = str(node.target)
-
-        def hook(_module: nn.Module, args: tuple, _name: str = name) -> None:
-            if args and isinstance(args[0], Tensor) and args[0].ndim == 3:
-                found.add(_name)
-
-        handles.append(graph_module.get_submodule(name).register_forward_pre_hook(hook))
+        return set(), {}
     param = next(iter(graph_module.parameters()), None)
     if param is not None:
         example = example.to(device=param.device, dtype=param.dtype)
+    probe = _ShapeProbe(graph_module)
     try:
         with torch.no_grad():
-            graph_module(example)
+            probe.run(example)
     except Exception as exc:  # noqa: BLE001 - any failure of the model's own code on the example
         warnings.warn(f"the model fails on the example input {tuple(example.shape)} ({str(exc).splitlines()[0][:120]}); "
                       "its token layers (a transformer's) are not found: pass example_input of the model's input size",
                       stacklevel=3)
-        return set()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return found
+        return set(), {}
+    shapes = probe.shapes
+    tokens = {str(node.target) for node in linears
+              if node.args and isinstance(node.args[0], fx.Node) and len(shapes.get(node.args[0], ())) == 3}
+    last: dict[str, fx.Node] = {}  # module -> the last node run inside it
+    for node in graph_module.graph.nodes:
+        for path in (node.meta.get("nn_module_stack") or {}).values():
+            name = path[0] if isinstance(path, tuple) else str(path)
+            if name:
+                last[name] = node
+    streams = {name: (node, int(shapes[node][-1])) for name, node in last.items()
+               if node.op in ("call_function", "call_method") and node.target in _ADDS and len(shapes.get(node, ())) == 3}
+    return tokens, streams
+
+
+def token_linears(graph_module: fx.GraphModule, example: Tensor | None) -> set[str]:
+    """Names of the ``nn.Linear`` modules that read a token sequence ``(B, N, C)`` (:func:`token_layers`)."""
+    return token_layers(graph_module, example)[0]
 
 
 def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",),
-                tokens: set[str] | frozenset[str] = frozenset()) -> list[LayerInfo]:
+                tokens: set[str] | frozenset[str] = frozenset(),
+                streams: Mapping[str, tuple[fx.Node, int]] | None = None) -> list[LayerInfo]:
     """Conv (and optionally linear) layers in execution order.
 
     ``"conv"`` includes the pointwise ``nn.Linear`` layers on channels-last maps (kind
     ``"pointwise"``): they are 1x1 convolutions, and their outputs are channels like any
     convolution's; and the ``nn.Linear`` layers named in ``tokens`` (:func:`token_linears`, kind
-    ``"token"``): per-token dense layers, whose channels have a map on the patch grid.
+    ``"token"``): per-token dense layers, whose channels have a map on the patch grid; and the residual
+    streams of ``streams`` (:func:`token_layers`, kind ``"stream"``, not selected by default): a block's
+    output, whose channels carry all the relevance that passes the block.
     """
+    at_node = {node: (name, width) for name, (node, width) in (streams or {}).items()}
     layers: list[LayerInfo] = []
     seen: set[str] = set()
     pointwise: set[fx.Node] = set()
@@ -556,6 +585,10 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
     for node in graph_module.graph.nodes:
         if node.op == "placeholder" or any(arg in varying for arg in node.all_input_nodes):
             varying.add(node)
+        if node in at_node and "conv" in kinds:
+            name, width = at_node[node]
+            layers.append(LayerInfo(name, "stream", width, False))
+            continue
         if node.op != "call_module" or node not in varying:
             continue  # a layer on constants only (a relative-position MLP on fixed coordinates) has no neurons
         module: Any = graph_module.get_submodule(str(node.target))

@@ -63,6 +63,16 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+class Block(nn.ModuleList):
+    """One pre-norm block, ``[PreNorm(Attention), PreNorm(FeedForward)]`` with their residual additions: a
+    module of its own so that its output, the residual stream, is a layer (``transformer.layers.3``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        attention, feed_forward = self
+        x = attention(x) + x
+        return feed_forward(x) + x
+
+
 class MnistViT(nn.Module):
     """The checkpoint's ViT (module docstring); input ``(B, 3, 28, 28)``, output ``(B, 10)`` logits."""
 
@@ -80,8 +90,7 @@ class MnistViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.transformer = nn.Module()
         self.transformer.layers = nn.ModuleList(
-            nn.ModuleList([PreNorm(dim, Attention(dim, num_heads=heads, attn_head_dim=dim_head)),
-                           PreNorm(dim, FeedForward(dim, mlp_dim))])
+            Block([PreNorm(dim, Attention(dim, num_heads=heads, attn_head_dim=dim_head)), PreNorm(dim, FeedForward(dim, mlp_dim))])
             for _ in range(depth)
         )
         self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
@@ -90,9 +99,8 @@ class MnistViT(nn.Module):
         x = x.mean(1, keepdim=True)  # R = G = B for a grey digit: its value
         tokens = self.to_patch_embedding(x)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], 1) + self.pos_embedding
-        for attention, feed_forward in self.transformer.layers:
-            tokens = attention(tokens) + tokens
-            tokens = feed_forward(tokens) + tokens
+        for block in self.transformer.layers:
+            tokens = block(tokens)
         return self.mlp_head(tokens[:, 0])
 
 
