@@ -220,3 +220,31 @@ def test_the_residual_stream_after_each_block_is_a_layer_that_carries_the_logit(
     absorbed = engine.absorbed_by_constants(attribution, [{name: [c]} for c in channels])
     # rtol 1e-3: the stream's relevance passes the attention's and the residual sums' stabilisers (1e-6)
     np.testing.assert_allclose(maps.map_sums + absorbed.numpy(), r[channels].numpy(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name, kwargs, size", [
+    ("vit_tiny_patch16_224", {"img_size": 64, "depth": 2}, 64),
+    ("deit_tiny_distilled_patch16_224", {"img_size": 64, "depth": 2}, 64),  # class and distillation tokens
+    ("vit_tiny_r_s16_p8_224", {"depth": 2}, 224),  # hybrid: a ResNet stem under the transformer
+])
+def test_timm_token_models_conserve_once_the_constants_are_counted(name, kwargs, size):
+    """Random weights, fixed seed: heatmap + what class/distillation tokens and LayerNorm biases keep = logit."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=7, **kwargs).eval()
+    engine = CRPEngine(model, dtype=torch.float64)
+    assert any(layer.kind == "token" and layer.default for layer in engine.layers)
+    attribution = engine.attribute(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1),
+                                               dtype=torch.float64))
+    logit = float(attribution.logits[attribution.target])
+    total = float(attribution.heatmap.sum()) + float(engine.absorbed_by_constants(attribution)[0])
+    assert total == pytest.approx(logit, rel=1e-4)
+
+
+def test_swin_is_refused_in_one_line():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(1, 1, 1, 1), num_classes=3).eval()
+    engine = CRPEngine(model)
+    with pytest.raises(UnsupportedModelError) as info:
+        engine.attribute(torch.randn(1, 3, 224, 224))
+    assert "mixes the batch dimension" in str(info.value) and "\n" not in str(info.value)
