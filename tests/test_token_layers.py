@@ -241,10 +241,23 @@ def test_timm_token_models_conserve_once_the_constants_are_counted(name, kwargs,
     assert total == pytest.approx(logit, rel=1e-4)
 
 
-def test_swin_is_refused_in_one_line():
+def test_swin_windows_folded_into_the_batch_conserve():
+    """Swin's window partition folds the windows into the batch and its shifts roll the map: the relevance
+    batch stays outermost through the folds (each block of window rows goes through a rule as the pass's
+    own batch), so a batch of conditional maps equals the maps one at a time and each conserves."""
     timm = pytest.importorskip("timm")
-    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(1, 1, 1, 1), num_classes=3).eval()
-    engine = CRPEngine(model)
-    with pytest.raises(UnsupportedModelError) as info:
-        engine.attribute(torch.randn(1, 3, 224, 224))
-    assert "mixes the batch dimension" in str(info.value) and "\n" not in str(info.value)
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(2, 2, 1, 1), num_classes=3).eval()
+    engine = CRPEngine(model, dtype=torch.float64)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    attribution = engine.attribute(x)
+    logit = float(attribution.logits[attribution.target])
+    assert float(attribution.heatmap.sum()) + float(engine.absorbed_by_constants(attribution)[0]) == pytest.approx(
+        logit, rel=1e-4)
+    name = "layers.0.blocks.1.mlp.fc1"  # a shifted-window block's MLP: a pointwise layer on the 56x56 map
+    r = attribution.channel_relevance(name).double()
+    channels = torch.topk(r.abs(), 3).indices.tolist()
+    together = engine.neuron_maps(attribution, channels={name: channels}, batch_size=3)
+    alone = [engine.neuron_maps(attribution, channels={name: [c]}, batch_size=1) for c in channels]
+    np.testing.assert_allclose(together.maps, np.concatenate([m.maps for m in alone]), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(together.map_sums, r[channels].numpy(), rtol=1e-4)

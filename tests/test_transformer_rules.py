@@ -195,3 +195,23 @@ def test_attention_in_matrix_products_and_in_sdpa_get_the_same_cp_lrp_relevance(
         assert float(attribution.heatmap.sum()) == pytest.approx(float(attribution.logits[0]), rel=1e-4)  # stabilisers
     torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(heatmaps[0], heatmaps[2], rtol=1e-9, atol=1e-12)
+
+
+def test_einsum_rule_equals_the_matmul_rule_on_the_same_attention():
+    from conceptree.attribution.rules import EinsumRule, MatmulRule
+
+    gen = torch.Generator().manual_seed(0)
+    attention = torch.softmax(torch.randn(1, 2, 4, 4, generator=gen, dtype=torch.float64), -1)
+    v = torch.randn(1, 2, 4, 3, generator=gen, dtype=torch.float64)
+    y = attention @ v
+    rel = torch.randn(3, 2, 4, 3, generator=gen, dtype=torch.float64)
+    ((_, want),) = MatmulRule([None, "v"], attention, v, y, 1e-9).backward(rel)
+    ((_, got),) = EinsumRule("bhij,bhjd->bhid", [None, "v"], attention, v, y, 1e-9).backward(rel)
+    torch.testing.assert_close(got, want)
+    q = torch.randn(1, 2, 4, 3, generator=gen, dtype=torch.float64)
+    scores = q @ v.transpose(-1, -2)
+    relq = torch.randn(3, 2, 4, 4, generator=gen, dtype=torch.float64)
+    want_pair = MatmulRule(["q", "k"], q, v.transpose(-1, -2), scores, 1e-9).backward(relq)
+    got_pair = EinsumRule("bhid,bhjd->bhij", ["q", "k"], q, v, scores, 1e-9).backward(relq)
+    torch.testing.assert_close(got_pair[0][1], want_pair[0][1])
+    torch.testing.assert_close(got_pair[1][1], want_pair[1][1].transpose(-1, -2))

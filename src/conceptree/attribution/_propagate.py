@@ -92,10 +92,23 @@ def absorbed_relevance(forward: ForwardPass, recorded: Mapping[fx.Node, Tensor],
     total = torch.zeros(batch, dtype=torch.float64, device=forward.input.device)
     for node, rel in recorded.items():
         share = getattr(forward.rules[node], "absorbed", None)
-        kept = share(rel) if share is not None else None
-        if kept is not None:
-            total += kept.to(total.device)
+        if share is None:
+            continue
+        rows = _pass_rows(forward, node, rel)
+        blocks = [share(block) for block in torch.split(rel, rows)] if rows else [share(rel)]
+        if any(kept is None for kept in blocks):
+            continue
+        kept = torch.cat(blocks)  # inside folded windows a relevance row spans several rows of the pass
+        total += kept.to(total.device).reshape(batch, -1).sum(1)
     return total
+
+
+def _pass_rows(forward: ForwardPass, node: fx.Node, rel: Tensor) -> int:
+    """The pass's rows per relevance row at ``node`` where the pass folded windows into its batch (Swin:
+    the relevance carries a block of them per row), else 0."""
+    shape = forward.shapes.get(node)
+    rows = int(shape[0]) if shape is not None and len(shape) else 1
+    return rows if rows > 1 and rel.shape[0] != rows and rel.shape[0] % rows == 0 else 0
 
 
 def _backward_into(forward: ForwardPass, node: fx.Node, rel: Tensor, pending: dict[fx.Node, Tensor]) -> None:
@@ -103,7 +116,21 @@ def _backward_into(forward: ForwardPass, node: fx.Node, rel: Tensor, pending: di
     rule = forward.rules.get(node)
     if rule is None:
         raise UnsupportedModelError(f"relevance reached node '{node.name}' which has no LRP rule")
-    for inp, rel_in in rule.backward(rel):
+    rows = _pass_rows(forward, node, rel)
+    if rows:
+        # the pass folded windows into its batch (Swin): `rows` forward rows per relevance row; each
+        # relevance row's block of rows goes through the rule as the pass's own batch
+        outputs: dict[fx.Node, list[Tensor]] = {}
+        for block in torch.split(rel, rows):
+            summed: dict[fx.Node, Tensor] = {}
+            for inp, part in rule.backward(block):  # an input listed twice (x + x) is summed within the block
+                summed[inp] = part if inp not in summed else summed[inp] + part
+            for inp, part in summed.items():
+                outputs.setdefault(inp, []).append(part)
+        parts = [(inp, torch.cat(chunks)) for inp, chunks in outputs.items()]
+    else:
+        parts = rule.backward(rel)
+    for inp, rel_in in parts:
         previous = pending.get(inp)
         pending[inp] = rel_in if previous is None else previous + rel_in
 

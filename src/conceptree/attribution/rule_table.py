@@ -437,6 +437,16 @@ def select_rule(ctx: RuleContext) -> R.Rule:
     return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t.select(dim, index))
 
 
+def roll_rule(ctx: RuleContext) -> R.Rule:
+    """``torch.roll`` (Swin's shifted windows): relevance follows the elements, rolled back; rolling the
+    batch is refused."""
+    shifts = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("shifts")
+    dims = ctx.args[2] if len(ctx.args) > 2 else ctx.kwargs.get("dims")
+    if dims is None:
+        raise ctx.unsupported("roll of the flattened tensor (no dims)")
+    return index_rule(ctx, ctx.arg0, ctx.x, lambda t: torch.roll(t, shifts, dims))
+
+
 def functional_linear_rule(ctx: RuleContext) -> R.Rule:
     """``F.linear(x, weight, bias)`` with a constant weight (BEiT's qkv with its assembled bias): the
     dense rule, as for ``nn.Linear``. A weight that depends on the input is refused."""
@@ -472,6 +482,25 @@ def matmul_rule(ctx: RuleContext) -> R.Rule:
     if all(k is None for k in kept):
         return None  # type: ignore[return-value]  # a product of constants/gates: a constant
     return R.MatmulRule(kept, a, b, ctx.out, _dense_epsilon(ctx))
+
+
+def einsum_rule(ctx: RuleContext) -> R.Rule | None:
+    """``torch.einsum(equation, a, b)`` (MaxViT's attention): as :func:`matmul_rule`, through the
+    einsum's vector-Jacobian product (:class:`~conceptree.attribution.rules.EinsumRule`)."""
+    args = ctx.args[1] if len(ctx.args) == 2 and isinstance(ctx.args[1], (tuple, list)) else ctx.args[1:]
+    nodes = ctx.node.args[1] if len(ctx.node.args) == 2 and isinstance(ctx.node.args[1], (tuple, list)) else ctx.node.args[1:]
+    equation = ctx.args[0]
+    if not isinstance(equation, str) or len(args) != 2 or "..." in equation:
+        raise ctx.unsupported("einsum of other than two operands with explicit indices")
+    inputs, _ = equation.replace(" ", "").split("->")
+    first = [term[0] for term in inputs.split(",")]
+    output = equation.replace(" ", "").split("->")[1]
+    if len(set(first)) != 1 or output[:1] != first[0]:
+        raise ctx.unsupported("einsum whose operands and output do not share a leading batch index")
+    kept = [None if _is_gate(ctx, n) else n for n in nodes]
+    if all(k is None for k in kept):
+        return None
+    return R.EinsumRule(equation, kept, args[0], args[1], ctx.out, _dense_epsilon(ctx))
 
 
 def sdpa_rule(ctx: RuleContext) -> R.Rule:
@@ -643,7 +672,7 @@ def div_rule(ctx: RuleContext) -> R.Rule:
 
 
 def permute_rule(ctx: RuleContext) -> R.Rule:
-    """``permute``/``transpose`` (function or method): relevance follows the elements."""
+    """``permute``/``transpose``/``swapaxes`` (function or method): relevance follows the elements."""
     rest, kw = ctx.args[1:], ctx.kwargs
     target = ctx.node.target
     name = target if isinstance(target, str) else target.__name__
@@ -653,7 +682,8 @@ def permute_rule(ctx: RuleContext) -> R.Rule:
         if dims[0] % ctx.x.ndim != 0:
             raise ctx.unsupported("a permutation that moves the batch dimension")
         return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t.permute(*dims))
-    d0, d1 = kw.get("dim0", rest[0] if rest else None), kw.get("dim1", rest[1] if len(rest) > 1 else None)
+    d0 = kw.get("dim0", kw.get("axis0", rest[0] if rest else None))
+    d1 = kw.get("dim1", kw.get("axis1", rest[1] if len(rest) > 1 else None))
     return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t.transpose(d0, d1))
 
 
@@ -700,7 +730,7 @@ _GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", "hardsigm
 
 _GATE_FUNCTIONS |= {F.softmax, torch.softmax, "softmax"}
 #: ops a gate may pass through between its sigmoid/softmax and the product (shape only)
-_GATE_RESHAPES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "transpose", "permute", "contiguous",
+_GATE_RESHAPES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "transpose", "swapaxes", "permute", "contiguous",
                   "expand", "expand_as", torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose,
                   torch.permute, operator.getitem}
 
@@ -837,6 +867,8 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         torch.transpose: permute_rule,
         "permute": permute_rule,
         "transpose": permute_rule,
+        torch.swapaxes: permute_rule,  # MaxViT's: a transpose
+        "swapaxes": permute_rule,
         nn.ZeroPad2d: pad_module_rule,
         nn.ConstantPad2d: pad_module_rule,
         nn.ReflectionPad2d: pad_module_rule,
@@ -859,8 +891,11 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         "matmul": matmul_rule,
         "bmm": matmul_rule,
         F.scaled_dot_product_attention: sdpa_rule,
+        torch.einsum: einsum_rule,
         F.linear: functional_linear_rule,
         "select": select_rule,
+        torch.roll: roll_rule,
+        "roll": roll_rule,
         "repeat": repeat_rule,
         torch.select: select_rule,
         F.normalize: pass_rule,  # x / |x| with the norm held constant, as a LayerNorm's deviation

@@ -156,7 +156,8 @@ class ReshapeRule(Rule):
     """``view``/``reshape``/``flatten``: relevance follows the elements."""
 
     def __init__(self, inp: fx.Node, in_shape: torch.Size, out_shape: torch.Size, what: str) -> None:
-        if in_shape[0] != out_shape[0]:
+        self.folds = in_shape[0] != out_shape[0]
+        if self.folds and not (_folds_batch(in_shape, out_shape) or _folds_batch(out_shape, in_shape)):
             raise UnsupportedModelError(
                 f"{what} mixes the batch dimension ({tuple(in_shape)} -> {tuple(out_shape)}); "
                 "keep the batch dimension first and separate"
@@ -165,7 +166,19 @@ class ReshapeRule(Rule):
         self.in_shape = tuple(in_shape[1:])
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        if self.folds:  # windows folded into (or out of) the batch: the relevance batch stays outermost
+            return [(self.inputs[0], relevance.reshape((-1,) + self.in_shape))]
         return [(self.inputs[0], relevance.reshape((relevance.shape[0],) + self.in_shape))]
+
+
+def _folds_batch(small: Sequence[int], large: Sequence[int]) -> bool:
+    """Whether ``large[0]`` is ``small[0]`` times the next dimensions of ``small`` (windows folded into the
+    batch, as Swin's window partition does), the rest of ``small`` being ``large[1:]`` reshaped."""
+    merged, j = small[0], 1
+    while merged < large[0] and j < len(small):
+        merged *= small[j]
+        j += 1
+    return merged == large[0] and math.prod(small[j:]) == math.prod(large[1:])
 
 
 def _vjp_linear(fn: Callable[[Tensor], Tensor], in_shape: Sequence[int], relevance: Tensor) -> Tensor:
@@ -847,6 +860,38 @@ class MatmulRule(Rule):
             out.append((a_node, _unbroadcast(self.a * (scaled @ self.b.transpose(-1, -2)), self.a.shape)))
         if b_node is not None:
             out.append((b_node, _unbroadcast(self.b * (self.a.transpose(-1, -2) @ scaled), self.b.shape)))
+        return out
+
+
+class EinsumRule(Rule):
+    """``torch.einsum(equation, a, b)`` of two operands, linear in each: the epsilon rule through the product,
+    as :class:`MatmulRule` (a gate or constant operand gets nothing, two activations half each). The
+    vector-Jacobian product of the einsum gives ``R_b = b * d<y, R / y>/db``; the operands' first
+    dimension is the batch (the relevance rows; one forward row is repeated for a batch of relevance)."""
+
+    def __init__(self, equation: str, nodes: Sequence[fx.Node | None], a: Tensor, b: Tensor, out: Tensor,
+                 epsilon: float) -> None:
+        self.equation = equation
+        self.pieces = tuple(nodes)
+        self.inputs = tuple(n for n in nodes if n is not None)
+        self.a, self.b = a, b
+        self.inv_y = 1.0 / stabilize(out, epsilon)
+        self.share = 0.5 if all(n is not None for n in nodes) else 1.0
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        rows = relevance.shape[0]
+        a, b = (t.expand(rows, *t.shape[1:]) if t.shape[0] != rows else t for t in (self.a, self.b))
+        scaled = relevance * self.inv_y * self.share
+        out = []
+        with torch.enable_grad():
+            for node, index in zip(self.pieces, (0, 1)):
+                if node is None:
+                    continue
+                operands = [a.detach(), b.detach()]
+                operands[index] = operands[index].clone().requires_grad_(True)
+                y = torch.einsum(self.equation, *operands)
+                (grad,) = torch.autograd.grad(y, operands[index], scaled)
+                out.append((node, operands[index].detach() * grad))
         return out
 
 
