@@ -215,3 +215,15 @@ def test_einsum_rule_equals_the_matmul_rule_on_the_same_attention():
     got_pair = EinsumRule("bhid,bhjd->bhij", ["q", "k"], q, v, scores, 1e-9).backward(relq)
     torch.testing.assert_close(got_pair[0][1], want_pair[0][1])
     torch.testing.assert_close(got_pair[1][1], want_pair[1][1].transpose(-1, -2))
+
+
+def test_repeat_interleave_rule_sums_over_the_copies():
+    from conceptree.attribution.rules import RepeatInterleaveRule
+
+    x = torch.randn(1, 3, 2, dtype=torch.float64)
+    out = x.repeat_interleave(4, 1)
+    rel = torch.randn(5, *out.shape[1:], dtype=torch.float64)
+    ((_, got),) = RepeatInterleaveRule(None, 4, 1).backward(rel)
+    xin = x.expand(5, -1, -1).clone().requires_grad_(True)
+    (slow,) = torch.autograd.grad(xin.repeat_interleave(4, 1), xin, rel)
+    torch.testing.assert_close(got, slow)

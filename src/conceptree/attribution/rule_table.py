@@ -52,6 +52,18 @@ Rules of the CNN families beyond ResNet/VGG (each with its reasoning and referen
   ``beta`` in the denominator: it absorbs its share. Passing relevance unchanged there hands a
   feature that is mostly ``beta`` its full relevance, and the residual sum below it, near
   zero, splits that into cancelling shares in the 1e4s (measured on the MNIST ViT).
+* **Attention** (timm's ``Attention``, ``nn.MultiheadAttention``, ``F.scaled_dot_product_attention``,
+  and attention written out as ``softmax(q k^T) @ v`` with ``matmul``/``bmm``/``einsum``): CP-LRP
+  (Ali et al. 2022; LXT's default for ViTs): the attention weights are a gate, held constant, and
+  the epsilon rule runs through the product to the values; the queries and keys receive nothing. A
+  product of two activations (neither a gate) is split by AttnLRP's uniform rule, as ``a * b``. The
+  weights stay a gate through dropout and a dense layer across heads (CaiT's talking heads).
+* **Token bookkeeping**: ``repeat`` and ``repeat_interleave`` (copies, relevance summed), ``select``, ``roll`` (Swin's shifted
+  windows), ``swapaxes``; ``F.linear`` with a constant weight is a dense layer; ``F.normalize`` holds
+  the norm constant. A ``view``/``reshape`` that folds windows into the batch (Swin's window
+  partition) or back is index bookkeeping too: the relevance batch stays outermost, and the
+  propagation hands each relevance row's block of window rows to the rules below as the pass's
+  own batch.
 * **BatchNorm that cannot be merged** (pre-activation, e.g. DenseNet's ``norm1`` after a
   concatenation) and timm's fused ``BatchNormAct2d``: an elementwise affine map (plus its
   activation), so the same *pass* rule; conserving.
@@ -634,6 +646,20 @@ def repeat_rule(ctx: RuleContext) -> R.Rule | None:
     return R.RepeatRule(ctx.arg0, ctx.x.shape, reps)
 
 
+def repeat_interleave_rule(ctx: RuleContext) -> R.Rule | None:
+    """``x.repeat_interleave(r, dim)`` with an integer ``r``: copies in place, relevance summed over them; a
+    constant stays a constant. Along the batch (GCViT's global query, one per image, repeated to each of
+    its windows) it folds copies into the batch as a window partition does (the relevance batch stays
+    outermost)."""
+    if ctx.arg0 not in ctx.depends:
+        return None
+    repeats = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("repeats")
+    dim = ctx.args[2] if len(ctx.args) > 2 else ctx.kwargs.get("dim")
+    if not isinstance(repeats, int) or not isinstance(dim, int) or not isinstance(ctx.x, Tensor):
+        raise ctx.unsupported("repeat_interleave without an integer count and a dimension")
+    return R.RepeatInterleaveRule(ctx.arg0, repeats, dim % ctx.x.ndim)
+
+
 def pad_rule(ctx: RuleContext) -> R.Rule:
     """Padding: index bookkeeping. Constant padding (any value): the padded cells are
     constants, so relevance that reaches them is not passed on (with ``-inf`` before a max
@@ -897,6 +923,8 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         torch.roll: roll_rule,
         "roll": roll_rule,
         "repeat": repeat_rule,
+        "repeat_interleave": repeat_interleave_rule,
+        torch.repeat_interleave: repeat_interleave_rule,
         torch.select: select_rule,
         F.normalize: pass_rule,  # x / |x| with the norm held constant, as a LayerNorm's deviation
     }

@@ -979,6 +979,20 @@ class RepeatRule(Rule):
         return [(self.inputs[0], summed)]
 
 
+class RepeatInterleaveRule(Rule):
+    """``x.repeat_interleave(r, dim)``: each element copied ``r`` times in place along ``dim``; an input
+    element's relevance is the sum over its copies."""
+
+    def __init__(self, inp: fx.Node, repeats: int, dim: int) -> None:
+        self.inputs = (inp,)
+        self.repeats, self.dim = repeats, dim
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        shape = list(relevance.shape)
+        split = shape[: self.dim] + [shape[self.dim] // self.repeats, self.repeats] + shape[self.dim + 1 :]
+        return [(self.inputs[0], relevance.reshape(split).sum(self.dim + 1))]
+
+
 class ExpandRule(Rule):
     """``expand`` (same number of dimensions): each output element copies one input element, so an
     input element's relevance is the sum over its copies along the broadcast dimensions (the batch

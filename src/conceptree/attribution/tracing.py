@@ -560,11 +560,6 @@ def token_layers(graph_module: fx.GraphModule, example: Tensor | None
     return tokens, streams
 
 
-def token_linears(graph_module: fx.GraphModule, example: Tensor | None) -> set[str]:
-    """Names of the ``nn.Linear`` modules that read a token sequence ``(B, N, C)`` (:func:`token_layers`)."""
-    return token_layers(graph_module, example)[0]
-
-
 def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",),
                 tokens: set[str] | frozenset[str] = frozenset(),
                 streams: Mapping[str, tuple[fx.Node, int]] | None = None) -> list[LayerInfo]:
@@ -572,7 +567,7 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
 
     ``"conv"`` includes the pointwise ``nn.Linear`` layers on channels-last maps (kind
     ``"pointwise"``): they are 1x1 convolutions, and their outputs are channels like any
-    convolution's; and the ``nn.Linear`` layers named in ``tokens`` (:func:`token_linears`, kind
+    convolution's; and the ``nn.Linear`` layers named in ``tokens`` (:func:`token_layers`, kind
     ``"token"``): per-token dense layers, whose channels have a map on the patch grid; and the residual
     streams of ``streams`` (:func:`token_layers`, kind ``"stream"``, not selected by default): a block's
     output, whose channels carry all the relevance that passes the block.
