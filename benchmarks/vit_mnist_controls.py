@@ -50,6 +50,7 @@ from scipy.stats import spearmanr
 
 from conceptree import ConceptExplainer, load_model
 from conceptree.concepts.layer_maps import layer_group_maps
+from conceptree.models.loading import normalise
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = SHARED / "models" / "vit_mnist" / "vit_mnist_gpu.pt"
@@ -84,11 +85,8 @@ def occlude(image: np.ndarray, patches) -> np.ndarray:
 
 
 def to_input(images: np.ndarray, prep) -> torch.Tensor:
-    """``(n, 28, 28)`` uint8 -> the model input ``(n, 3, 28, 28)``."""
-    x = torch.from_numpy(images).float()[:, None].expand(-1, 3, -1, -1) / 255.0
-    mean = torch.tensor(prep.mean)[:, None, None]
-    std = torch.tensor(prep.std)[:, None, None]
-    return (x - mean) / std
+    """``(n, 28, 28)`` uint8 -> the model input ``(n, 3, 28, 28)`` (grey as R = G = B, the loader's normalisation)."""
+    return torch.cat([normalise(np.repeat(image[..., None], 3, -1), prep) for image in images])
 
 
 def logits_of(model, images: np.ndarray, prep) -> np.ndarray:

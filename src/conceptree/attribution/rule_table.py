@@ -482,7 +482,7 @@ class _FunctionalLinear:
     bias: Tensor | None
 
 
-def matmul_rule(ctx: RuleContext) -> R.Rule:
+def matmul_rule(ctx: RuleContext) -> R.Rule | None:
     """``a @ b`` (``matmul``, ``bmm``): the epsilon rule through the product; a softmax gate (attention
     weights) or a constant operand receives nothing, two activations share by AttnLRP's uniform rule
     (:class:`~conceptree.attribution.rules.MatmulRule`)."""
@@ -490,10 +490,15 @@ def matmul_rule(ctx: RuleContext) -> R.Rule:
     a, b = ctx.args[:2]
     if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.ndim < 2 or b.ndim < 2 or len(ctx.kwargs) > 0:
         raise ctx.unsupported("matrix product of vectors or with keyword arguments")
+    kept = _product_operands(ctx, nodes)
+    return None if kept is None else R.MatmulRule(kept, a, b, ctx.out, _dense_epsilon(ctx))
+
+
+def _product_operands(ctx: RuleContext, nodes) -> list | None:
+    """The operands of a product that receive relevance (a gate or a constant is None); None when neither
+    does (a product of constants and gates: a constant)."""
     kept = [None if _is_gate(ctx, n) else n for n in nodes]
-    if all(k is None for k in kept):
-        return None  # type: ignore[return-value]  # a product of constants/gates: a constant
-    return R.MatmulRule(kept, a, b, ctx.out, _dense_epsilon(ctx))
+    return None if all(k is None for k in kept) else kept
 
 
 def einsum_rule(ctx: RuleContext) -> R.Rule | None:
@@ -509,10 +514,8 @@ def einsum_rule(ctx: RuleContext) -> R.Rule | None:
     output = equation.replace(" ", "").split("->")[1]
     if len(set(first)) != 1 or output[:1] != first[0]:
         raise ctx.unsupported("einsum whose operands and output do not share a leading batch index")
-    kept = [None if _is_gate(ctx, n) else n for n in nodes]
-    if all(k is None for k in kept):
-        return None
-    return R.EinsumRule(equation, kept, args[0], args[1], ctx.out, _dense_epsilon(ctx))
+    kept = _product_operands(ctx, nodes)
+    return None if kept is None else R.EinsumRule(equation, kept, args[0], args[1], ctx.out, _dense_epsilon(ctx))
 
 
 def sdpa_rule(ctx: RuleContext) -> R.Rule:

@@ -863,7 +863,7 @@ class MatmulRule(Rule):
         return out
 
 
-class EinsumRule(Rule):
+class EinsumRule(MatmulRule):
     """``torch.einsum(equation, a, b)`` of two operands, linear in each: the epsilon rule through the product,
     as :class:`MatmulRule` (a gate or constant operand gets nothing, two activations half each). The
     vector-Jacobian product of the einsum gives ``R_b = b * d<y, R / y>/db``; the operands' first
@@ -871,12 +871,8 @@ class EinsumRule(Rule):
 
     def __init__(self, equation: str, nodes: Sequence[fx.Node | None], a: Tensor, b: Tensor, out: Tensor,
                  epsilon: float) -> None:
+        super().__init__(nodes, a, b, out, epsilon)
         self.equation = equation
-        self.pieces = tuple(nodes)
-        self.inputs = tuple(n for n in nodes if n is not None)
-        self.a, self.b = a, b
-        self.inv_y = 1.0 / stabilize(out, epsilon)
-        self.share = 0.5 if all(n is not None for n in nodes) else 1.0
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         rows = relevance.shape[0]
