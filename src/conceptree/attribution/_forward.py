@@ -26,6 +26,7 @@ from ..errors import ConceptreeError, InputError, ModelError, UnsupportedModelEr
 from . import rules as R
 from .composites import Composite
 from .rule_table import RuleContext, lookup
+from .tracing import GUARD_READS
 
 InitRelevance = Literal["logit", "one"]
 
@@ -193,7 +194,7 @@ class FxGraph:
     """
 
     def __init__(self, module: fx.GraphModule, *, composite: Composite, pointwise: set[str],
-                 guards: dict[fx.Node, bool], example_shape: tuple[int, ...]) -> None:
+                 guards: dict[fx.Node, object], example_shape: tuple[int, ...]) -> None:
         self.module = module
         self.composite = composite
         self._rules = composite.rule_table()
@@ -333,13 +334,18 @@ class FxGraph:
                     raise
                 raise error from exc
             env[node] = out
-            if node in self.guards and bool(out) != self.guards[node]:
+            if node in self.guards and GUARD_READS[node.meta.get("guard_read", "bool")](out) != self.guards[node]:
                 raise InputError(
                     f"the model's forward() branches on its input at node '{node.name}' and takes another branch for "
                     f"shape {tuple(x.shape)} than for the example {self.example_shape} it was traced with; "
                     "create the engine with example_input of this shape"
                 )
+            if node.op == "call_function" and node.target is operator.setitem:
+                self._written_in_place(node, depends, rules)
+                continue
             if any(inp in depends for inp in node.all_input_nodes):
+                if not _holds_tensor(out):  # shapes and sizes read off the input (x.shape, x.size(1)) are not its values
+                    continue
                 depends.add(node)
                 # tuples (chunk/split) are read through their items' rules; an attention module's tuple
                 # (output, weights) has the output's relevance (rule_table.attention_rule)
@@ -355,6 +361,18 @@ class FxGraph:
         assert logits is not None
         self._ran.add(tuple(x.shape))
         return ForwardPass(input=x, logits=logits[0] if not batch else logits, rules=rules, shapes=shapes)
+
+    @staticmethod
+    def _written_in_place(node: fx.Node, depends: set[fx.Node], rules: dict[fx.Node, R.Rule]) -> None:
+        """``target[key] = value`` (traced with an example): a write into a constant stays a constant;
+        a written tensor that depends on the input refuses relevance (:class:`~.rules.ModifiedInPlaceRule`)."""
+        target = node.args[0]
+        if not isinstance(target, fx.Node) or not any(inp in depends for inp in node.all_input_nodes):
+            return
+        rule = rules.get(target)
+        depends.add(target)
+        rules[target] = R.ModifiedInPlaceRule(rule.inputs[0] if rule is not None and len(rule.inputs) == 1 else None,
+                                              f"node '{target.name}'")
 
     def _execute(self, node: fx.Node, args: tuple, kwargs: dict) -> object:
         if node.op == "call_module":
@@ -379,13 +397,16 @@ class FxGraph:
                           self.composite, depends, env, self.module, node not in self._validated,
                           self._constants)
         factory = lookup(self._rules, node, module)
-        if factory is None:
-            if module is not None:
-                raise ctx.unsupported(f"module {type(module).__name__} '{node.target}'")
-            what = "function" if node.op == "call_function" else "method"
-            name = getattr(node.target, "__name__", str(node.target))
-            raise ctx.unsupported(f"{what} {name if what == 'function' else '.' + name + '()'}")
-        rule = factory(ctx)
+        try:
+            if factory is None:
+                if module is not None:
+                    raise ctx.unsupported(f"module {type(module).__name__} '{node.target}'")
+                what = "function" if node.op == "call_function" else "method"
+                name = getattr(node.target, "__name__", str(node.target))
+                raise ctx.unsupported(f"{what} {name if what == 'function' else '.' + name + '()'}")
+            rule = factory(ctx)
+        except UnsupportedModelError as error:  # refused when relevance reaches it (never, on attention logits)
+            rule = R.RefusedRule(error)
         self._validated.add(node)
         if node.target in self.pointwise and not (rule is not None and rule.channels_last):
             raise UnsupportedModelError(
@@ -393,6 +414,17 @@ class FxGraph:
                 f"shape {tuple(ctx.x.shape)}; exclude it with exclude_layers=[{node.target!r}]"
             )
         return rule
+
+
+def _holds_tensor(value: object) -> bool:
+    """Whether ``value`` is a tensor or a tuple/list/dict holding one (a chunk's pieces, an attention's output)."""
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
 
 
 def check_input(x: Tensor, expected: int | None, device: torch.device, dtype: torch.dtype, batch: bool = False) -> Tensor:

@@ -94,6 +94,7 @@ Rules of the CNN families beyond ResNet/VGG (each with its reasoning and referen
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 import warnings
@@ -345,6 +346,52 @@ def _avg_pool_module(ctx: RuleContext) -> R.Rule:
     return R.NormPoolRule(ctx.arg0, ctx.module, ctx.x, ctx.out, global_mean, ctx.norm_stabilizer())
 
 
+def conv1d_rule(ctx: RuleContext) -> R.Rule:
+    """``nn.Conv1d`` on a sequence ``(B, C, L)`` (EfficientViM's projections): the composite's conv rule on
+    the same convolution as a ``1 x k`` ``Conv2d`` over a height-1 map."""
+    m = ctx.module
+    if not isinstance(m.padding, tuple) or m.padding_mode != "zeros":
+        raise ctx.unsupported(f"Conv1d '{ctx.node.target}' with padding {m.padding!r} ({m.padding_mode})")
+    key = (str(ctx.node.target), "as 2-D", m.weight.dtype, m.weight.device)
+    if key not in ctx.constants:
+        conv = nn.Conv2d(m.in_channels, m.out_channels, (1, m.kernel_size[0]), (1, m.stride[0]), (0, m.padding[0]),
+                         (1, m.dilation[0]), m.groups, m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(m.weight.unsqueeze(2))
+            if m.bias is not None:
+                conv.bias.copy_(m.bias)
+        ctx.constants[key] = conv
+    flat = dataclasses.replace(ctx, args=(ctx.x.unsqueeze(2), *ctx.args[1:]), out=ctx.out.unsqueeze(2))
+    return R.UnsqueezedRule(build_conv(flat, ctx.rule("conv"), ctx.constants[key], str(ctx.node.target)))
+
+
+def _avg_pool_1d_module(ctx: RuleContext) -> R.Rule:
+    """``nn.AvgPool1d`` (Next-ViT's token reduction): the ``Norm`` rule of average pooling."""
+    return R.NormPoolRule(ctx.arg0, ctx.module, ctx.x, ctx.out, False, ctx.norm_stabilizer())
+
+
+def conv_transpose_rule(ctx: RuleContext) -> R.Rule:
+    """``nn.ConvTranspose2d`` (LowFormer's attention upsampling): the z-rule of the linear map,
+    ``R_x = x * convT^T(R / stab(convT(x)))``, the bias kept out of ``z`` unless ``zero_bias=False`` (then it
+    absorbs its share). A learned upsampling, not a detector: the plain rule, as LRP applies to pooling."""
+    m = ctx.module
+    if not isinstance(m.padding, tuple) or len(ctx.args) > 1:
+        raise ctx.unsupported(f"ConvTranspose2d '{ctx.node.target}' with an output_size or string padding")
+    weight = m.weight
+
+    def fn(t: Tensor) -> Tensor:
+        return F.conv_transpose2d(t, weight.to(t.dtype), None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+
+    z = ctx.out if not ctx.composite.zero_bias or m.bias is None else fn(ctx.x)
+    return R.NormPoolRule(ctx.arg0, fn, ctx.x, z, False, ctx.norm_stabilizer())
+
+
+def unfold_rule(ctx: RuleContext) -> R.Rule:
+    """``nn.Unfold`` (VOLO's outlook attention, TNT's pixel embedding): copies of the input's pixels, so
+    relevance follows the copies back (its gradient, ``fold``)."""
+    return index_rule(ctx, ctx.arg0, ctx.x, ctx.module)
+
+
 def _sum_module(ctx: RuleContext) -> R.Rule:
     if not hasattr(ctx.module, "dim"):
         raise ctx.unsupported(f"module {type(ctx.module).__name__} without a 'dim' attribute")
@@ -523,11 +570,10 @@ def sdpa_rule(ctx: RuleContext) -> R.Rule:
     (:class:`~conceptree.attribution.rules.ScaledDotProductAttentionRule`)."""
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
     args = {name: (ctx.args[i] if len(ctx.args) > i else ctx.kwargs.get(name)) for i, name in enumerate(names)}
-    if ctx.kwargs.get("enable_gqa"):
-        raise ctx.unsupported("grouped-query scaled_dot_product_attention")
     value_node = ctx.node.args[2] if len(ctx.node.args) > 2 else ctx.node.kwargs.get("value")
     return R.ScaledDotProductAttentionRule(value_node, args["query"], args["key"], args["value"], args["attn_mask"],
-                                           bool(args["is_causal"]), ctx.kwargs.get("scale"), _dense_epsilon(ctx))
+                                           bool(args["is_causal"]), ctx.kwargs.get("scale"), _dense_epsilon(ctx),
+                                           bool(ctx.kwargs.get("enable_gqa", False)))
 
 
 def softmax_rule(ctx: RuleContext) -> R.Rule:
@@ -537,7 +583,10 @@ def softmax_rule(ctx: RuleContext) -> R.Rule:
 
 def index_rule(ctx: RuleContext, inp: fx.Node, x: Tensor, fn: Callable[[Tensor], Tensor]) -> R.Rule:
     """Relevance follows the elements of a linear index map ``fn`` (checked to keep the batch)."""
-    probe = fn(torch.zeros((2, *x.shape[1:]), dtype=x.dtype, device=x.device))
+    try:
+        probe = fn(torch.zeros((2, *x.shape[1:]), dtype=x.dtype, device=x.device))
+    except (IndexError, RuntimeError) as error:  # unbind(0) of a tensor whose first dimension is not the batch
+        raise ctx.unsupported("indexing over the batch dimension") from error
     if tuple(probe.shape) != (2, *ctx.out.shape[1:]):
         raise ctx.unsupported("indexing over the batch dimension")
     return R.IndexRule(inp, fn, x.shape)
@@ -689,9 +738,18 @@ def pad_module_rule(ctx: RuleContext) -> R.Rule:
 
 def div_rule(ctx: RuleContext) -> R.Rule:
     """``x / c`` with a constant ``c`` (RepViT's averaged heads): scaling by a constant, so the
-    z-rule gives ``R_x = R`` (as for a constant gate). A divisor that depends on the input is refused."""
+    z-rule gives ``R_x = R`` (as for a constant gate). A divisor that depends on the input is held
+    constant when it is a normaliser, broadcast over the dividend (linear attention's
+    ``(kv q) / (k_sum q)``, ConViT's renormalised attention weights), as a LayerNorm's deviation is;
+    an elementwise ratio of two activations is refused."""
     nodes = ctx.node.args[:2]
-    if len(nodes) != 2 or (isinstance(nodes[1], fx.Node) and nodes[1] in ctx.depends):
+    if len(nodes) == 2 and all(_is_gate(ctx, n) for n in nodes) and isinstance(nodes[0], fx.Node) \
+            and nodes[0] in ctx.depends:
+        return R.GateRule(nodes[0], f"the ratio of gates '{ctx.node.name}'")
+    variable = len(nodes) == 2 and isinstance(nodes[1], fx.Node) and nodes[1] in ctx.depends
+    normaliser = variable and isinstance(ctx.args[1], Tensor) and ctx.args[1].ndim == ctx.out.ndim and any(
+        d == 1 < o for d, o in zip(ctx.args[1].shape[1:], ctx.out.shape[1:]))
+    if len(nodes) != 2 or (variable and not normaliser):
         raise ctx.unsupported("division by an activation")
     if ctx.kwargs.get("rounding_mode") is not None:
         raise ctx.unsupported("division with rounding")
@@ -758,10 +816,18 @@ _GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", "hardsigm
 
 
 _GATE_FUNCTIONS |= {F.softmax, torch.softmax, "softmax"}
+#: a normalisation's statistics (RMSNorm spelled out: ``x * rsqrt(x.pow(2).mean(1) + eps)``; GRN's ``x.norm()``)
+_STATISTICS = {"pow", torch.pow, operator.pow, "rsqrt", torch.rsqrt, "sqrt", torch.sqrt, "norm", torch.norm,
+               torch.linalg.vector_norm, "var", torch.var, "std", torch.std}
+_GATE_FUNCTIONS |= _STATISTICS
 #: ops a gate may pass through between its sigmoid/softmax and the product (shape only)
 _GATE_RESHAPES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "transpose", "swapaxes", "permute", "contiguous",
                   "expand", "expand_as", torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose,
                   torch.permute, operator.getitem}
+#: arithmetic that keeps gates gates: ConViT's ``(1 - sigmoid(g)) * softmax(a) + sigmoid(g) * softmax(p)``,
+#: renormalised by its sum, is attention weights still (every operand a gate or a constant)
+_GATE_ARITHMETIC = {operator.mul, torch.mul, "mul", operator.add, torch.add, "add", operator.sub, torch.sub, "sub",
+                    operator.truediv, torch.div, "div", "sum", torch.sum, "mean", torch.mean}
 
 
 def _is_gate(ctx: RuleContext, node) -> bool:
@@ -773,18 +839,29 @@ def _is_gate(ctx: RuleContext, node) -> bool:
         key = node.target if node.op == "call_function" else str(node.target)
         if key in _GATE_FUNCTIONS:
             return True
+        if key in _GATE_ARITHMETIC:
+            return all(_is_gate(ctx, arg) for arg in node.args if isinstance(arg, fx.Node))
         if key not in _GATE_RESHAPES or not node.args or not isinstance(node.args[0], fx.Node):
             return False
         node = node.args[0]  # follow a reshape of the gate back to its producer
     if node.op == "call_module":
         module = ctx.owner.get_submodule(node.target)
-        if isinstance(module, (nn.Dropout, nn.Identity, nn.Linear)) and node.args and isinstance(node.args[0], fx.Node):
+        talking_heads = isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+        if (isinstance(module, (nn.Dropout, nn.Identity, nn.Linear)) or talking_heads) and node.args \
+                and isinstance(node.args[0], fx.Node):
             # attention dropout (the identity in eval mode); CaiT's talking heads mix the attention weights
-            # across heads with a dense layer: weights still, constant under CP-LRP
+            # across heads with a dense layer (EfficientFormerV2's with a 1x1 conv): weights still, constant
+            # under CP-LRP
             return _is_gate(ctx, node.args[0])
         return isinstance(module, (*_GATE_MODULES, nn.Softmax)) or type(module).__name__ in (
             "HardSigmoid", "Sigmoid", "GateSigmoid")
     return False
+
+
+def statistic_rule(ctx: RuleContext) -> R.Rule:
+    """A normalisation's statistic (``pow``, ``sqrt``, ``rsqrt``, ``norm``, ``var``, ``std``): held constant
+    (the identity rule of a norm, statistics constant); relevance that reaches it is refused."""
+    return R.StatisticRule(ctx.arg0, f"'{ctx.node.name}'")
 
 
 def gate_rule(ctx: RuleContext) -> R.Rule:
@@ -797,8 +874,8 @@ def gate_rule(ctx: RuleContext) -> R.Rule:
     gates = [_is_gate(ctx, n) for n in nodes]
     if gates[0] != gates[1]:
         feature = gates.index(False)
-    elif gates[0]:
-        raise ctx.unsupported("product of two gates")
+    elif gates[0]:  # gates multiplied (ConViT's gated positional attention): a gate, never relevant
+        return R.GateRule(nodes[0], f"the product of gates '{ctx.node.name}'")
     elif shapes[0] != shapes[1] and tuple(ctx.out.shape) in shapes:  # the broadcast operand (e.g. (1, C, 1, 1)) is the gate
         feature = 0 if shapes[0] == tuple(ctx.out.shape) else 1
     else:  # two activations multiplied (gated linear units, StarNet's star, FocalNet's modulation)
@@ -819,8 +896,9 @@ PASS_FUNCTION_KEYS = (
     F.relu, F.relu6, torch.relu, F.leaky_relu, F.hardtanh, F.dropout, F.dropout2d, F.silu, F.gelu, F.hardswish,
     F.mish, F.elu, F.selu, torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.tanh, F.tanh, F.softplus,
     F.layer_norm, F.group_norm, F.batch_norm,
+    operator.neg, torch.neg,  # -x: each element keeps its own relevance (rotary embeddings' rotate_half)
 )
-PASS_METHOD_KEYS = ("relu", "contiguous", "clone", "detach", "sigmoid", "tanh", "float", "to", "type_as")
+PASS_METHOD_KEYS = ("relu", "contiguous", "clone", "detach", "sigmoid", "tanh", "float", "to", "type_as", "neg")
 RESHAPE_METHOD_KEYS = ("view", "reshape", "flatten", "squeeze", "unsqueeze")
 RESHAPE_FUNCTION_KEYS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze)
 
@@ -863,6 +941,11 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         nn.AdaptiveMaxPool2d: _adaptive_max_pool_module,
         nn.AvgPool2d: _avg_pool_module,
         nn.AdaptiveAvgPool2d: _avg_pool_module,
+        nn.AvgPool1d: _avg_pool_1d_module,
+        nn.Conv1d: conv1d_rule,
+        nn.ConvTranspose2d: conv_transpose_rule,
+        nn.Unfold: unfold_rule,
+        F.unfold: lambda ctx: index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.unfold(t, *ctx.args[1:], **ctx.kwargs)),
         "module:Sum": _sum_module,
         "module:StarReLU": pass_rule,  # MetaFormer's s * relu(x)**2 + b: an elementwise activation
         operator.getitem: getitem_rule,
@@ -931,6 +1014,8 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         torch.select: select_rule,
         F.normalize: pass_rule,  # x / |x| with the norm held constant, as a LayerNorm's deviation
     }
+    for key in _STATISTICS:
+        table[key] = statistic_rule
     for key in (*CONSTANT_FUNCTION_KEYS, *CONSTANT_METHOD_KEYS):
         table[key] = constant_rule
     for key in (*PASS_MODULE_TYPES, *_timm_pass_types(), *_torchvision_pass_keys(), *PASS_FUNCTION_KEYS, *PASS_METHOD_KEYS):

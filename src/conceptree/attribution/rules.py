@@ -101,9 +101,44 @@ class PassRule(Rule):
         return [(self.inputs[0], relevance)]
 
 
+class ModifiedInPlaceRule(Rule):
+    """A tensor that ``forward`` writes into in place (``attn[..., i:, i:] = ...``) after it was computed
+    (MViTv2's relative-position term on the attention logits, a softmax gate's input): relevance that
+    reaches it would miss the write, so it is refused rather than misattributed."""
+
+    def __init__(self, inp: fx.Node | None, what: str) -> None:
+        self.inputs = () if inp is None else (inp,)
+        self.what = what
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        if bool(relevance.abs().max() > 0):
+            raise UnsupportedModelError(
+                f"relevance reached {self.what}, which forward() modifies in place; write it out of place "
+                "(torch.where, torch.cat or index_put) so that the write has its own node"
+            )
+        return [(inp, relevance) for inp in self.inputs]
+
+
+class RefusedRule(Rule):
+    """A node no rule explains (an unregistered op, an einsum the table cannot read) whose output may
+    still never receive relevance: the query and key side of attention, a positional term on the
+    attention logits. Relevance that reaches it raises the refusal it was built with."""
+
+    def __init__(self, error: UnsupportedModelError) -> None:
+        self.error = error
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        if bool(relevance.abs().max() > 0):
+            raise UnsupportedModelError(str(self.error))
+        return []
+
+
 class GateRule(Rule):
     """A gate (softmax over branches) that the rules around it never pass relevance to; relevance
     that reaches it anyway means it is not a gate here, and is refused rather than dropped."""
+
+    #: what the op is explained as, and the fix, in the refusal
+    explained_as = "a gate over branches (ResNeSt, SKNet); return logits, not probabilities, or register a rule for it"
 
     def __init__(self, inp: fx.Node, what: str) -> None:
         self.inputs = (inp,)
@@ -111,11 +146,16 @@ class GateRule(Rule):
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
         if bool(relevance.abs().max() > 0):
-            raise UnsupportedModelError(
-                f"relevance reached {self.what}, which conceptree explains only as a gate over branches "
-                "(ResNeSt, SKNet); return logits, not probabilities, or register a rule for it"
-            )
+            raise UnsupportedModelError(f"relevance reached {self.what}, which conceptree explains only as {self.explained_as}")
         return [(self.inputs[0], relevance)]
+
+
+class StatisticRule(GateRule):
+    """A normalisation's statistic (``x.pow(2).mean()``, ``x.norm()``, ``rsqrt``): held constant, as a
+    LayerNorm's deviation is, so the products and divisions that apply it pass relevance to the features."""
+
+    explained_as = ("a normalisation's statistic, held constant; register a rule for it if it is a feature "
+                    "(Composite().with_rule)")
 
 
 class ProductRule(Rule):
@@ -227,6 +267,18 @@ class NormPoolRule(Rule):
             return [(self.inputs[0], self.x * ((relevance * self.inv_z) / area))]
         grad = _vjp_linear(self.fn, tuple(self.x.shape[1:]), relevance * self.inv_z)
         return [(self.inputs[0], self.x * grad)]
+
+
+class UnsqueezedRule(Rule):
+    """A 1-D op explained by its 2-D rule on a height-1 view: relevance ``(B, C, L)`` enters the inner
+    rule as ``(B, C, 1, L)`` and leaves squeezed (``nn.Conv1d`` through the conv rule, pooling)."""
+
+    def __init__(self, inner: Rule) -> None:
+        self.inner = inner
+        self.inputs = inner.inputs
+
+    def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
+        return [(node, part.squeeze(2)) for node, part in self.inner.backward(relevance.unsqueeze(2))]
 
 
 class MaxPoolRule(Rule):
@@ -903,11 +955,19 @@ class ScaledDotProductAttentionRule(Rule):
     the queries and keys (and a mask, such as a relative position bias) receive nothing."""
 
     def __init__(self, value_node: fx.Node, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None,
-                 is_causal: bool, scale: float | None, epsilon: float) -> None:
+                 is_causal: bool, scale: float | None, epsilon: float, enable_gqa: bool = False) -> None:
         self.inputs = (value_node,)
-        if k.shape[:-2] != q.shape[:-2] or v.shape[:-2] != q.shape[:-2]:
+        self.value_shape = tuple(v.shape)
+        self.groups = 1
+        if enable_gqa and q.ndim >= 3 and k.shape[-3] != q.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
+            # grouped-query attention: each key/value head serves q_heads / kv_heads query heads
+            self.groups = q.shape[-3] // k.shape[-3]
+            k, v = k.repeat_interleave(self.groups, -3), v.repeat_interleave(self.groups, -3)
+        broadcast = all(a == b or a == 1 for t in (k, v) for a, b in zip(t.shape[:-2], q.shape[:-2]))
+        if k.ndim != q.ndim or v.ndim != q.ndim or not broadcast:
             raise UnsupportedModelError(f"scaled_dot_product_attention with queries {tuple(q.shape)} and keys "
-                                        f"{tuple(k.shape)} (grouped or broadcast heads) has no rule; register one")
+                                        f"{tuple(k.shape)} (heads that neither match nor broadcast) has no rule; "
+                                        "register one")
         scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
         if is_causal:
             n, m = scores.shape[-2:]
@@ -919,7 +979,11 @@ class ScaledDotProductAttentionRule(Rule):
         self.inv_y = 1.0 / stabilize(self.attention @ v, epsilon)
 
     def backward(self, relevance: Tensor) -> list[tuple[fx.Node, Tensor]]:
-        return [(self.inputs[0], self.v * (self.attention.transpose(-1, -2) @ (relevance * self.inv_y)))]
+        rel = self.v * (self.attention.transpose(-1, -2) @ (relevance * self.inv_y))
+        if self.groups > 1:  # each key/value head collects its query heads' relevance
+            rel = rel.unflatten(-3, (-1, self.groups)).sum(-3)
+        shared = tuple(d for d in range(1, rel.ndim - 2) if self.value_shape[d] == 1 < rel.shape[d])
+        return [(self.inputs[0], rel.sum(shared, keepdim=True) if shared else rel)]  # multi-query: one head for all
 
 
 class TokenLayerNormRule(Rule):

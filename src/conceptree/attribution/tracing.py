@@ -9,7 +9,8 @@ Functional operations in ``forward`` (``+``, ``torch.add``, ``F.pad``, slicing,
 Models whose ``forward`` branches on the input's size (timm's VGG checks the feature map
 against its pre-logits kernel) cannot be traced symbolically. For them the trace follows an
 example input (:class:`_ConcreteTracer`): every node is also evaluated on the example, a
-branch reads the concrete value, and the node that decided it is kept in the graph as a
+branch (or ``int()``, ``float()``, ``len()`` of a traced value: a grid size computed from the token
+count) reads the concrete value, and the node that decided it is kept in the graph as a
 *guard* (``node.meta["guard"]``, the value it had). The graph keeps fx's torch-level nodes,
 so the rule table applies unchanged; the engine re-evaluates every guard on each forward
 pass and refuses, in one line, an input that would take another branch (rather than
@@ -125,24 +126,82 @@ class _ConcreteTracer(_Tracer):
         return value
 
     def to_bool(self, obj: fx.Proxy) -> bool:
-        value = bool(self._concrete(obj))
+        return cast(bool, self.read(obj, "bool"))
+
+    def read(self, obj: fx.Proxy, how: GuardRead) -> object:
+        """The example's value of ``obj`` read as a Python ``bool``, ``int``, ``float`` or ``len``; the node
+        becomes a guard (:func:`guards`)."""
+        value = GUARD_READS[how](self._concrete(obj))
         obj.node.meta["guard"] = value
+        obj.node.meta["guard_read"] = how
         return value
 
     def iter(self, obj: fx.Proxy):  # type: ignore[no-untyped-def]
         value = cast(Sized, self._concrete(obj))
         return iter([cast(Any, obj)[i] for i in range(len(value))])
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+
+GuardRead = Literal["bool", "int", "float", "len"]
+#: how a guard's node is read (``int(size)``, ``len(x.shape)``): the trace read it so, and so does every later pass
+GUARD_READS: dict[str, Callable[[Any], object]] = {"bool": bool, "int": int, "float": float, "len": len}
+#: tensor attributes a concrete trace reads off the example (``torch.autocast(device_type=x.device.type)``)
+_CONCRETE_ATTRIBUTES = frozenset({"device", "dtype", "is_cuda"})
+
+
+class _ConcreteProxy(fx.Proxy):
+    """A proxy of :class:`_ConcreteTracer`: ``int()``, ``float()``, ``len()`` and index use read the example's
+    value (timm's ``int(num_patches ** .5)``, ``len(x.shape[2:])``) and make the node a guard."""
+
+    tracer: _ConcreteTracer
+
+    def __int__(self) -> int:
+        return cast(int, self.tracer.read(self, "int"))
+
+    def __index__(self) -> int:
+        return cast(int, self.tracer.read(self, "int"))
+
+    def __float__(self) -> float:
+        return cast(float, self.tracer.read(self, "float"))
+
+    def __len__(self) -> int:
+        return cast(int, self.tracer.read(self, "len"))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # a node of its own, run in place on the example and on every pass (the engine refuses relevance
+        # into a written tensor that depends on the input: rules.ModifiedInPlaceRule)
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _CONCRETE_ATTRIBUTES:
+            value = self.node.meta.get("concrete", _UNKNOWN)
+            if value is not _UNKNOWN:
+                return getattr(value, name)
+        return super().__getattr__(name)
+
+
+def _drop_traced_caches(model: nn.Module) -> None:
+    """Empty the dict caches that an earlier trace filled with proxies (timm's EfficientFormerV2 caches
+    its attention biases per device in eval mode): a later trace would read another graph's nodes."""
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, dict) and any(isinstance(v, fx.Proxy) for v in value.values()):
+                value.clear()
+
 
 def _trace(model: nn.Module, example: Tensor | None = None) -> fx.GraphModule:
     """Trace symbolically; on control flow that needs values, follow ``example`` (module docstring)."""
     graph: fx.Graph | None = None
+    _drop_traced_caches(model)
     try:
         graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises many types; report one clear line
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, fx.proxy.TraceError) and example is not None:
+        if isinstance(exc, (fx.proxy.TraceError, TypeError, RuntimeError)) and example is not None:
             try:
+                _drop_traced_caches(model)
                 graph = _ConcreteTracer(example).trace(model)
             except Exception:  # noqa: BLE001 - report the symbolic tracer's reason below
                 graph = None
@@ -153,12 +212,14 @@ def _trace(model: nn.Module, example: Tensor | None = None) -> fx.GraphModule:
     assert graph is not None
     for node in graph.nodes:
         node.meta.pop("concrete", None)  # the example's values are not kept (memory)
+    _drop_traced_caches(model)
     return fx.GraphModule(model, graph)
 
 
-def guards(graph_module: fx.GraphModule) -> dict[fx.Node, bool]:
-    """Nodes whose truth value chose a branch while tracing with an example (empty for a
-    symbolic trace), with the value they had."""
+def guards(graph_module: fx.GraphModule) -> dict[fx.Node, object]:
+    """Nodes whose value chose a branch or became a Python number while tracing with an example (empty
+    for a symbolic trace), with the value they had (read as ``node.meta["guard_read"]``: bool, int, float
+    or len)."""
     return {node: node.meta["guard"] for node in graph_module.graph.nodes if "guard" in node.meta}
 
 
@@ -547,8 +608,15 @@ def token_layers(graph_module: fx.GraphModule, example: Tensor | None
                       stacklevel=3)
         return set(), {}
     shapes = probe.shapes
+    batch = int(example.shape[0])
+    for node in linears:  # a dense layer on a rank-3 or rank-6 input is not a 1x1 conv on a channels-last map
+        if node.args and isinstance(node.args[0], fx.Node) and node.args[0] in shapes:
+            node.meta["input_rank"] = len(shapes[node.args[0]])
+    # a sequence whose leading dimension is not the batch (TNT's pixel tokens: patches folded into the batch)
+    # is not the image's tokens
     tokens = {str(node.target) for node in linears
-              if node.args and isinstance(node.args[0], fx.Node) and len(shapes.get(node.args[0], ())) == 3}
+              if node.args and isinstance(node.args[0], fx.Node) and len(shapes.get(node.args[0], ())) == 3
+              and shapes[node.args[0]][0] == batch}
     last: dict[str, fx.Node] = {}  # module -> the last node run inside it
     for node in graph_module.graph.nodes:
         for path in (node.meta.get("nn_module_stack") or {}).values():
@@ -556,7 +624,8 @@ def token_layers(graph_module: fx.GraphModule, example: Tensor | None
             if name:
                 last[name] = node
     streams = {name: (node, int(shapes[node][-1])) for name, node in last.items()
-               if node.op in ("call_function", "call_method") and node.target in _ADDS and len(shapes.get(node, ())) == 3}
+               if node.op in ("call_function", "call_method") and node.target in _ADDS and len(shapes.get(node, ())) == 3
+               and shapes[node][0] == batch}
     return tokens, streams
 
 
@@ -575,6 +644,7 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
     at_node = {node: (name, width) for name, (node, width) in (streams or {}).items()}
     layers: list[LayerInfo] = []
     seen: set[str] = set()
+    shared: set[str] = set()
     pointwise: set[fx.Node] = set()
     varying: set[fx.Node] = set()  # nodes whose value depends on the input
     for node in graph_module.graph.nodes:
@@ -588,7 +658,8 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
             continue  # a layer on constants only (a relative-position MLP on fixed coordinates) has no neurons
         module: Any = graph_module.get_submodule(str(node.target))
         default = True
-        if isinstance(module, nn.Linear) and node.target not in tokens and _reads_channels_last(graph_module, node, pointwise):
+        if isinstance(module, nn.Linear) and node.target not in tokens and node.meta.get("input_rank", 4) == 4 \
+                and _reads_channels_last(graph_module, node, pointwise):
             pointwise.add(node)
         if isinstance(module, nn.Conv2d) and "conv" in kinds:
             kind, channels = "conv", module.out_channels
@@ -602,13 +673,14 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
         else:
             continue
         if node.target in seen:
-            raise UnsupportedModelError(
-                f"module '{node.target}' is called more than once in forward(); "
-                "give each call its own module so that its neurons are well defined"
-            )
+            shared.add(str(node.target))
+            continue
         seen.add(node.target)
         layers.append(LayerInfo(node.target, kind, channels, default))
-    return layers
+    if shared:  # CoaT's convolutional position encoding, shared by the blocks of a stage
+        warnings.warn(f"modules called more than once in forward() are not layers (a channel would have one map per "
+                      f"call); their calls are explained, not listed: {', '.join(sorted(shared))}", stacklevel=3)
+    return [layer for layer in layers if layer.name not in shared]
 
 
 def select_layers(layers: list[LayerInfo], patterns: list[str] | None, exclude: list[str] | None = None) -> list[LayerInfo]:
