@@ -193,6 +193,10 @@ def main() -> None:
                 row["module"] = module
             print(json.dumps(row), flush=True)
             rows.append(row)
+        if args.only and Path(args.out).exists():  # rerun rows replace theirs; the others are kept
+            fresh = {row["family"]: row for row in rows}
+            kept = json.loads(Path(args.out).read_text())["rows"]
+            rows = [fresh.pop(row["family"], row) for row in kept] + list(fresh.values())
         Path(args.out).write_text(json.dumps({"torch": torch.__version__, "timm": timm.__version__, "rows": rows}, indent=1))
     path = Path(args.table)
     before = path.read_text().split(MARKER)[0].rstrip() + "\n\n" if path.exists() else ""

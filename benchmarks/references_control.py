@@ -87,6 +87,9 @@ def explain_dev(data: Path, cache: Path, limit: int | None = None, dictionary: P
                     "concepts": [{"rank": c.rank, "share": c.share, "stability": c.stability,
                                   "neurons": [[n.layer, n.channel, n.relevance] for n in c.neurons]}
                                  for c in explanation.concepts.concepts],
+                    "top_level": [{"rank": c.rank, "share": c.share, "stability": c.stability,
+                                   "neurons": [[n.layer, n.channel, n.relevance] for n in c.neurons]}
+                                  for c in explanation.concepts.top_level],
                     "pool": [[n.layer, n.channel, n.relevance] for n in active],
                     "relevance": everything})
         print(f"explained {i + 1}/{len(dev)} {image.path.name}: k={explanation.concepts.k} "

@@ -100,7 +100,8 @@ def token_grid(tokens: int, height: int, width: int) -> tuple[int, int, int]:
     """``(prefix, h, w)`` of a sequence of ``tokens`` tokens from an ``height x width`` input.
 
     The patch tokens are taken to be the last ``h * w`` of the sequence, row-major on an ``h x w``
-    grid with ``h = height / s`` and ``w = width / s`` for an integer patch stride ``s``; the
+    grid with ``h = height / s`` and ``w = width / s`` for an integer patch stride ``s`` (failing that, any
+    ``h x w`` grid with the input's aspect ratio: overlapping patches, a resized input); the
     ``prefix`` tokens before them (class, distillation and register tokens) have no place on the
     image. The smallest prefix (at most :data:`MAX_PREFIX_TOKENS`) that leaves such a grid wins;
     the largest stride first (ViT-style models pool no tokens, so their grid is the patch grid).
@@ -115,6 +116,11 @@ def token_grid(tokens: int, height: int, width: int) -> tuple[int, int, int]:
         for stride in range(min(height, width), 0, -1):
             if height % stride == 0 and width % stride == 0 and (height // stride) * (width // stride) == patches:
                 return prefix, height // stride, width // stride
+    for prefix in range(min(MAX_PREFIX_TOKENS, tokens - 1) + 1):  # a grid of the input resized (CrossViT's
+        patches = tokens - prefix  # second branch at 224 of a 240 input) or with overlapping patches (PiT's 27 x 27)
+        for rows in range(1, patches + 1):
+            if patches % rows == 0 and rows * width == (patches // rows) * height:
+                return prefix, rows, patches // rows
     raise UnsupportedModelError(
         f"a token layer has {tokens} tokens, which are not a patch grid of the {height}x{width} input after at "
         f"most {MAX_PREFIX_TOKENS} class/register tokens; select layers whose tokens are patches (layers=[...])"

@@ -44,8 +44,30 @@ TIMM_RMS_NORMS = ("RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32", "Simpl
 _LEAF_CLASS_NAMES = {"Conv2dSame", "BatchNormAct2d", "Sum", "ZennitMergedBatchNorm", "StarReLU", *TIMM_RMS_NORMS}
 
 
+#: functions that their library marks ``torch.fx.wrap`` (one opaque node) which the tracer follows instead,
+#: by (module, name): torchvision's Swin puts its whole window attention in one such function
+_TRACE_THROUGH = frozenset({
+    ("torchvision.models.swin_transformer", "shifted_window_attention"),
+    ("torchvision.models.swin_transformer", "_patch_merging_pad"),
+})
+
+
 class _Tracer(fx.Tracer):
     """fx tracer that keeps convolutions (incl. timm's ``Conv2dSame``) and BN+act as leaves."""
+
+    def trace(self, root, concrete_args=None):  # type: ignore[no-untyped-def]
+        # fx records a wrapped function as one node by patching it while it traces; the functions of
+        # _TRACE_THROUGH are left unpatched for this trace (and the registry restored after it)
+        from torch.fx import _symbolic_trace
+
+        registry = _symbolic_trace._wrapped_fns_to_patch
+        hidden = {key: scope for key, scope in registry.items() if (scope.get("__name__"), key[1]) in _TRACE_THROUGH}
+        for key in hidden:
+            del registry[key]
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            registry.update(hidden)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (nn.Conv2d, nn.Linear)) or type(m).__name__ in _LEAF_CLASS_NAMES:
@@ -423,6 +445,7 @@ def canonize(model: nn.Module, zennit_compat: ZennitCompat | None = None, exampl
     if merged:
         traced = _trace(model, example)
     _batch_first_permutes(traced)
+    _stacked_sums(traced)
     return traced
 
 
@@ -472,6 +495,38 @@ def _batch_first_permutes(graph_module: fx.GraphModule) -> None:
             else:
                 user.args = (moved, 1)
                 user.kwargs = {}
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.lint()
+        graph_module.recompile()
+
+
+def _stacked_sums(graph_module: fx.GraphModule) -> None:
+    """Rewrite ``torch.stack(xs, 0).sum(0)`` / ``.mean(0)`` (CrossViT's two heads, EfficientViM's stage
+    outputs) as ``xs[0] + xs[1] + ...`` (times ``1/len(xs)``): the same values, without a new leading
+    dimension in front of the batch, which the engine's relevance batches cannot cross."""
+    graph = graph_module.graph
+    changed = False
+    for node in list(graph.nodes):
+        if node.target is not torch.stack or len(node.users) != 1 or not node.args or not isinstance(node.args[0], (list, tuple)):
+            continue
+        stack_dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        (user,) = node.users
+        if stack_dim != 0 or user.target not in ("sum", "mean", torch.sum, torch.mean) or user.args[0] is not node:
+            continue
+        dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim")
+        if dim not in (0, (0,), [0]) or user.kwargs.get("keepdim", False) or set(user.kwargs) - {"dim", "keepdim"}:
+            continue
+        pieces = list(node.args[0])
+        with graph.inserting_before(user):
+            total = pieces[0]
+            for piece in pieces[1:]:
+                total = graph.call_function(operator.add, (total, piece))
+            if user.target in ("mean", torch.mean):
+                total = graph.call_function(operator.mul, (total, 1.0 / len(pieces)))
+        user.replace_all_uses_with(total)
+        graph.erase_node(user)
         graph.erase_node(node)
         changed = True
     if changed:
