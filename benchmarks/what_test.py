@@ -83,9 +83,9 @@ def affinities(test, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for row in rows:
         if not test.evidence.has["part"][row]:
             continue
-        relevance, fractions, model = test._row(int(row))
-        active = relevance > 0
-        sums[active] += fractions["part"][active] - model["part"]
+        relevance, _, _, model = test._row(int(row))
+        active = np.flatnonzero(relevance > 0)
+        sums[active] += test.fractions(int(row), "part", active) - model["part"]
         counts[active] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts[:, None], counts

@@ -59,7 +59,7 @@ def test_a_position_grid_built_from_the_input_shape_is_a_constant():
     torch.manual_seed(0)
     x = torch.rand(1, 3, 8, 16)
     model = _Tokens(_ShapeGrid())
-    assert float(_heatmap(model, x).sum()) == pytest.approx(_logit(model, x), rel=1e-6)
+    assert float(_heatmap(model, x).sum()) == pytest.approx(_logit(model, x), rel=1e-4)
 
 
 class _Negated(nn.Module):
@@ -74,7 +74,7 @@ def test_negation_keeps_each_elements_relevance():
     torch.manual_seed(1)
     x = torch.rand(1, 3, 8, 8)
     model = _Tokens(_Negated())
-    assert float(_heatmap(model, x).sum()) == pytest.approx(_logit(model, x), rel=1e-6)
+    assert float(_heatmap(model, x).sum()) == pytest.approx(_logit(model, x), rel=1e-4)
 
 
 class _IntGrid(nn.Module):
@@ -104,7 +104,7 @@ class _Written(nn.Module):
     place before its softmax (MViTv2's relative positions): neither receives relevance."""
 
     def forward(self, t):
-        n = t.shape[1]
+        n = int(t.shape[1])  # a Python int (ConViT's int(num_patches)): traced with the example
         table = torch.zeros(n, n, dtype=t.dtype)
         table[:, 0] = 1.0
         logits = t @ t.transpose(1, 2)
@@ -123,7 +123,7 @@ def test_in_place_writes_into_constants_and_gates_are_explained_and_into_feature
     torch.manual_seed(3)
     x = torch.rand(1, 3, 8, 8)
     model = _Tokens(_Written())
-    assert float(_heatmap(model, x).sum()) == pytest.approx(_logit(model, x), rel=1e-6)
+    assert float(_heatmap(model, x).sum()) == pytest.approx(_logit(model, x), rel=1e-4)
     with pytest.raises(UnsupportedModelError, match="modifies in place") as info:
         _heatmap(_Tokens(_WrittenFeature()), x)
     assert "\n" not in str(info.value)
@@ -165,11 +165,12 @@ def test_gates_combined_by_arithmetic_are_attention_weights_held_constant():
         o = a @ t
         mean = o.mean(0)
         w = model.head.weight[0]
-        rel_mean = mean * w * float(attribution.logits[0]) / float((mean * w).sum())  # epsilon rule of the head, no bias
-        rel_o = (o / (o.sum(0) + 1e-12)) * rel_mean  # the mean over tokens: shares o_i / sum
-        rel_t = t * (a.T @ (rel_o / o))
-    ours = attribution.layer_relevance["embed"][0].flatten(1).T  # (tokens, channels)
-    assert torch.allclose(ours, rel_t, rtol=1e-5, atol=1e-9)
+        stab = lambda z: z + 1e-6 * torch.where(z >= 0, 1.0, -1.0)  # noqa: E731 - the rules' stabiliser
+        rel_mean = mean * w * float(attribution.logits[0]) / stab((mean * w).sum())  # epsilon rule of the head, no bias
+        rel_o = o / o.shape[0] * rel_mean / stab(mean)  # the mean over tokens: shares o_i / (n mean)
+        rel_t = t * (a.T @ (rel_o / stab(o)))
+    ours = attribution.layer_relevance["embed"].flatten(1).T  # (C, H, W) -> (tokens, channels)
+    assert torch.allclose(ours, rel_t, rtol=1e-9, atol=1e-12)
 
 
 class _LinearAttention(nn.Module):
@@ -318,7 +319,7 @@ def test_unfold_sends_each_copys_relevance_back_to_its_pixel():
     model = _Tokens(_Unfolded(), width=8)
     model.head = nn.Linear(32, 3)
     x = torch.rand(1, 3, 8, 8)
-    assert float(_heatmap(model, x).sum()) == pytest.approx(_logit(model, x), rel=1e-6)
+    assert float(_heatmap(model, x).sum()) == pytest.approx(_logit(model, x), rel=1e-4)
 
 
 class _Heads(nn.Module):

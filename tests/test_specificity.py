@@ -164,3 +164,26 @@ def test_cell_evidence_round_trips_through_npz(tmp_path):
     assert loaded.vocabulary == evidence.vocabulary
     assert np.array_equal(loaded.words["part"], evidence.words["part"])
     assert np.array_equal(loaded.classes, evidence.classes)
+
+
+def test_a_card_name_comes_only_from_a_passing_test():
+    from conceptree.index.references import specific_name
+    from conceptree.index.specificity import FamilyResult, SpecificityResult
+
+    families = (FamilyResult("part", "wing", 0.12, 0.01, 0.01), FamilyResult("class", "Blue Jay", 0.4, 0.02, 0.05))
+    passing = SpecificityResult(True, 0.02, "part", "wing", families, (1, 2), 99)
+    failing = SpecificityResult(False, 0.31, "part", "wing", families, (1, 2), 99)
+    by_class = SpecificityResult(True, 0.03, "class", "Blue Jay", families, (1, 2), 99)
+    assert specific_name(passing) == "wing" and passing.to_dict()["name"] == "wing"
+    assert specific_name(failing) is None and failing.to_dict()["name"] is None
+    assert specific_name(by_class) == "Blue Jay-specific"
+
+
+def test_the_explained_photo_is_never_its_own_reference():
+    index, evidence = _world()
+    test = SpecificityTest(index, evidence, top=5, n_random=3)
+    columns = np.arange(6)
+    members = sparse.csr_matrix((np.ones(6), (np.zeros(6, int), columns)), shape=(1, index.n_neurons))
+    _, _, refs = test.statistics(members, members / 6)
+    _, _, without = test.statistics(members, members / 6, exclude=int(refs[0, 0]))
+    assert refs[0, 0] not in without[0] and list(without[0, :4]) == list(refs[0, 1:])

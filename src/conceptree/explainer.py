@@ -39,6 +39,7 @@ from .dictionary import ConceptDictionary
 from .errors import InputError
 from .explanation import Explanation, ImageInfo, ModelInfo, Prediction
 from .index.references import DEFAULT_REFERENCES, ReferenceFinder
+from .index.specificity import SpecificityTest, index_evidence
 from .index.store import ConceptIndex
 from .models.config import load_model_config
 from .models.loading import (
@@ -100,6 +101,10 @@ class ConceptExplainer:
     exact_references : bool
         Draw each reference's region from its own recomputed LRP pass instead of the index's
         stored peaks (exact, one LRP pass per reference image; :mod:`conceptree.index.references`).
+    name_test : bool
+        Name a concept only when the specificity test passes (what its references show beyond the
+        model's own relevance, against layer-matched random groups: :mod:`conceptree.index.specificity`;
+        default). False: the earlier suggestion rule of :mod:`conceptree.index.references`, untested.
     dictionary : ConceptDictionary or path, optional
         A concept dictionary of this model, rules, layers and preprocessing
         (:mod:`conceptree.dictionary`; checked here, one-line error otherwise). Each image's
@@ -141,6 +146,7 @@ class ConceptExplainer:
         n_references: int = DEFAULT_REFERENCES,
         exact_references: bool = False,
         dictionary=None,
+        name_test: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}; "
@@ -170,6 +176,8 @@ class ConceptExplainer:
             raise InputError(f"n_references must be a positive int, got {n_references!r}")
         self.n_references = n_references
         self.exact_references = bool(exact_references)
+        self.name_test = bool(name_test)
+        self._specificity = None  # built on the first explanation with an index (its evidence is cached there)
         self.dictionary = self._open_checked(dictionary, ConceptDictionary, "dictionary")
         if self.dictionary is not None and self.index is not None:
             self.dictionary.check_index(self.index)
@@ -312,7 +320,7 @@ class ConceptExplainer:
                 flows = concept_flows(self.engine, attribution, concepts.concepts)
         t4 = time.perf_counter()
         image_hash = hashlib.sha1(np.ascontiguousarray(shown).tobytes()).hexdigest()
-        references = self._references(concepts, image_hash)
+        references = self._references(concepts, image_hash, attribution)
         timings = {"attribution_s": t1 - t0, "neuron_maps_s": found.neuron_maps_s, "clustering_s": found.clustering_s,
                    "concept_maps_s": t_graph - t3, "graph_s": t4 - t_graph, "references_s": time.perf_counter() - t4,
                    "total_s": time.perf_counter() - t0}
@@ -361,18 +369,37 @@ class ConceptExplainer:
         top_display = smooth_group_maps(attribution, [c.groups() for c in top_level], size) if top_level else None
         return maps, top_maps, display, top_display
 
-    def _references(self, concepts: ConceptSet, image_hash: str):
-        """Each concept's strongest reference images from the index (None without one), this photo left out."""
+    def _references(self, concepts: ConceptSet, image_hash: str, attribution: Attribution):
+        """Each concept's strongest reference images from the index (None without one), this photo left out,
+        named where the specificity test passes (``name_test``)."""
         if self.index is None:
             return None
         finder = ReferenceFinder(self.engine, self.preprocessing, self.index, n=self.n_references,
-                                 exact=self.exact_references)
+                                 exact=self.exact_references, specificity=self.specificity_test())
+        photo = None
+        if finder.specificity is not None:
+            photo = np.zeros(self.index.n_neurons)
+            for layer, (offset, channels) in self.index.columns.items():
+                photo[offset : offset + channels] = attribution.channel_relevance(layer).double().cpu().numpy()
         ranked = None
         if self._stored_references and concepts.method == "dictionary":  # ids of the flat dictionary's concepts
             stored = [self.dictionary.concepts[c.concept_id].references for c in concepts.concepts]
             if all(len(top) > self.n_references for top in stored):  # enough to leave this photo out
                 ranked = stored  # the dictionary's references: a lookup, ranked by the concept's share there
-        return finder.find(concepts.concepts, exclude_row=self.index.row_of_pixels(image_hash), ranked=ranked)
+        return finder.find(concepts.concepts, exclude_row=self.index.row_of_pixels(image_hash), ranked=ranked,
+                           photo_relevance=photo)
+
+    def specificity_test(self) -> SpecificityTest | None:
+        """The :class:`~conceptree.index.specificity.SpecificityTest` on this explainer's index (None without an
+        index or with ``name_test=False``); its cell evidence is read from the index folder, or built there
+        once (each index image loaded: about a minute for 840 images)."""
+        if self.index is None or not self.name_test:
+            return None
+        if self._specificity is None:
+            loader = ReferenceFinder(self.engine, self.preprocessing, self.index)
+            evidence = index_evidence(self.index, lambda row: loader.load(row, model_input=False)[1], self.preprocessing)
+            self._specificity = SpecificityTest(self.index, evidence)
+        return self._specificity
 
     def trace(
         self,

@@ -392,6 +392,17 @@ def unfold_rule(ctx: RuleContext) -> R.Rule:
     return index_rule(ctx, ctx.arg0, ctx.x, ctx.module)
 
 
+def fold_rule(ctx: RuleContext) -> R.Rule:
+    """``F.fold`` / ``nn.Fold`` (VOLO's outlook attention): overlapping patches summed back into a map, so the
+    ``Norm`` rule of a sum, ``R_in = x * fold^T(R / stab(fold(x)))``."""
+    if ctx.module is not None:
+        fn = ctx.module
+    else:
+        def fn(t: Tensor) -> Tensor:
+            return F.fold(t, *ctx.args[1:], **ctx.kwargs)
+    return R.NormPoolRule(ctx.arg0, fn, ctx.x, ctx.out, False, ctx.norm_stabilizer())
+
+
 def _sum_module(ctx: RuleContext) -> R.Rule:
     if not hasattr(ctx.module, "dim"):
         raise ctx.unsupported(f"module {type(ctx.module).__name__} without a 'dim' attribute")
@@ -592,6 +603,7 @@ def index_rule(ctx: RuleContext, inp: fx.Node, x: Tensor, fn: Callable[[Tensor],
     return R.IndexRule(inp, fn, x.shape)
 
 
+_EXTREMA = {torch.max, torch.min, "max", "min"}
 _SPLITTERS = {torch.chunk, torch.split, torch.unbind, "chunk", "split", "unbind", "tensor_split", torch.tensor_split}
 
 
@@ -604,6 +616,20 @@ def getitem_rule(ctx: RuleContext) -> R.Rule:
         return index_rule(ctx, ctx.arg0, ctx.x, lambda t: t[index])
     source = ctx.arg0
     split = source.target if source.op == "call_function" else str(source.target) if source.op == "call_method" else None
+    if split in _EXTREMA and index == 0 and isinstance(source.args[0], fx.Node) and len(ctx.x) == 2:
+        # the values of max/min over a dimension (VOLO's aux head: the largest token): relevance goes to the
+        # element that won, as for max pooling (its gradient)
+        dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim")
+        keepdim = source.args[2] if len(source.args) > 2 else source.kwargs.get("keepdim", False)
+        if isinstance(dim, int):
+            inp = source.args[0]
+            winners = ctx.x[1] if keepdim else ctx.x[1].unsqueeze(dim)
+
+            def pick(t: Tensor) -> Tensor:
+                picked = t.gather(dim, winners.expand(t.shape[0], *winners.shape[1:]))
+                return picked if keepdim else picked.squeeze(dim)
+
+            return index_rule(ctx, inp, ctx.values[inp], pick)
     if split in _SPLITTERS and isinstance(source.args[0], fx.Node):
         # an item of chunk/split/unbind: one index map from the split tensor
         inp = source.args[0]
@@ -823,7 +849,7 @@ _GATE_FUNCTIONS |= _STATISTICS
 #: ops a gate may pass through between its sigmoid/softmax and the product (shape only)
 _GATE_RESHAPES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "transpose", "swapaxes", "permute", "contiguous",
                   "expand", "expand_as", torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose,
-                  torch.permute, operator.getitem}
+                  torch.permute, operator.getitem, F.dropout}  # F.dropout: the identity in eval mode
 #: arithmetic that keeps gates gates: ConViT's ``(1 - sigmoid(g)) * softmax(a) + sigmoid(g) * softmax(p)``,
 #: renormalised by its sum, is attention weights still (every operand a gate or a constant)
 _GATE_ARITHMETIC = {operator.mul, torch.mul, "mul", operator.add, torch.add, "add", operator.sub, torch.sub, "sub",
@@ -945,6 +971,8 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         nn.Conv1d: conv1d_rule,
         nn.ConvTranspose2d: conv_transpose_rule,
         nn.Unfold: unfold_rule,
+        nn.Fold: fold_rule,
+        F.fold: fold_rule,
         F.unfold: lambda ctx: index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.unfold(t, *ctx.args[1:], **ctx.kwargs)),
         "module:Sum": _sum_module,
         "module:StarReLU": pass_rule,  # MetaFormer's s * relu(x)**2 + b: an elementwise activation

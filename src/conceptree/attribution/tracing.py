@@ -703,7 +703,7 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
     pointwise: set[fx.Node] = set()
     varying: set[fx.Node] = set()  # nodes whose value depends on the input
     for node in graph_module.graph.nodes:
-        if node.op == "placeholder" or any(arg in varying for arg in node.all_input_nodes):
+        if (node.op == "placeholder" or any(arg in varying for arg in node.all_input_nodes)) and not _reads_shape(node):
             varying.add(node)
         if node in at_node and "conv" in kinds:
             name, width = at_node[node]
@@ -713,8 +713,9 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
             continue  # a layer on constants only (a relative-position MLP on fixed coordinates) has no neurons
         module: Any = graph_module.get_submodule(str(node.target))
         default = True
-        if isinstance(module, nn.Linear) and node.target not in tokens and node.meta.get("input_rank", 4) == 4 \
-                and _reads_channels_last(graph_module, node, pointwise):
+        rank = node.meta.get("input_rank")  # known where the shape probe ran (token_layers)
+        if isinstance(module, nn.Linear) and node.target not in tokens and (
+                rank == 4 or rank is None and _reads_channels_last(graph_module, node, pointwise)):
             pointwise.add(node)
         if isinstance(module, nn.Conv2d) and "conv" in kinds:
             kind, channels = "conv", module.out_channels
@@ -736,6 +737,14 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
         warnings.warn(f"modules called more than once in forward() are not layers (a channel would have one map per "
                       f"call); their calls are explained, not listed: {', '.join(sorted(shared))}", stacklevel=3)
     return [layer for layer in layers if layer.name not in shared]
+
+
+def _reads_shape(node: fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.dim()``: sizes, not values (a position grid built from them is a constant,
+    as the engine's forward pass finds: its ``depends`` skips values that hold no tensor)."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim", "device", "dtype")
+    return node.op == "call_method" and node.target in ("size", "dim", "numel")
 
 
 def select_layers(layers: list[LayerInfo], patterns: list[str] | None, exclude: list[str] | None = None) -> list[LayerInfo]:

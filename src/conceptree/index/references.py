@@ -33,14 +33,21 @@ bounding box grown by ``CROP_MARGIN`` of the image side on each side and to at l
 ``CROP_MIN_SIDE`` of it around its centre, shifted to lie inside the image. A map with no
 positive value gives the whole image and ``empty=True``.
 
-Names (suggestions with their evidence, never asserted)
--------------------------------------------------------
-Over the top references: the classes they belong to (label where the set has one, else the
-prediction) against each class's share of the set; the part at the seed and the region's
-colour (:mod:`conceptree.index.evidence`) against their chance rates. A word is suggested when
-at least half the references agree and that fraction is at least twice its mean chance rate
-(``NAME_MIN_FRACTION``, ``NAME_MIN_LIFT``); a class when at least half the references are of it
-and that is ``CLASS_MIN_LIFT`` times its share of the set.
+Names (only where a test with power passes)
+-------------------------------------------
+With a :class:`~conceptree.index.specificity.SpecificityTest` (the explainer's default), a concept is
+named by its best family's word (a part, a colour, ``"<class>-specific"``) only when what its
+references show *beyond the model's own relevance on them* beats layer-matched random groups
+(:func:`specific_name`; the rule, its planted positive control and false-positive rate:
+``docs/results/what.md``). The test's statistic and p-value are in the evidence (``specificity``).
+
+Without one, the earlier, untested description: over the top references, the classes they belong to
+(label where the set has one, else the prediction) against each class's share of the set; the part at
+the seed and the region's colour (:mod:`conceptree.index.evidence`) against their chance rates. A word
+is suggested when at least half the references agree and that fraction is at least twice its mean
+chance rate (``NAME_MIN_FRACTION``, ``NAME_MIN_LIFT``); a class when at least half the references are
+of it and that is ``CLASS_MIN_LIFT`` times its share of the set. This description is kept in the
+evidence either way.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .evidence import COLOURS, colour_grid, part_label_map
+from .specificity import SpecificityResult, SpecificityTest
 from .store import PEAK_GRID, ConceptIndex
 
 #: references shown per concept (one place for the default).
@@ -273,11 +281,12 @@ class ReferenceFinder:
     """
 
     def __init__(self, engine, preprocessing, index: ConceptIndex, *, n: int = DEFAULT_REFERENCES, batch_size: int = 4,
-                 exact: bool = False) -> None:
+                 exact: bool = False, specificity: SpecificityTest | None = None) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"the number of references must be a positive int, got {n!r}")
         self.engine, self.preprocessing, self.index, self.n, self.batch_size = engine, preprocessing, index, n, batch_size
         self.exact = exact
+        self.specificity = specificity
 
     def rank(self, concepts: Sequence, exclude_row: int | None = None) -> list[list[tuple[int, float]]]:
         """Top ``(row, score)`` of each concept (objects with ``neurons``)."""
@@ -323,12 +332,16 @@ class ReferenceFinder:
         return out
 
     def find(self, concepts: Sequence, exclude_row: int | None = None,
-             ranked: list[list[tuple[int, float]]] | None = None) -> list[ConceptReferences]:
+             ranked: list[list[tuple[int, float]]] | None = None,
+             photo_relevance: np.ndarray | None = None) -> list[ConceptReferences]:
         """References and names of each concept (objects with ``rank``, ``neurons`` and ``groups()``).
 
         ``ranked``: each concept's ``(row, score)`` list found earlier (a concept dictionary's
         stored references: a lookup instead of :meth:`rank`); ``exclude_row`` is left out of it
-        and it is cut to ``n``.
+        and it is cut to ``n``. ``photo_relevance`` ``(index neurons,)``: every index neuron's relevance
+        on the explained photo (the specificity test weights random groups by it; uniform without).
+        With a :class:`~conceptree.index.specificity.SpecificityTest`, a concept is named only when it
+        passes it (:func:`specific_name`).
         """
         if ranked is None:
             ranked = self.rank(concepts, exclude_row)
@@ -386,7 +399,22 @@ class ReferenceFinder:
                                       score, box, seed, empty, part, colour, shown[y0:y1, x0:x1].copy()))
             name, evidence = suggest_name(self.index, refs, part_maps, colour_hists)
             result.append(ConceptReferences(concepts[c].rank, refs, name, evidence))
+        if self.specificity is not None and concepts:
+            columns = [group_weights(self.index, concept.neurons)[0] for concept in concepts]
+            tests = self.specificity.test(columns, None if photo_relevance is None else [photo_relevance] * len(columns),
+                                          exclude=[exclude_row] * len(columns))
+            for refs_c, test in zip(result, tests):
+                refs_c.evidence["specificity"] = test.to_dict()
+                refs_c.name = specific_name(test)
         return result
+
+
+def specific_name(result: SpecificityResult) -> str | None:
+    """The name a concept gets from its specificity test: its best family's word (a part, a colour, or
+    ``"<class>-specific"``), only when it passes; None otherwise."""
+    if not result.specific or result.word is None:
+        return None
+    return f"{result.word}-specific" if result.family == "class" else result.word
 
 
 def _word_evidence(words: list[str | None], chance: dict[str, float], n: int) -> dict | None:

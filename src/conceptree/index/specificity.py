@@ -56,6 +56,8 @@ N_RANDOM = 99
 TOP = 20
 #: spatial families first: the tie order of the name
 FAMILIES = ("part", "colour", "class")
+#: the cell evidence's file in an index folder
+EVIDENCE_FILE = "evidence.npz"
 
 
 @dataclass
@@ -141,6 +143,23 @@ class CellEvidence:
                    classes=classes)
 
 
+def index_evidence(index: ConceptIndex, load_picture: Callable[[int], np.ndarray], preprocessing: Any,
+                   progress: Callable[[int, int], None] | None = None) -> CellEvidence:
+    """The index's :class:`CellEvidence`, from ``evidence.npz`` in its folder, built (and saved there when
+    the folder is writable) the first time; ``load_picture``, ``preprocessing``: as :meth:`CellEvidence.build`."""
+    path = index.path / EVIDENCE_FILE
+    if path.is_file():
+        evidence = CellEvidence.load(path)
+        if all(words.shape[0] == len(index) for words in evidence.words.values()):
+            return evidence
+    evidence = CellEvidence.build(index, load_picture, preprocessing, progress)
+    try:
+        evidence.save(path)
+    except OSError:  # a read-only index: the evidence lives for this process only
+        pass
+    return evidence
+
+
 @dataclass(frozen=True)
 class FamilyResult:
     """One family's statistic for a group: its best word, ``T_f`` and ``p_f``."""
@@ -152,8 +171,9 @@ class FamilyResult:
     random_mean: float
 
     def to_dict(self) -> dict:
-        return {"family": self.family, "word": self.word, "statistic": self.statistic, "p_value": self.p_value,
-                "random_mean": self.random_mean}
+        """JSON-ready (a statistic without evidence, nan, becomes None)."""
+        return {"family": self.family, "word": self.word, "statistic": _finite(self.statistic), "p_value": self.p_value,
+                "random_mean": _finite(self.random_mean)}
 
 
 @dataclass(frozen=True)
@@ -224,52 +244,58 @@ class SpecificityTest:
         eligible = np.zeros(len(index), bool)
         eligible[list(rows) if rows is not None else np.arange(len(index))] = True
         self.eligible = eligible & index.ok
-        self._sides = index.cell_size(np.arange(index.n_neurons))
+        sides = index.cell_size(np.arange(index.n_neurons))
+        self._side_values, self._side_index = np.unique(sides, return_inverse=True)
         self._layer_of = np.empty(index.n_neurons, np.int64)
         self._layers = list(index.columns)
         for i, (offset, channels) in enumerate(index.columns.values()):
             self._layer_of[offset : offset + channels] = i
         self._eligible_block: np.ndarray | None = None
-        self._row_cache: dict[int, tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+        self._row_cache: dict[int, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
         classes = evidence.classes[self.eligible]
         n_classes = len(evidence.vocabulary.get("class", []))
         known = classes[classes >= 0]
         self._class_base = np.bincount(known, minlength=n_classes) / max(1, known.size)
 
     # ------------------------------------------------------------------ per row
-    def _row(self, row: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Positive relevance ``(neurons,)``, the share of each neuron's spread in each word
-        ``{family: (neurons, words)}`` via the word masks box-filtered at each cell size, and the model's
-        map's share per word ``{family: (words,)}`` (cached)."""
+    def _row(self, row: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Positive relevance and peak cells ``(neurons,)`` of ``row``; per spatial family the word masks
+        box-filtered at each cell size, ``(sides, words, cells)`` float32 (the share in each word of the
+        block a neuron at that cell is spread over); the model's map's share of each word ``(words,)``.
+        Cached (about 1.3 MB a row)."""
         if row in self._row_cache:
             return self._row_cache[row]
         gh, gw = self.index.peak_grid
         relevance = np.clip(np.asarray(self.index.relevance[row], dtype=np.float64), 0.0, None)
         cells = np.asarray(self.index.peaks[row], dtype=np.int64)
-        fractions: dict[str, np.ndarray] = {}
+        filtered: dict[str, np.ndarray] = {}
         model: dict[str, np.ndarray] = {}
         total = relevance.sum()
         for family, words in self.evidence.words.items():
             if family not in self.families:
                 continue
             n_words = len(self.evidence.vocabulary[family])
-            frac = np.zeros((self.index.n_neurons, n_words))
+            masks = np.zeros((len(self._side_values), n_words, gh * gw), np.float32)
             if self.evidence.has[family][row]:
                 labels = words[row].reshape(gh, gw)
-                for side in np.unique(self._sides):
-                    chosen = self._sides == side
+                for i, side in enumerate(self._side_values):
                     for w in range(n_words):
                         mask = (labels == w).astype(np.float64)
                         if side > 1:  # the share in w of the block that peak_map spreads a cell over: the
                             # adjoint of its uniform filter (the mirrored window, for even sides)
                             mask = ndimage.uniform_filter(mask[::-1, ::-1], size=int(side), mode="constant")[::-1, ::-1]
-                        frac[chosen, w] = mask.ravel()[cells[chosen]]
-            fractions[family] = frac
-            model[family] = (relevance @ frac) / total if total > 0 else np.zeros(n_words)
-        if len(self._row_cache) >= 512:  # (neurons, words) per family and row: about 3 MB each
+                        masks[i, w] = mask.ravel()
+            filtered[family] = masks
+            model[family] = (relevance @ masks[self._side_index, :, cells]) / total if total > 0 else np.zeros(n_words)
+        if len(self._row_cache) >= 512:
             self._row_cache.pop(next(iter(self._row_cache)))
-        self._row_cache[row] = (relevance, fractions, model)
+        self._row_cache[row] = (relevance, cells, filtered, model)
         return self._row_cache[row]
+
+    def fractions(self, row: int, family: str, columns: np.ndarray) -> np.ndarray:
+        """``(len(columns), words)``: the share of each neuron's spread peak on ``row`` in each word."""
+        _, cells, filtered, _ = self._row(row)
+        return filtered[family][self._side_index[columns], :, cells[columns]].astype(np.float64)
 
     def _block(self) -> np.ndarray:
         """The eligible rows' relevance ``(eligible, neurons)`` float32 (read once)."""
@@ -319,13 +345,16 @@ class SpecificityTest:
                 by_row.setdefault(int(row), []).append(g)
         members = members.tocsr()
         for row, groups in by_row.items():
-            relevance, fractions, model = self._row(row)
+            relevance, _, _, model = self._row(row)
             sub = members[groups]
-            mass = sub @ relevance  # (k,)
+            used = np.unique(sub.indices)
+            sub = sub[:, used]
+            mass = sub @ relevance[used]  # (k,)
             for family in sums:
                 if not self.evidence.has[family][row]:
                     continue
-                share = (sub @ (relevance[:, None] * fractions[family])) / np.where(mass > 0, mass, 1.0)[:, None]
+                weighted = relevance[used, None] * self.fractions(row, family, used)
+                share = (sub @ weighted) / np.where(mass > 0, mass, 1.0)[:, None]
                 share[mass <= 0] = model[family]  # a group silent on this row shows what the model shows
                 sums[family][groups] += share - model[family]
                 counts[family][groups] += 1
@@ -437,6 +466,10 @@ class SpecificityTest:
         word = self.evidence.vocabulary[best][int(words[best][0])]
         return SpecificityResult(p < self.alpha, p, best, word, families,
                                  tuple(int(r) for r in refs[0] if r >= 0), n, self.alpha)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _weights(relevance: np.ndarray) -> np.ndarray:

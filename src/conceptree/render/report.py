@@ -135,7 +135,19 @@ def _references_html(refs) -> str:
     if top:
         facts.append(f"{top['count']}/{ev['n']} <b>{esc(str(top['class']))}</b> "
                      f"({100 * top['share_of_set']:.1f}% of the index)")
-    name = (f"suggested name: <b>{esc(refs.name)}</b>" if refs.name else "no name beats chance")
+    test = ev.get("specificity")
+    if test is not None:  # the name only where the concept shows more than random groups of its layers
+        best = next((f for f in test["families"] if f["family"] == test["family"]), None)
+        against = f"p = {test['p_value']:.2f} against {test['n_random']} random groups of its layers"
+        if refs.name and best and best["statistic"] is not None:
+            what = {"part": "of its map on", "colour": "of its map on", "class": "of its references are"}[best["family"]]
+            name = (f"name: <b>{esc(refs.name)}</b> <span class='meta'>({best['family']}: "
+                    f"{100 * best['statistic']:+.0f} points more {what} <i>{esc(str(best['word']))}</i> than the model's "
+                    f"own relevance, random groups {100 * (best['random_mean'] or 0.0):+.0f}; {against})</span>")
+        else:
+            name = f"no consistent part, colour or class <span class='meta'>({against})</span>"
+    else:
+        name = (f"suggested name: <b>{esc(refs.name)}</b>" if refs.name else "no name beats chance")
     return (f"<div class='meta'>elsewhere this concept is strongest on (reference index, its region cropped):</div>"
             f"<div class='refs'>{''.join(figures)}</div>"
             f"<div class='name'>{name} <span class='meta'>· {' · '.join(facts)}</span></div>")
@@ -455,9 +467,10 @@ def _flat_html(explanation, parts: list[str], fragile: np.ndarray, colours: np.n
         parts.append(f"<p class='meta'>Each card also shows where else the concept is strongest among the "
                      f"{info.get('images', '?')} images of the reference index (ranked by the concept's "
                      "relevance-weighted share, cropped to its region there) and a suggested name: the part, colour "
-                     "or class most of those references share, with its chance rate. Suggestions describe the "
-                     "references, not the concept: on the CUB dev photos, the references of per-image concepts "
-                     "were no more consistent in the bird part they show than those of random neuron groups.</p>")
+                     "or class most of those references share, with its chance rate. A concept is named only when "
+                     "its references show a part, colour or class more than the model's own relevance does on the same "
+                     "images, and more than random neuron groups of its layers (p &lt; 0.05; "
+                     "docs/results/what.md); otherwise the card says so.</p>")
     parts.append("<div class='cards'>")
     largest = max((c.share for c in concepts.concepts), default=0.0)
     references = explanation.references or [None] * concepts.k
