@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--n-random", type=int, default=99)
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--limit", type=int, default=None, help="dev photos (default: all)")
+    parser.add_argument("--controls-only", action="store_true",
+                        help="the planted and random controls only (an exploratory rerun, e.g. with --n-random 999)")
     args = parser.parse_args()
 
     from references_control import explain_dev
@@ -171,7 +173,7 @@ def main() -> None:
     print(f"power {power:.3f}, negative rate {negative:.3f}", flush=True)
 
     # 4. the explainer's concepts, on every other row
-    dev = explain_dev(args.data, args.cache / f"dev_concepts_{args.data.resolve().name}_{args.limit or 'all'}_top.json",
+    dev = [] if args.controls_only else explain_dev(args.data, args.cache / f"dev_concepts_{args.data.resolve().name}_{args.limit or 'all'}_top.json",
                       args.limit)
     groups, photo_relevance, kinds = [], [], []
     full = SpecificityTest(index, evidence, top=args.top, n_random=args.n_random)

@@ -29,8 +29,8 @@ share of ``R(G)`` of class ``z`` − the share of class ``z`` among the eligible
 layer's channels, weighted as the group is (their own relevance on the explained photo, or uniform),
 ranked and scored the same way. ``p_f = (1 + #{T_f(random) >= T_f}) / (1 + n_random)``.
 
-*Several families*: the decision reads ``min_f p_f``; random groups get the same best-of (each random
-group's ``p_f`` against the other random groups, then its ``min_f``), and
+*Several families*: the decision reads ``min_f p_f``; random groups get the same best-of (every group's
+``p_f`` among all ``n_random + 1`` groups but itself, then its ``min_f``), and
 ``p = (1 + #{minp(random) <= minp}) / (1 + n_random)``. The group is *specific* when
 ``p < alpha``; its name is the word of the family with the smallest ``p_f`` (ties: parts, colours,
 classes).
@@ -271,6 +271,9 @@ class SpecificityTest:
         filtered: dict[str, np.ndarray] = {}
         model: dict[str, np.ndarray] = {}
         total = relevance.sum()
+        # the model's mass per cell size and peak cell: its map's share of a word is then one product per size
+        mass = np.zeros((len(self._side_values), gh * gw))
+        np.add.at(mass, (self._side_index, cells), relevance)
         for family, words in self.evidence.words.items():
             if family not in self.families:
                 continue
@@ -278,16 +281,18 @@ class SpecificityTest:
             masks = np.zeros((len(self._side_values), n_words, gh * gw), np.float32)
             if self.evidence.has[family][row]:
                 labels = words[row].reshape(gh, gw)
+                onehot = (labels[None] == np.arange(n_words)[:, None, None]).astype(np.float64)
                 for i, side in enumerate(self._side_values):
-                    for w in range(n_words):
-                        mask = (labels == w).astype(np.float64)
-                        if side > 1:  # the share in w of the block that peak_map spreads a cell over: the
-                            # adjoint of its uniform filter (the mirrored window, for even sides)
-                            mask = ndimage.uniform_filter(mask[::-1, ::-1], size=int(side), mode="constant")[::-1, ::-1]
-                        masks[i, w] = mask.ravel()
+                    if side > 1:  # the share in w of the block that peak_map spreads a cell over: the adjoint of
+                        # its uniform filter (the mirrored window, for even sides), all words at once
+                        spread = ndimage.uniform_filter(onehot[:, ::-1, ::-1], size=(1, int(side), int(side)),
+                                                        mode="constant")[:, ::-1, ::-1]
+                    else:
+                        spread = onehot
+                    masks[i] = spread.reshape(n_words, gh * gw)
             filtered[family] = masks
-            model[family] = (relevance @ masks[self._side_index, :, cells]) / total if total > 0 else np.zeros(n_words)
-        if len(self._row_cache) >= 512:
+            model[family] = (np.einsum("swc,sc->w", masks, mass) / total) if total > 0 else np.zeros(n_words)
+        if len(self._row_cache) >= 1024:  # an 840-photo index fits (about 1.1 GB)
             self._row_cache.pop(next(iter(self._row_cache)))
         self._row_cache[row] = (relevance, cells, filtered, model)
         return self._row_cache[row]
@@ -339,25 +344,23 @@ class SpecificityTest:
         references[:, :top] = rows_of[order]
         sums = {f: np.zeros((n_groups, len(self.evidence.vocabulary[f]))) for f in self.families if f != "class"}
         counts = {f: np.zeros(n_groups) for f in sums}
-        by_row: dict[int, list[int]] = {}
-        for g in range(n_groups):
-            for row in references[g, :top]:
-                by_row.setdefault(int(row), []).append(g)
         members = members.tocsr()
-        for row, groups in by_row.items():
-            relevance, _, _, model = self._row(row)
-            sub = members[groups]
-            used = np.unique(sub.indices)
-            sub = sub[:, used]
-            mass = sub @ relevance[used]  # (k,)
-            for family in sums:
-                if not self.evidence.has[family][row]:
-                    continue
-                weighted = relevance[used, None] * self.fractions(row, family, used)
-                share = (sub @ weighted) / np.where(mass > 0, mass, 1.0)[:, None]
-                share[mass <= 0] = model[family]  # a group silent on this row shows what the model shows
-                sums[family][groups] += share - model[family]
-                counts[family][groups] += 1
+        for g in range(n_groups):  # one gather per (group, reference): numpy, no sparse slicing per row
+            columns = members.indices[members.indptr[g] : members.indptr[g + 1]]
+            sides = self._side_index[columns]
+            for row in references[g, :top]:
+                relevance, cells, filtered, model = self._row(int(row))
+                r = relevance[columns]
+                mass = r.sum()
+                for family in sums:
+                    if not self.evidence.has[family][row]:
+                        continue
+                    if mass > 0:
+                        share = r @ filtered[family][sides, :, cells[columns]] / mass
+                    else:  # a group silent on this row shows what the model shows
+                        share = model[family]
+                    sums[family][g] += share - model[family]
+                    counts[family][g] += 1
         statistic: dict[str, np.ndarray] = {}
         word: dict[str, np.ndarray] = {}
         for family in sums:
@@ -447,15 +450,14 @@ class SpecificityTest:
             t = stats[family]
             if np.isnan(t[0]):
                 continue
-            null = np.nan_to_num(t[1:], nan=-np.inf)
-            # each group's p_f against the random groups other than itself
-            greater = (null[None, :] >= np.nan_to_num(t, nan=-np.inf)[:, None]).sum(1)
-            greater[1:] -= 1  # a random group does not count itself
+            t = np.nan_to_num(t, nan=-np.inf)
+            # every group's p_f among all n + 1 groups but itself: the tested group and its random groups are
+            # treated alike, so under the null the tested group's rank below is uniform
+            greater = (t[None, :] >= t[:, None]).sum(1) - 1
             p_family[family] = (1 + greater) / (1 + n)
-            p_family[family][1:] = (1 + greater[1:]) / n  # n - 1 others, plus itself as the +1
         if not p_family:
             return SpecificityResult(False, 1.0, None, None, (), tuple(int(r) for r in refs[0] if r >= 0), n, self.alpha)
-        min_p = np.min(np.stack(list(p_family.values())), axis=0)
+        min_p = np.min(np.stack(list(p_family.values())), axis=0)  # the best-of, for every group alike
         p = float((1 + (min_p[1:] <= min_p[0]).sum()) / (1 + n))
         best = min(p_family, key=lambda f: (p_family[f][0], self.families.index(f)))
         families = tuple(

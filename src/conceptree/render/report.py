@@ -136,6 +136,7 @@ def _references_html(refs) -> str:
         facts.append(f"{top['count']}/{ev['n']} <b>{esc(str(top['class']))}</b> "
                      f"({100 * top['share_of_set']:.1f}% of the index)")
     test = ev.get("specificity")
+    described = "what the references show (untested): " if test is not None and facts else ""
     if test is not None:  # the name only where the concept shows more than random groups of its layers
         best = next((f for f in test["families"] if f["family"] == test["family"]), None)
         against = f"p = {test['p_value']:.2f} against {test['n_random']} random groups of its layers"
@@ -150,7 +151,7 @@ def _references_html(refs) -> str:
         name = (f"suggested name: <b>{esc(refs.name)}</b>" if refs.name else "no name beats chance")
     return (f"<div class='meta'>elsewhere this concept is strongest on (reference index, its region cropped):</div>"
             f"<div class='refs'>{''.join(figures)}</div>"
-            f"<div class='name'>{name} <span class='meta'>· {' · '.join(facts)}</span></div>")
+            f"<div class='name'>{name} <span class='meta'>· {described}{' · '.join(facts)}</span></div>")
 
 
 def _id_label(concept, node: bool = False) -> str:
