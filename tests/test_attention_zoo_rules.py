@@ -445,3 +445,33 @@ def test_caches_filled_with_proxies_by_one_trace_do_not_leak_into_the_next():
     attribution = engine.attribute(x, target=0)
     assert float(attribution.heatmap.sum()) == pytest.approx(float(attribution.logits[0]), rel=1e-4)
     assert np.isfinite(attribution.heatmap.numpy()).all()
+
+
+class _WindowConv(nn.Module):
+    """EfficientViT-MSRA's shape: a conv run on 2 x 2 windows folded into the batch, then unfolded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 4, 3, padding=1)
+        self.inner = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.embed(x))
+        b, c, h, w = y.shape
+        windows = y.view(b, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5).reshape(b * 4, c, h // 2, w // 2)
+        z = torch.relu(self.inner(windows))
+        z = z.view(b, 2, 2, c, h // 2, w // 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return self.head((y + z).mean((2, 3)))
+
+
+def test_a_module_run_on_windows_folded_into_the_batch_is_explained_but_is_not_a_layer():
+    torch.manual_seed(15)
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"windows folded into the batch are not layers .*: inner"):
+        engine = CRPEngine(_WindowConv().eval(), example_input=x)
+    assert [layer.name for layer in engine.layers] == ["embed"]
+    attribution = engine.attribute(x, target=0)
+    assert float(attribution.heatmap.sum()) == pytest.approx(float(attribution.logits[0]), rel=1e-4)
+    maps = engine.neuron_maps(attribution, batch_size=4, channels={"embed": [0, 1, 2, 3]})
+    assert float(maps.map_sums.sum()) == pytest.approx(float(attribution.channel_relevance("embed").sum()), rel=1e-4)

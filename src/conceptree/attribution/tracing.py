@@ -643,12 +643,16 @@ def token_layers(graph_module: fx.GraphModule, example: Tensor | None
     layer acts per token like a 1x1 convolution per position; only the input's rank tells it from a
     classifier's head), and the **residual stream** after each block: module name -> ``(node, channels)``
     of the node that returns the module's output, for every module whose output is a token sequence made
-    by a residual addition (timm's ``blocks.3``). Only a graph with more than one dense layer is run (a
-    CNN's single head needs no run).
+    by a residual addition (timm's ``blocks.3``). Only a graph with more than one dense layer, or with a
+    reshape into five or more dimensions (windows), is run (a CNN's single head needs no run). Modules that
+    run on windows folded into the batch are marked (``node.meta["folded_batch"]``): they are not layers.
     """
     linears = [node for node in graph_module.graph.nodes
                if node.op == "call_module" and isinstance(graph_module.get_submodule(str(node.target)), nn.Linear)]
-    if len(linears) < 2 or example is None:
+    # windows folded into the batch are spelled as a view/reshape into 5 or more dimensions (Swin, EfficientViT)
+    windows = any(node.op == "call_method" and node.target in ("view", "reshape") and len(node.args) >= 6
+                  for node in graph_module.graph.nodes)
+    if (len(linears) < 2 and not windows) or example is None:
         return set(), {}
     param = next(iter(graph_module.parameters()), None)
     if param is not None:
@@ -667,6 +671,9 @@ def token_layers(graph_module: fx.GraphModule, example: Tensor | None
     for node in linears:  # a dense layer on a rank-3 or rank-6 input is not a 1x1 conv on a channels-last map
         if node.args and isinstance(node.args[0], fx.Node) and node.args[0] in shapes:
             node.meta["input_rank"] = len(shapes[node.args[0]])
+    for node, shape in shapes.items():  # a layer run on windows folded into the batch (EfficientViT-MSRA)
+        if node.op == "call_module" and len(shape) and int(shape[0]) != batch:
+            node.meta["folded_batch"] = int(shape[0])
     # a sequence whose leading dimension is not the batch (TNT's pixel tokens: patches folded into the batch)
     # is not the image's tokens
     tokens = {str(node.target) for node in linears
@@ -700,6 +707,7 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
     layers: list[LayerInfo] = []
     seen: set[str] = set()
     shared: set[str] = set()
+    folded: set[str] = set()
     pointwise: set[fx.Node] = set()
     varying: set[fx.Node] = set()  # nodes whose value depends on the input
     for node in graph_module.graph.nodes:
@@ -711,6 +719,9 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
             continue
         if node.op != "call_module" or node not in varying:
             continue  # a layer on constants only (a relative-position MLP on fixed coordinates) has no neurons
+        if "folded_batch" in node.meta:
+            folded.add(str(node.target))  # its channels have one map per window, not one on the image
+            continue
         module: Any = graph_module.get_submodule(str(node.target))
         default = True
         rank = node.meta.get("input_rank")  # known where the shape probe ran (token_layers)
@@ -733,6 +744,10 @@ def list_layers(graph_module: fx.GraphModule, kinds: tuple[str, ...] = ("conv",)
             continue
         seen.add(node.target)
         layers.append(LayerInfo(node.target, kind, channels, default))
+    if folded:
+        warnings.warn(f"{len(folded)} modules run on windows folded into the batch are not layers (a channel would have "
+                      f"one map per window): {', '.join(sorted(folded)[:4])}{', ...' if len(folded) > 4 else ''}",
+                      stacklevel=3)
     if shared:  # CoaT's convolutional position encoding, shared by the blocks of a stage
         warnings.warn(f"modules called more than once in forward() are not layers (a channel would have one map per "
                       f"call); their calls are explained, not listed: {', '.join(sorted(shared))}", stacklevel=3)
