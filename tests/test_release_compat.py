@@ -54,8 +54,9 @@ def test_an_old_explanation_of_a_newer_format_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_an_old_index_and_dictionary_pass_the_key_check_and_explain():
-    index = ConceptIndex(DATA / "index")
+def test_an_old_index_and_dictionary_pass_the_key_check_and_explain(tmp_path):
+    shutil.copytree(DATA / "index", tmp_path / "index")  # the explainer caches the index's cell evidence there
+    index = ConceptIndex(tmp_path / "index")
     dictionary = ConceptDictionary(DATA / "dictionary")
     spec = load_model("default")
     explainer = ConceptExplainer.from_spec(spec, index=index, dictionary=dictionary,
