@@ -411,8 +411,8 @@ class FxGraph:
                 name = getattr(node.target, "__name__", str(node.target))
                 raise ctx.unsupported(f"{what} {name if what == 'function' else '.' + name + '()'}")
             rule = factory(ctx)
-        except UnsupportedModelError as error:  # refused when relevance reaches it (never, on attention logits)
-            rule = R.RefusedRule(error)
+        except UnsupportedModelError as error:  # refused when relevance reaches it (never, on attention logits);
+            return R.RefusedRule(error)  # not marked validated: every later pass checks the node again
         self._validated.add(node)
         if node.target in self.pointwise and not (rule is not None and rule.channels_last):
             raise UnsupportedModelError(
