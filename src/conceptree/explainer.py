@@ -177,7 +177,7 @@ class ConceptExplainer:
         self.n_references = n_references
         self.exact_references = bool(exact_references)
         self.name_test = bool(name_test)
-        self._specificity = None  # built on the first explanation with an index (its evidence is cached there)
+        self._specificity: SpecificityTest | None = None  # built on the first explanation with an index
         self.dictionary = self._open_checked(dictionary, ConceptDictionary, "dictionary")
         if self.dictionary is not None and self.index is not None:
             self.dictionary.check_index(self.index)
