@@ -141,10 +141,11 @@ def _references_html(refs) -> str:
         best = next((f for f in test["families"] if f["family"] == test["family"]), None)
         against = f"p = {test['p_value']:.2f} against {test['n_random']} random groups of its layers"
         if refs.name and best and best["statistic"] is not None:
-            what = {"part": "of its map on", "colour": "of its map on", "class": "of its references are"}[best["family"]]
+            what, than = (("of its references are", "of the index") if best["family"] == "class"
+                          else ("of its map on", "the model's own relevance"))
             name = (f"name: <b>{esc(refs.name)}</b> <span class='meta'>({best['family']}: "
-                    f"{100 * best['statistic']:+.0f} points more {what} <i>{esc(str(best['word']))}</i> than the model's "
-                    f"own relevance, random groups {100 * (best['random_mean'] or 0.0):+.0f}; {against})</span>")
+                    f"{100 * best['statistic']:+.0f} points more {what} <i>{esc(str(best['word']))}</i> than {than}, "
+                    f"random groups {100 * (best['random_mean'] or 0.0):+.0f}; {against})</span>")
         else:
             name = f"no consistent part, colour or class <span class='meta'>({against})</span>"
     else:
