@@ -100,12 +100,9 @@ def explain_dev(data: Path, cache: Path, limit: int | None = None, dictionary: P
 
 
 def weights_of(relevance: np.ndarray) -> np.ndarray:
-    w = np.clip(relevance, 0.0, None)
-    if w.sum() <= 0:
-        w = np.abs(relevance)
-    if w.sum() <= 0:
-        w = np.ones_like(relevance)
-    return w / w.sum()
+    from conceptree.index.specificity import ranking_weights
+
+    return ranking_weights(relevance)
 
 
 class Groups:

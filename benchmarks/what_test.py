@@ -44,13 +44,12 @@ CONFIG = ROOT / "docs" / "models" / "bird.json"
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def evidence_for(index, explainer, cache: Path):
-    """The index's cell evidence (parts, colours, classes), built once and cached as NPZ."""
+def evidence_for(index, explainer):
+    """The index's cell evidence (parts, colours, classes), as the explainer reads it: ``evidence.npz`` in the
+    index folder, built there once (:func:`conceptree.index.specificity.index_evidence`)."""
     from conceptree.index.references import ReferenceFinder
-    from conceptree.index.specificity import CellEvidence
+    from conceptree.index.specificity import index_evidence
 
-    if cache.is_file():
-        return CellEvidence.load(cache)
     finder = ReferenceFinder(explainer.engine, explainer.preprocessing, index)
     t0 = time.perf_counter()
 
@@ -58,11 +57,7 @@ def evidence_for(index, explainer, cache: Path):
         if row % 100 == 0:
             print(f"evidence {row}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    evidence = CellEvidence.build(index, lambda row: finder.load(row, model_input=False)[1], explainer.preprocessing,
-                                  progress)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    evidence.save(cache)
-    return evidence
+    return index_evidence(index, lambda row: finder.load(row, model_input=False)[1], explainer.preprocessing, progress)
 
 
 def stages_of(index, n_stages: int = 4) -> np.ndarray:
@@ -125,7 +120,7 @@ def main() -> None:
     t_start = time.perf_counter()
     index = ConceptIndex(args.index)
     explainer = ConceptExplainer.from_config(CONFIG)
-    evidence = evidence_for(index, explainer, args.cache / f"evidence_{args.index.resolve().name}.npz")
+    evidence = evidence_for(index, explainer)
     rng = np.random.default_rng(0)
     order = rng.permutation(np.flatnonzero(index.ok))
     selection, held_out = np.sort(order[: order.size // 2]), np.sort(order[order.size // 2 :])

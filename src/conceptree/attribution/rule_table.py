@@ -387,9 +387,11 @@ def conv_transpose_rule(ctx: RuleContext) -> R.Rule:
 
 
 def unfold_rule(ctx: RuleContext) -> R.Rule:
-    """``nn.Unfold`` (VOLO's outlook attention, TNT's pixel embedding): copies of the input's pixels, so
-    relevance follows the copies back (its gradient, ``fold``)."""
-    return index_rule(ctx, ctx.arg0, ctx.x, ctx.module)
+    """``nn.Unfold`` / ``F.unfold`` (VOLO's outlook attention, TNT's pixel embedding): copies of the input's
+    pixels, so relevance follows the copies back (its gradient, ``fold``)."""
+    if ctx.module is not None:
+        return index_rule(ctx, ctx.arg0, ctx.x, ctx.module)
+    return index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.unfold(t, *ctx.args[1:], **ctx.kwargs))
 
 
 def fold_rule(ctx: RuleContext) -> R.Rule:
@@ -973,7 +975,7 @@ def default_rules() -> dict[RuleKey, RuleFactory]:
         nn.Unfold: unfold_rule,
         nn.Fold: fold_rule,
         F.fold: fold_rule,
-        F.unfold: lambda ctx: index_rule(ctx, ctx.arg0, ctx.x, lambda t: F.unfold(t, *ctx.args[1:], **ctx.kwargs)),
+        F.unfold: unfold_rule,
         "module:Sum": _sum_module,
         "module:StarReLU": pass_rule,  # MetaFormer's s * relu(x)**2 + b: an elementwise activation
         operator.getitem: getitem_rule,

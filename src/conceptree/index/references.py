@@ -62,7 +62,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .evidence import COLOURS, colour_grid, part_label_map
-from .specificity import SpecificityResult, SpecificityTest
+from .specificity import SpecificityResult, SpecificityTest, ranking_weights
 from .store import PEAK_GRID, ConceptIndex
 
 #: references shown per concept (one place for the default).
@@ -161,13 +161,7 @@ def group_weights(index: ConceptIndex, neurons: Sequence) -> tuple[np.ndarray, n
     """Columns of a group's neurons (objects with ``layer``, ``channel``, ``relevance``) and
     their ranking weights (module docstring), ``(columns, weights)`` each ``(m,)``."""
     columns = np.array([index.column(n.layer, int(n.channel)) for n in neurons], dtype=np.int64)
-    relevance = np.array([float(n.relevance) for n in neurons], dtype=np.float64)
-    weights = np.clip(relevance, 0.0, None)
-    if weights.sum() <= 0:
-        weights = np.abs(relevance)
-    if weights.sum() <= 0:
-        weights = np.ones_like(relevance)
-    return columns, weights / weights.sum()
+    return columns, ranking_weights(np.array([float(n.relevance) for n in neurons], dtype=np.float64))
 
 
 def region_grid(concept_map: np.ndarray, grid: tuple[int, int] = PEAK_GRID) -> np.ndarray:

@@ -432,7 +432,7 @@ class SpecificityTest:
             values = np.concatenate([np.full(len(c), 1.0 / len(c)) for c in groups])
         else:
             photo = np.asarray(photo, np.float64)
-            values = np.concatenate([_weights(photo[c]) for c in groups])
+            values = np.concatenate([ranking_weights(photo[c]) for c in groups])
         return members, sparse.csr_matrix((values, (rows, cols)), shape=(len(groups), n))
 
     def _decide(self, stats: dict[str, np.ndarray], words: dict[str, np.ndarray], refs: np.ndarray) -> SpecificityResult:
@@ -467,8 +467,9 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def _weights(relevance: np.ndarray) -> np.ndarray:
-    """The product's ranking weights of a group from its members' relevance on the photo."""
+def ranking_weights(relevance: np.ndarray) -> np.ndarray:
+    """The product's ranking weights of a group from its members' relevance on the photo, ``(m,)``:
+    the positive part normalised (``|r_p|`` if no member is positive, uniform if all are zero)."""
     w = np.clip(relevance, 0.0, None)
     if w.sum() <= 0:
         w = np.abs(relevance)
